@@ -1,0 +1,218 @@
+//! Device accesses to managed memory through the device's page table, with the
+//! semantics of the kernel's HMM test device: a missing or insufficient
+//! translation triggers one fault pass over the rest of the range, which maps
+//! system pages in place (remote access), zero-fills untouched pages, and pulls
+//! pages held by another device; then the access resumes.
+
+use crate::addr::{DeviceId, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
+use crate::device::DeviceError;
+use crate::error::{Error, Result};
+use crate::migrate::{self, MigrateReport, Trigger};
+use crate::space::{Pte, RegionInner};
+use crate::state::PageState;
+use crate::svm::Shared;
+use crate::sync::Ordering;
+
+/// What a device read or write covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct AccessReport {
+    /// Pages the access touched.
+    pub pages: u64,
+    /// Fault passes it needed (a cold access of any length needs one).
+    pub fault_passes: u64,
+}
+
+/// What a device sees of one page, without faulting anything (the HMM test
+/// device's snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PageView {
+    /// Not populated anywhere.
+    None,
+    /// Mapped to the shared zero page.
+    Zero,
+    /// System memory the device may only read.
+    ReadOnly,
+    /// System memory the device may write.
+    Writable,
+    /// Resident in this device's memory.
+    DeviceLocal,
+    /// Resident in another device's memory.
+    DeviceRemote,
+    /// Being migrated right now.
+    Migrating,
+    /// Data lost: every access errors.
+    Error,
+}
+
+pub(crate) enum Op<'b> {
+    Read(&'b mut [u8]),
+    Write(&'b [u8]),
+}
+
+/// Maps pages `[from, to)` of `r` for device `d` (write: writable), pulling and
+/// populating as needed. One pass.
+fn fault_pass(
+    sh: &Shared,
+    r: &RegionInner,
+    d: DeviceId,
+    from: usize,
+    to: usize,
+    write: bool,
+) -> Result<()> {
+    let table = &r.ptes[d.0 as usize];
+    let writable = r.is_writable();
+    let mut i = from;
+    while i < to {
+        let b = i / BLOCK_PAGES;
+        let hi = to.min((b + 1) * BLOCK_PAGES);
+        let _g = r.blocks[b].migrate.lock();
+        if let Some(k) = (i..hi).find(|&k| r.states[k].load() == PageState::Poisoned) {
+            return Err(Error::Poisoned { addr: r.addr_of(k) });
+        }
+        let remote: Vec<usize> = (i..hi)
+            .filter(|&k| matches!(r.states[k].load(), PageState::Device { dev, .. } if dev != d))
+            .collect();
+        let mut rep = MigrateReport::default();
+        if let Some(plan) = migrate::isolate_to_system(sh, r, b, &remote, true, None, &mut rep) {
+            migrate::finish_to_system(sh, r, plan, Trigger::DeviceFault, &mut rep);
+        }
+        crate::cpu::populate(sh, r, i, hi, write);
+        for k in i..hi {
+            let pte = match r.states[k].load() {
+                PageState::System => Pte::System { write: writable },
+                PageState::Device { dev, page, .. } if dev == d => Pte::Device {
+                    page,
+                    write: writable,
+                },
+                // Left elsewhere (a failed pull): the access will retry.
+                _ => continue,
+            };
+            table[k].store(pte.encode(), Ordering::Release);
+        }
+        r.blocks[b].mapped.fetch_or(1 << d.0, Ordering::AcqRel);
+        i = hi;
+    }
+    sh.counters.add(&sh.counters.device_fault_passes, 1);
+    Ok(())
+}
+
+/// A device read or write of `[addr, addr + len)`.
+pub(crate) fn access(
+    sh: &Shared,
+    d: DeviceId,
+    addr: VirtAddr,
+    mut op: Op<'_>,
+) -> Result<AccessReport> {
+    let dev = sh.device(d)?;
+    let (len, write) = match &op {
+        Op::Read(b) => (b.len() as u64, false),
+        Op::Write(b) => (b.len() as u64, true),
+    };
+    if len == 0 {
+        return Ok(AccessReport {
+            pages: 0,
+            fault_passes: 0,
+        });
+    }
+    let r = sh.region_for(addr, len)?;
+    if write && !r.is_writable() {
+        return Err(Error::ReadOnly { dev: d, addr });
+    }
+    let first = r.page_of(addr.0);
+    let last = r.page_of(addr.0 + len - 1);
+    if let Some(k) = (first..=last).find(|&k| r.states[k].load() == PageState::Poisoned) {
+        return Err(Error::Poisoned { addr: r.addr_of(k) });
+    }
+    sh.counters.add(&sh.counters.device_accesses, 1);
+    let table = &r.ptes[d.0 as usize];
+    let dev_err = |e: DeviceError| Error::Device {
+        dev: d,
+        reason: e.0,
+    };
+    let mut pos = 0u64;
+    let mut passes = 0u64;
+    'outer: while pos < len {
+        let b = r.page_of(addr.0 + pos) / BLOCK_PAGES;
+        let guard = r.blocks[b].access.read();
+        while pos < len {
+            let at = addr.0 + pos;
+            let k = r.page_of(at);
+            if k / BLOCK_PAGES != b {
+                break;
+            }
+            let Some(pte) =
+                Pte::decode(table[k].load(Ordering::Acquire)).filter(|p| !write || p.writable())
+            else {
+                drop(guard);
+                if passes >= 64 {
+                    return Err(Error::Device {
+                        dev: d,
+                        reason: format!(
+                            "access at {} did not converge after {passes} fault passes",
+                            VirtAddr(at)
+                        ),
+                    });
+                }
+                fault_pass(sh, &r, d, k, last + 1, write)?;
+                passes += 1;
+                continue 'outer;
+            };
+            let off = (at % PAGE_SIZE as u64) as usize;
+            let n = ((PAGE_SIZE - off) as u64).min(len - pos) as usize;
+            let span = pos as usize..pos as usize + n;
+            let host_off = (at - r.base()) as usize;
+            match (pte, &mut op) {
+                (Pte::System { .. }, Op::Read(buf)) => r
+                    .managed
+                    .read_at(host_off, &mut buf[span])
+                    .map_err(|e| Error::os("device read", e))?,
+                (Pte::System { .. }, Op::Write(buf)) => r
+                    .managed
+                    .write_at(host_off, &buf[span])
+                    .map_err(|e| Error::os("device write", e))?,
+                (Pte::Device { page, .. }, Op::Read(buf)) => {
+                    dev.load(page, off, &mut buf[span]).map_err(dev_err)?
+                }
+                (Pte::Device { page, .. }, Op::Write(buf)) => {
+                    dev.store(page, off, &buf[span]).map_err(dev_err)?
+                }
+            }
+            pos += n as u64;
+        }
+    }
+    Ok(AccessReport {
+        pages: (last - first + 1) as u64,
+        fault_passes: passes,
+    })
+}
+
+/// Per-page view for device `d` of `npages` pages from `addr`, faulting nothing.
+pub(crate) fn snapshot(
+    sh: &Shared,
+    d: DeviceId,
+    addr: VirtAddr,
+    npages: usize,
+) -> Result<Vec<PageView>> {
+    sh.device(d)?;
+    if !addr.is_page_aligned() {
+        return Err(Error::Unaligned {
+            what: "snapshot address",
+            value: addr.0,
+        });
+    }
+    let r = sh.region_for(addr, (npages * PAGE_SIZE) as u64)?;
+    let first = r.page_of(addr.0);
+    let zero = crate::sys::zero_pages(addr.0, npages).map_err(|e| Error::os("PAGEMAP_SCAN", e))?;
+    Ok((0..npages)
+        .map(|k| match r.states[first + k].load() {
+            PageState::Unpopulated => PageView::None,
+            PageState::System if zero[k] => PageView::Zero,
+            PageState::System if r.is_writable() => PageView::Writable,
+            PageState::System => PageView::ReadOnly,
+            PageState::Device { dev, .. } if dev == d => PageView::DeviceLocal,
+            PageState::Device { .. } => PageView::DeviceRemote,
+            PageState::Migrating => PageView::Migrating,
+            PageState::Poisoned => PageView::Error,
+        })
+        .collect())
+}

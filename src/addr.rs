@@ -1,0 +1,76 @@
+//! Address and page newtypes: host virtual addresses, device ids, device pages,
+//! and locations. No raw `u64` addresses cross the public API.
+
+use std::fmt;
+
+pub use crate::sys::PAGE_SIZE;
+
+/// Pages in one 2 MiB migration block (the default granularity).
+pub const BLOCK_PAGES: usize = 512;
+/// Bytes in one 2 MiB migration block.
+pub const BLOCK_SIZE: usize = BLOCK_PAGES * PAGE_SIZE;
+
+/// A host virtual address (the same pointer value is valid on the CPU and, through
+/// its MMU, on every device).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct VirtAddr(pub u64);
+
+impl VirtAddr {
+    pub fn from_ptr<T>(p: *const T) -> VirtAddr {
+        VirtAddr(p as u64)
+    }
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+    pub fn is_page_aligned(self) -> bool {
+        self.0 % PAGE_SIZE as u64 == 0
+    }
+    pub fn align_down(self) -> VirtAddr {
+        VirtAddr(self.0 & !(PAGE_SIZE as u64 - 1))
+    }
+    #[must_use]
+    pub fn offset(self, bytes: u64) -> VirtAddr {
+        VirtAddr(self.0 + bytes)
+    }
+}
+
+impl fmt::Debug for VirtAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+impl fmt::Display for VirtAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// A device of one `Svm`, numbered in the order the builder received them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize)]
+pub struct DeviceId(pub u8);
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "dev{}", self.0)
+    }
+}
+
+/// A 4 KiB page of a device's local memory.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct DevPage(pub u32);
+
+/// Where a page's data lives.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash, serde::Serialize)]
+pub enum Location {
+    System,
+    Device(DeviceId),
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::System => write!(f, "system"),
+            Location::Device(d) => write!(f, "{d}"),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The emulated device: "VRAM" is an anonymous host arena, a buddy allocator
+//! hands out its pages, and copy-engine threads execute copy jobs and signal
+//! fences. Runs anywhere; used by the demo, the benchmarks and the tests.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{Buddy, CopyJob, CopyOp, DevRun, Device, DeviceError, Fence, MemoryType};
+use crate::addr::{DevPage, PAGE_SIZE};
+use crate::error::{Error, Result};
+use crate::state::MAX_DEV_PAGES;
+use crate::sys::{Advice, Mapping, Prot};
+
+/// How to build an emulated device.
+#[derive(Clone, Debug)]
+pub struct EmulatedConfig {
+    pub name: String,
+    /// Bytes of device memory (rounded up to 4 KiB).
+    pub memory_bytes: u64,
+    /// Copy-engine threads.
+    pub copy_engines: usize,
+    pub memory_type: MemoryType,
+}
+
+impl Default for EmulatedConfig {
+    fn default() -> Self {
+        EmulatedConfig {
+            name: "emulated".into(),
+            memory_bytes: 256 << 20,
+            copy_engines: 1,
+            memory_type: MemoryType::Private,
+        }
+    }
+}
+
+impl EmulatedConfig {
+    pub fn with_memory(memory_bytes: u64) -> Self {
+        EmulatedConfig {
+            memory_bytes,
+            ..Default::default()
+        }
+    }
+}
+
+/// An emulated device; see the module docs.
+pub struct EmulatedDevice {
+    config: EmulatedConfig,
+    arena: Arc<Mapping>,
+    buddy: Buddy,
+    jobs: Option<Sender<(CopyJob, Fence)>>,
+    engines: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for EmulatedDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatedDevice")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn run_job(arena: &Mapping, job: &CopyJob) -> std::result::Result<(), DeviceError> {
+    let err = |e: std::io::Error| DeviceError(format!("copy engine: {e}"));
+    for op in &job.ops {
+        match op {
+            CopyOp::ToDevice { src, dst, npages } => {
+                let len = *npages as usize * PAGE_SIZE;
+                arena
+                    .copy_from(dst.0 as usize * PAGE_SIZE, &src.map, src.off, len)
+                    .map_err(err)?;
+            }
+            CopyOp::ToHost { src, dst, npages } => {
+                let len = *npages as usize * PAGE_SIZE;
+                dst.map
+                    .copy_from(dst.off, arena, src.0 as usize * PAGE_SIZE, len)
+                    .map_err(err)?;
+            }
+            CopyOp::Fill { dst, npages } => {
+                arena
+                    .zero(dst.0 as usize * PAGE_SIZE, *npages as usize * PAGE_SIZE)
+                    .map_err(err)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn engine_loop(arena: Arc<Mapping>, rx: Receiver<(CopyJob, Fence)>) {
+    while let Ok((job, fence)) = rx.recv() {
+        fence.complete(run_job(&arena, &job));
+    }
+}
+
+impl EmulatedDevice {
+    pub fn new(config: EmulatedConfig) -> Result<EmulatedDevice> {
+        let pages = config.memory_bytes.div_ceil(PAGE_SIZE as u64);
+        if pages == 0 || pages > MAX_DEV_PAGES {
+            return Err(Error::Config(format!(
+                "device memory of {} bytes: must be between 4 KiB and {} GiB",
+                config.memory_bytes,
+                (MAX_DEV_PAGES * PAGE_SIZE as u64) >> 30
+            )));
+        }
+        if config.copy_engines == 0 || config.copy_engines > 64 {
+            return Err(Error::Config(format!(
+                "{} copy engines: use 1 to 64",
+                config.copy_engines
+            )));
+        }
+        let len = pages as usize * PAGE_SIZE;
+        let arena =
+            Mapping::anonymous(len, Prot::ReadWrite, false).map_err(|e| Error::AllocTooLarge {
+                requested: len as u64,
+                reason: format!("cannot map the emulated device memory: {e}"),
+            })?;
+        // Huge pages make the arena's copies cheaper; failure only costs speed.
+        let _ = arena.madvise(0, len, Advice::HugePage);
+        // Device memory is resident from the start, like VRAM.
+        arena
+            .madvise(0, len, Advice::PopulateWrite)
+            .map_err(|e| Error::AllocTooLarge {
+                requested: len as u64,
+                reason: format!("cannot populate the emulated device memory: {e}"),
+            })?;
+        let arena = Arc::new(arena);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let engines = (0..config.copy_engines)
+            .map(|i| {
+                let (a, r) = (arena.clone(), rx.clone());
+                std::thread::Builder::new()
+                    .name(format!("svmem-ce{i}-{}", config.name))
+                    .spawn(move || engine_loop(a, r))
+                    .map_err(|e| Error::os("spawn copy engine", e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(EmulatedDevice {
+            buddy: Buddy::new(pages),
+            config,
+            arena,
+            jobs: Some(tx),
+            engines,
+        })
+    }
+
+    fn page_off(
+        &self,
+        page: DevPage,
+        off: usize,
+        len: usize,
+    ) -> std::result::Result<usize, DeviceError> {
+        if page.0 as u64 >= self.buddy.total_pages() || off + len > PAGE_SIZE {
+            return Err(DeviceError(format!(
+                "access outside device memory: page {} offset {off} len {len}",
+                page.0
+            )));
+        }
+        Ok(page.0 as usize * PAGE_SIZE + off)
+    }
+}
+
+impl Device for EmulatedDevice {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+    fn memory_type(&self) -> MemoryType {
+        self.config.memory_type
+    }
+    fn capacity_pages(&self) -> u64 {
+        self.buddy.total_pages()
+    }
+    fn free_pages(&self) -> u64 {
+        self.buddy.free_pages()
+    }
+    fn alloc(&self, npages: usize, out: &mut Vec<DevRun>) -> usize {
+        self.buddy.alloc(npages, out)
+    }
+    fn free(&self, run: DevRun) {
+        self.buddy.free(run)
+    }
+    fn submit(&self, job: CopyJob, fence: &Fence) {
+        fence.add();
+        let sent = self.jobs.as_ref().map(|tx| tx.send((job, fence.clone())));
+        if !matches!(sent, Some(Ok(()))) {
+            fence.complete(Err(DeviceError("copy engines are shut down".into())));
+        }
+    }
+    fn copy_now(&self, job: &CopyJob) -> std::result::Result<(), DeviceError> {
+        run_job(&self.arena, job)
+    }
+    fn load(
+        &self,
+        page: DevPage,
+        off: usize,
+        buf: &mut [u8],
+    ) -> std::result::Result<(), DeviceError> {
+        let at = self.page_off(page, off, buf.len())?;
+        self.arena
+            .read_at(at, buf)
+            .map_err(|e| DeviceError(e.to_string()))
+    }
+    fn store(&self, page: DevPage, off: usize, buf: &[u8]) -> std::result::Result<(), DeviceError> {
+        let at = self.page_off(page, off, buf.len())?;
+        self.arena
+            .write_at(at, buf)
+            .map_err(|e| DeviceError(e.to_string()))
+    }
+    fn metadata_bytes(&self) -> u64 {
+        self.buddy.metadata_bytes()
+    }
+}
+
+impl Drop for EmulatedDevice {
+    fn drop(&mut self) {
+        self.jobs.take();
+        for e in self.engines.drain(..) {
+            let _ = e.join();
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Devices, written from the migration engine's side: local memory (a buddy
+//! allocator of 4 KiB..2 MiB blocks), copy engines that move pages between the
+//! staging window and device memory under fences, and device-local loads and
+//! stores. The device page tables (MMU) live in [`crate::space`] because they
+//! are indexed by managed page; a device reads them through its accesses.
+
+mod buddy;
+pub mod emulated;
+
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+pub use buddy::Buddy;
+pub use emulated::{EmulatedConfig, EmulatedDevice};
+
+use crate::addr::DevPage;
+use crate::sys::Mapping;
+
+/// Most pages one copy job may carry (one SDMA-style job through the window).
+pub const MAX_JOB_PAGES: u32 = 512;
+
+/// How the CPU sees a device's memory (`MEMORY_DEVICE_*` in the kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum MemoryType {
+    /// The CPU cannot map it; CPU touches migrate pages back.
+    Private,
+    /// The CPU could map it directly (not yet used differently by svmem).
+    Coherent,
+    /// Generic device memory.
+    Generic,
+}
+
+/// A run of contiguous device pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevRun {
+    pub start: DevPage,
+    pub npages: u32,
+}
+
+/// A position in a host mapping (a staging page, or a bounce buffer).
+#[derive(Clone, Debug)]
+pub struct HostRef {
+    pub map: Arc<Mapping>,
+    pub off: usize,
+}
+
+/// One operation of a copy job.
+#[derive(Clone, Debug)]
+pub enum CopyOp {
+    /// Host pages → device pages.
+    ToDevice {
+        src: HostRef,
+        dst: DevPage,
+        npages: u32,
+    },
+    /// Device pages → host pages.
+    ToHost {
+        src: DevPage,
+        dst: HostRef,
+        npages: u32,
+    },
+    /// Zero-fill device pages (no copy).
+    Fill { dst: DevPage, npages: u32 },
+}
+
+impl CopyOp {
+    pub fn npages(&self) -> u32 {
+        match self {
+            CopyOp::ToDevice { npages, .. }
+            | CopyOp::ToHost { npages, .. }
+            | CopyOp::Fill { npages, .. } => *npages,
+        }
+    }
+}
+
+/// A batch of copy operations of at most [`MAX_JOB_PAGES`] pages.
+#[derive(Clone, Debug, Default)]
+pub struct CopyJob {
+    pub ops: Vec<CopyOp>,
+}
+
+impl CopyJob {
+    pub fn pages(&self) -> u32 {
+        self.ops.iter().map(CopyOp::npages).sum()
+    }
+}
+
+/// A device-side failure, with the device's own words.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DeviceError(pub String);
+
+#[derive(Debug, Default)]
+struct FenceState {
+    pending: u64,
+    error: Option<DeviceError>,
+}
+
+/// Signalled when every job submitted under it has completed. One fence per
+/// migration batch: the migration waits once, on the last job.
+#[derive(Clone, Debug, Default)]
+pub struct Fence(Arc<(Mutex<FenceState>, Condvar)>);
+
+impl Fence {
+    pub fn new() -> Fence {
+        Fence::default()
+    }
+    /// Records one more job in flight (called by `submit`).
+    pub fn add(&self) {
+        self.0 .0.lock().pending += 1;
+    }
+    /// Records a job's completion.
+    pub fn complete(&self, result: Result<(), DeviceError>) {
+        let mut s = self.0 .0.lock();
+        s.pending -= 1;
+        if let Err(e) = result {
+            s.error.get_or_insert(e);
+        }
+        if s.pending == 0 {
+            self.0 .1.notify_all();
+        }
+    }
+    /// Waits for all jobs; returns the first error any of them reported.
+    pub fn wait(&self) -> Result<(), DeviceError> {
+        let mut s = self.0 .0.lock();
+        while s.pending > 0 {
+            self.0 .1.wait(&mut s);
+        }
+        match s.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A device, as the migration engine and the device-access path use it.
+/// Implementations must pass `tests/conformance.rs`.
+pub trait Device: Send + Sync {
+    fn name(&self) -> &str;
+    fn memory_type(&self) -> MemoryType;
+    /// Pages of local memory in all.
+    fn capacity_pages(&self) -> u64;
+    /// Pages of local memory free now.
+    fn free_pages(&self) -> u64;
+    /// Allocates up to `npages` pages as few runs as it can (each run a power
+    /// of two of at most 512 pages); appends them to `out` and returns how many
+    /// pages it got (fewer when memory is short).
+    fn alloc(&self, npages: usize, out: &mut Vec<DevRun>) -> usize;
+    /// Returns pages to the allocator (any run of pages it handed out).
+    fn free(&self, run: DevRun);
+    /// Queues a job on a copy engine; `fence` completes when it has run.
+    fn submit(&self, job: CopyJob, fence: &Fence);
+    /// Runs a job to completion before returning (the fault path uses this when
+    /// the caller would only wait for the engine anyway).
+    fn copy_now(&self, job: &CopyJob) -> Result<(), DeviceError>;
+    /// A device-local load from one page.
+    fn load(&self, page: DevPage, off: usize, buf: &mut [u8]) -> Result<(), DeviceError>;
+    /// A device-local store to one page.
+    fn store(&self, page: DevPage, off: usize, buf: &[u8]) -> Result<(), DeviceError>;
+    /// Host bytes the device's own bookkeeping uses (allocator state).
+    fn metadata_bytes(&self) -> u64;
+}

@@ -1,0 +1,57 @@
+//! # svmem — shared virtual memory for heterogeneous devices, in user space
+//!
+//! A program allocates *managed* memory from an [`Svm`]; the same pointers are
+//! valid on the CPU and on every device. Pages migrate between system RAM and
+//! device memory on explicit [`Svm::migrate`] calls and on CPU faults, and
+//! devices reach them through their own page tables.
+//!
+//! How it works, in one paragraph: each managed region is an anonymous mapping
+//! registered with userfaultfd. A page that lives on a device is simply absent
+//! from the CPU mapping, so a CPU touch raises a real page fault, which the
+//! `svmem-uffd` thread resolves by migrating the page's window back. Migration
+//! takes pages out of the CPU view with `UFFDIO_MOVE` into a staging mirror
+//! (zero copy), has a copy engine copy them through that window, and commits a
+//! per-page atomic state word ([`PageState`]). Device accesses translate through
+//! per-device page tables that every migration invalidates first.
+//!
+//! ```
+//! use svmem::{Location, Svm, DeviceId};
+//!
+//! let svm = Svm::with_emulated(16 << 20)?;            // one 16 MiB emulated device
+//! let mut region = svm.alloc(4 << 20)?;                // 4 MiB of managed memory
+//! region.as_mut_slice::<u32>().iter_mut().enumerate().for_each(|(i, x)| *x = i as u32);
+//!
+//! let report = svm.migrate(region.addr(), region.len(), Location::Device(DeviceId(0)))?;
+//! assert_eq!(report.migrated, 1024);
+//!
+//! // The device reads through its page table; the CPU reads through a real fault.
+//! let mut word = [0u8; 4];
+//! svm.device(DeviceId(0))?.read(region.at(40), &mut word)?;
+//! assert_eq!(u32::from_ne_bytes(word), 10);
+//! assert_eq!(region.as_slice::<u32>()[1000], 1000);
+//! assert!(svm.stats().cpu_faults >= 1);
+//! # Ok::<(), svmem::Error>(())
+//! ```
+
+pub mod access;
+pub mod addr;
+mod cpu;
+pub mod device;
+pub mod error;
+pub mod migrate;
+mod space;
+pub mod state;
+pub mod stats;
+mod svm;
+mod sync;
+pub mod sys;
+
+pub use access::{AccessReport, PageView};
+pub use addr::{DevPage, DeviceId, Location, VirtAddr, BLOCK_SIZE, PAGE_SIZE};
+pub use device::{Device, EmulatedConfig, EmulatedDevice, MemoryType};
+pub use error::{Error, Result};
+pub use migrate::MigrateReport;
+pub use state::PageState;
+pub use stats::Stats;
+pub use svm::{DeviceHandle, DeviceInfo, Region, Svm, SvmBuilder};
+pub use sys::Prot;

@@ -1,0 +1,687 @@
+//! The migration protocol, per 2 MiB block, best effort per page:
+//!
+//! 1. **collect** (block lock held): read each page's state, decide copy /
+//!    zero-fill / skip (with the reason), allocate device memory;
+//! 2. **isolate**: clear device PTEs and drain device accesses, move the
+//!    states to `Migrating`, and take the pages out of the CPU view with one
+//!    `UFFDIO_MOVE` into the staging mirror (zero copy; CPU touches now fault
+//!    and wait for the block lock);
+//! 3. **copy**: a copy job per device through the staging window, one fence;
+//! 4. **commit**: on success write the new states (and the target device's
+//!    PTEs); on failure roll every page back exactly as it was;
+//! 5. **finalize**: free what the pages left, unlock.
+//!
+//! [`migrate_range`] keeps a few blocks in flight so the calling thread
+//! isolates block k+1 while a copy engine copies block k.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::MutexGuard;
+
+use crate::addr::{DevPage, DeviceId, Location, BLOCK_PAGES, PAGE_SIZE};
+use crate::device::{CopyJob, CopyOp, DevRun, DeviceError, Fence, HostRef, MAX_JOB_PAGES};
+use crate::space::{Pte, RegionInner};
+use crate::state::PageState;
+use crate::svm::Shared;
+use crate::sync::Ordering;
+use crate::sys::{Mapping, Prot};
+
+/// What a migration did, page by page.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrateReport {
+    /// Pages in the requested range.
+    pub requested: u64,
+    /// Pages that moved to the requested location.
+    pub migrated: u64,
+    /// Pages left where they were because they stayed busy (pinned, shared
+    /// with a child process, racing) after 3 tries.
+    pub skipped_busy: u64,
+    /// Pages that cannot migrate (read-only region, poisoned).
+    pub skipped_not_migratable: u64,
+    /// Pages left in place because the target device had no free memory.
+    pub skipped_no_device_memory: u64,
+    /// Pages already at the requested location.
+    pub already_there: u64,
+    /// Pages whose copy failed and that were rolled back untouched.
+    pub rolled_back: u64,
+}
+
+impl MigrateReport {
+    /// Pages that did not move and were not already there.
+    pub fn skipped(&self) -> u64 {
+        self.skipped_busy
+            + self.skipped_not_migratable
+            + self.skipped_no_device_memory
+            + self.rolled_back
+    }
+}
+
+/// Why a migration ran (for counters and, later, the event stream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// An explicit `migrate` / prefetch call.
+    Explicit,
+    /// A CPU touched a device-resident page.
+    CpuFault,
+    /// A device touched a page resident on another device.
+    DeviceFault,
+    /// The device was released.
+    Release,
+}
+
+/// Runs of consecutive values in a sorted slice of indices: (first, count, position in slice).
+fn runs(idx: impl Iterator<Item = usize>) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for i in idx {
+        match out.last_mut() {
+            Some((s, n)) if *s + *n == i => *n += 1,
+            _ => out.push((i, 1)),
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// The page had data: it was moved into staging and is copied.
+    Copy,
+    /// The page had no data: the device page is zero-filled.
+    Zero,
+}
+
+struct ToDevicePage {
+    idx: usize,
+    page: DevPage,
+    kind: Kind,
+}
+
+/// Isolated pages of one block on their way to device `d`.
+pub(crate) struct ToDevicePlan<'a> {
+    _guard: MutexGuard<'a, ()>,
+    b: usize,
+    d: DeviceId,
+    pages: Vec<ToDevicePage>,
+    fence: Fence,
+}
+
+struct ToSystemPage {
+    idx: usize,
+    prev: PageState,
+    /// Slot in the bounce buffer for pages with no staged system page.
+    bounce: Option<usize>,
+}
+
+/// Isolated device-resident pages of one block on their way to system memory.
+/// The caller holds the block lock (in `guard`, or further up the stack).
+pub(crate) struct ToSystemPlan<'a> {
+    _guard: Option<MutexGuard<'a, ()>>,
+    pages: Vec<ToSystemPage>,
+    /// Jobs not yet run (synchronous plans run them in `finish`).
+    jobs: Vec<(DeviceId, CopyJob)>,
+    fence: Fence,
+    bounce: Option<Arc<Mapping>>,
+}
+
+/// The outcome of moving one page out of the CPU view.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Taken {
+    Moved,
+    /// No page was there (discarded under us): its content is zeros.
+    Hole,
+    Busy,
+}
+
+/// Moves `[start, start+n)` of the managed view into staging. Busy pages are
+/// retried up to 3 times.
+fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<Taken> {
+    let mut out = vec![Taken::Moved; n];
+    let (mut i, end) = (start, start + n);
+    let (mut busy_tries, mut again) = (0, 0);
+    while i < end {
+        let len = ((end - i) * PAGE_SIZE) as u64;
+        match sh
+            .uffd
+            .move_pages(r.staging_addr(i), r.addr_of(i).0, len, false, true)
+        {
+            Ok(_) => break,
+            Err(p) => {
+                i += p.done as usize / PAGE_SIZE;
+                if i >= end {
+                    break;
+                }
+                match p.errno {
+                    libc::EAGAIN if again < 1000 => {
+                        again += 1;
+                        std::thread::yield_now();
+                    }
+                    libc::ENOENT => {
+                        out[i - start] = Taken::Hole;
+                        i += 1;
+                    }
+                    libc::EBUSY if busy_tries < 2 => {
+                        busy_tries += 1;
+                        std::thread::yield_now();
+                    }
+                    _ => {
+                        out[i - start] = Taken::Busy;
+                        i += 1;
+                        busy_tries = 0;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Puts staged pages back into the CPU view (rollback, or the end of a
+/// migration to system memory). Returns the pages that could not be put back.
+fn return_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<usize> {
+    let mut failed = Vec::new();
+    let (mut i, end) = (start, start + n);
+    let mut again = 0;
+    while i < end {
+        let len = ((end - i) * PAGE_SIZE) as u64;
+        match sh
+            .uffd
+            .move_pages(r.addr_of(i).0, r.staging_addr(i), len, false, false)
+        {
+            Ok(_) => break,
+            Err(p) => {
+                i += p.done as usize / PAGE_SIZE;
+                if i >= end {
+                    break;
+                }
+                if p.errno == libc::EAGAIN && again < 1000 {
+                    again += 1;
+                    continue;
+                }
+                // MOVE refused this page: copy it instead, then drop the staged page.
+                let src = r.staging_addr(i);
+                match sh.uffd.copy(r.addr_of(i).0, src, PAGE_SIZE as u64, false) {
+                    Ok(_) => {
+                        // Drop the staged copy off this thread (it may be the reader).
+                        let _ = sh.trim.send(Some((r.staging.clone(), i)));
+                    }
+                    Err(_) => failed.push(i),
+                }
+                i += 1;
+            }
+        }
+    }
+    failed
+}
+
+/// Collect + isolate + submit for pages `[lo, hi)` of block `b` going to device `d`.
+pub(crate) fn isolate_to_device<'a>(
+    sh: &Shared,
+    r: &'a RegionInner,
+    b: usize,
+    lo: usize,
+    hi: usize,
+    d: DeviceId,
+    rep: &mut MigrateReport,
+) -> Option<ToDevicePlan<'a>> {
+    let guard = r.blocks[b].migrate.lock();
+    let dev = &sh.devices[d.0 as usize];
+    if !r.is_writable() {
+        for i in lo..hi {
+            match r.states[i].load() {
+                PageState::Device { dev, .. } if dev == d => rep.already_there += 1,
+                _ => rep.skipped_not_migratable += 1,
+            }
+        }
+        return None;
+    }
+    // Pages on another device come back to system memory first.
+    let others: Vec<usize> = (lo..hi)
+        .filter(|&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if dev != d))
+        .collect();
+    if !others.is_empty() {
+        if let Some(p) = isolate_to_system(sh, r, b, &others, true, None, rep) {
+            finish_to_system(sh, r, p, Trigger::Explicit, rep);
+        }
+    }
+    let mut cands: Vec<(usize, Kind)> = Vec::with_capacity(hi - lo);
+    for i in lo..hi {
+        match r.states[i].load() {
+            PageState::Device { dev, .. } if dev == d => rep.already_there += 1,
+            PageState::System => cands.push((i, Kind::Copy)),
+            PageState::Unpopulated => cands.push((i, Kind::Zero)),
+            PageState::Poisoned => rep.skipped_not_migratable += 1,
+            PageState::Device { .. } | PageState::Migrating => rep.skipped_busy += 1,
+        }
+    }
+    if cands.is_empty() {
+        return None;
+    }
+    let mut runs_out = Vec::new();
+    let got = dev.alloc(cands.len(), &mut runs_out);
+    if got < cands.len() {
+        rep.skipped_no_device_memory += (cands.len() - got) as u64;
+        cands.truncate(got);
+    }
+    if cands.is_empty() {
+        return None;
+    }
+    let dev_pages = runs_out
+        .iter()
+        .flat_map(|run| (0..run.npages).map(move |k| DevPage(run.start.0 + k)));
+    let mut pages: Vec<ToDevicePage> = cands
+        .iter()
+        .zip(dev_pages)
+        .map(|(&(idx, kind), page)| ToDevicePage { idx, page, kind })
+        .collect();
+
+    r.invalidate(b, pages.iter().map(|p| p.idx));
+    pages.retain(|p| {
+        let seen = if p.kind == Kind::Copy {
+            PageState::System
+        } else {
+            PageState::Unpopulated
+        };
+        let ok = r.states[p.idx].isolate(seen).is_ok();
+        if !ok {
+            rep.skipped_busy += 1;
+            dev.free(DevRun {
+                start: p.page,
+                npages: 1,
+            });
+        }
+        ok
+    });
+    // Take the pages with data out of the CPU view, one MOVE per run.
+    let copy_runs = runs(pages.iter().filter(|p| p.kind == Kind::Copy).map(|p| p.idx));
+    let mut outcome = std::collections::HashMap::new();
+    for (s, n) in copy_runs {
+        for (k, t) in take_cpu_pages(sh, r, s, n).into_iter().enumerate() {
+            if t != Taken::Moved {
+                outcome.insert(s + k, t);
+            }
+        }
+    }
+    if !outcome.is_empty() {
+        pages.retain_mut(|p| match outcome.get(&p.idx) {
+            Some(Taken::Hole) => {
+                p.kind = Kind::Zero;
+                true
+            }
+            Some(Taken::Busy) => {
+                let _ = r.states[p.idx].commit(PageState::System);
+                dev.free(DevRun {
+                    start: p.page,
+                    npages: 1,
+                });
+                rep.skipped_busy += 1;
+                false
+            }
+            _ => true,
+        });
+    }
+    if pages.is_empty() {
+        return None;
+    }
+    // One job for the block (at most 512 pages), one fence.
+    let mut ops: Vec<CopyOp> = Vec::new();
+    let mut prev: Option<(usize, DevPage, Kind)> = None;
+    for p in &pages {
+        let extend = matches!(prev, Some((i, pg, k)) if i + 1 == p.idx && pg.0 + 1 == p.page.0 && k == p.kind)
+            && ops.last().is_some_and(|o| o.npages() < MAX_JOB_PAGES);
+        match (extend, ops.last_mut()) {
+            (true, Some(CopyOp::ToDevice { npages, .. }))
+            | (true, Some(CopyOp::Fill { npages, .. })) => *npages += 1,
+            _ => ops.push(match p.kind {
+                Kind::Copy => CopyOp::ToDevice {
+                    src: HostRef {
+                        map: r.staging.clone(),
+                        off: p.idx * PAGE_SIZE,
+                    },
+                    dst: p.page,
+                    npages: 1,
+                },
+                Kind::Zero => CopyOp::Fill {
+                    dst: p.page,
+                    npages: 1,
+                },
+            }),
+        }
+        prev = Some((p.idx, p.page, p.kind));
+    }
+    let fence = Fence::new();
+    dev.submit(CopyJob { ops }, &fence);
+    Some(ToDevicePlan {
+        _guard: guard,
+        b,
+        d,
+        pages,
+        fence,
+    })
+}
+
+/// Wait + commit (or roll back) + unlock.
+pub(crate) fn finish_to_device(
+    sh: &Shared,
+    r: &RegionInner,
+    plan: ToDevicePlan<'_>,
+    rep: &mut MigrateReport,
+) {
+    let dev = &sh.devices[plan.d.0 as usize];
+    let c = &sh.counters;
+    match plan.fence.wait() {
+        Ok(()) => {
+            let write = r.is_writable();
+            let table = &r.ptes[plan.d.0 as usize];
+            let mut copied = 0;
+            for p in &plan.pages {
+                let staged = p.kind == Kind::Copy;
+                copied += staged as u64;
+                let _ = r.states[p.idx].commit(PageState::Device {
+                    dev: plan.d,
+                    page: p.page,
+                    staged,
+                });
+                table[p.idx].store(
+                    Pte::Device {
+                        page: p.page,
+                        write,
+                    }
+                    .encode(),
+                    Ordering::Release,
+                );
+            }
+            r.blocks[plan.b]
+                .mapped
+                .fetch_or(1 << plan.d.0, Ordering::AcqRel);
+            let n = plan.pages.len() as u64;
+            rep.migrated += n;
+            c.add(&c.to_device_pages, n);
+            c.add(&c.to_device_bytes, copied * PAGE_SIZE as u64);
+            c.add(&c.device_zero_fill_pages, n - copied);
+        }
+        Err(_) => {
+            for (s, n) in runs(
+                plan.pages
+                    .iter()
+                    .filter(|p| p.kind == Kind::Copy)
+                    .map(|p| p.idx),
+            ) {
+                // Pages that cannot even be put back keep their data in staging
+                // and stay Device-less: report them busy-but-safe by leaving them
+                // isolated is worse; return_cpu_pages already fell back to COPY.
+                let failed = return_cpu_pages(sh, r, s, n);
+                debug_assert!(
+                    failed.is_empty(),
+                    "rollback could not restore pages {failed:?}"
+                );
+            }
+            for p in &plan.pages {
+                let back = if p.kind == Kind::Copy {
+                    PageState::System
+                } else {
+                    PageState::Unpopulated
+                };
+                let _ = r.states[p.idx].commit(back);
+                dev.free(DevRun {
+                    start: p.page,
+                    npages: 1,
+                });
+            }
+            let n = plan.pages.len() as u64;
+            rep.rolled_back += n;
+            c.add(&c.rolled_back_pages, n);
+        }
+    }
+}
+
+/// Collect + isolate (+ submit unless `sync`) for the device-resident pages
+/// among `idxs` (all in block `b`, whose lock the caller holds or passes in
+/// `guard`).
+pub(crate) fn isolate_to_system<'a>(
+    sh: &Shared,
+    r: &'a RegionInner,
+    b: usize,
+    idxs: &[usize],
+    sync: bool,
+    guard: Option<MutexGuard<'a, ()>>,
+    rep: &mut MigrateReport,
+) -> Option<ToSystemPlan<'a>> {
+    let mut pages: Vec<ToSystemPage> = idxs
+        .iter()
+        .filter_map(|&idx| match r.states[idx].load() {
+            prev @ PageState::Device { .. } => Some(ToSystemPage {
+                idx,
+                prev,
+                bounce: None,
+            }),
+            _ => None,
+        })
+        .collect();
+    if pages.is_empty() {
+        return None;
+    }
+    r.invalidate(b, pages.iter().map(|p| p.idx));
+    pages.retain(|p| {
+        let ok = r.states[p.idx].isolate(p.prev).is_ok();
+        if !ok {
+            rep.skipped_busy += 1;
+        }
+        ok
+    });
+    let unstaged = pages
+        .iter()
+        .filter(|p| matches!(p.prev, PageState::Device { staged: false, .. }))
+        .count();
+    let bounce = if unstaged > 0 {
+        match Mapping::anonymous(unstaged * PAGE_SIZE, Prot::ReadWrite, false) {
+            Ok(m) => Some(Arc::new(m)),
+            Err(_) => {
+                // No memory for a bounce buffer: leave those pages on the device.
+                pages.retain(|p| {
+                    let keep = matches!(p.prev, PageState::Device { staged: true, .. });
+                    if !keep {
+                        let _ = r.states[p.idx].commit(p.prev);
+                        rep.skipped_busy += 1;
+                    }
+                    keep
+                });
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut slot = 0;
+    let mut jobs: Vec<(DeviceId, CopyJob)> = Vec::new();
+    for p in pages.iter_mut() {
+        let PageState::Device { dev, page, staged } = p.prev else {
+            continue;
+        };
+        let dst = if staged {
+            HostRef {
+                map: r.staging.clone(),
+                off: p.idx * PAGE_SIZE,
+            }
+        } else {
+            let Some(bm) = &bounce else { continue };
+            p.bounce = Some(slot);
+            slot += 1;
+            HostRef {
+                map: bm.clone(),
+                off: (slot - 1) * PAGE_SIZE,
+            }
+        };
+        let job = match jobs.iter_mut().find(|(d, _)| *d == dev) {
+            Some((_, j)) => j,
+            None => {
+                jobs.push((dev, CopyJob::default()));
+                &mut jobs.last_mut().expect("just pushed").1
+            }
+        };
+        match job.ops.last_mut() {
+            Some(CopyOp::ToHost {
+                src,
+                dst: last,
+                npages,
+            }) if src.0 + *npages == page.0
+                && Arc::ptr_eq(&last.map, &dst.map)
+                && last.off + *npages as usize * PAGE_SIZE == dst.off
+                && *npages < MAX_JOB_PAGES =>
+            {
+                *npages += 1
+            }
+            _ => job.ops.push(CopyOp::ToHost {
+                src: page,
+                dst,
+                npages: 1,
+            }),
+        }
+    }
+    let fence = Fence::new();
+    if !sync {
+        for (d, job) in jobs.drain(..) {
+            sh.devices[d.0 as usize].submit(job, &fence);
+        }
+    }
+    Some(ToSystemPlan {
+        _guard: guard,
+        pages,
+        jobs,
+        fence,
+        bounce,
+    })
+}
+
+/// Wait (or run the jobs) + put the pages into the CPU view + commit + free.
+pub(crate) fn finish_to_system(
+    sh: &Shared,
+    r: &RegionInner,
+    plan: ToSystemPlan<'_>,
+    _trigger: Trigger,
+    rep: &mut MigrateReport,
+) {
+    let c = &sh.counters;
+    let mut result: Result<(), DeviceError> = Ok(());
+    for (d, job) in &plan.jobs {
+        result = result.and(sh.devices[d.0 as usize].copy_now(job));
+    }
+    result = result.and(plan.fence.wait());
+    if result.is_err() {
+        // The data is still on the device: nothing moved in the CPU view.
+        for p in &plan.pages {
+            let _ = r.states[p.idx].commit(p.prev);
+        }
+        let n = plan.pages.len() as u64;
+        rep.rolled_back += n;
+        c.add(&c.rolled_back_pages, n);
+        return;
+    }
+    let mut failed: Vec<usize> = Vec::new();
+    let staged = plan
+        .pages
+        .iter()
+        .filter(|p| matches!(p.prev, PageState::Device { staged: true, .. }));
+    for (s, n) in runs(staged.map(|p| p.idx)) {
+        failed.extend(return_cpu_pages(sh, r, s, n));
+    }
+    if let Some(bm) = &plan.bounce {
+        for p in plan.pages.iter() {
+            let Some(slot) = p.bounce else { continue };
+            let src = bm.addr() + (slot * PAGE_SIZE) as u64;
+            if sh
+                .uffd
+                .copy(r.addr_of(p.idx).0, src, PAGE_SIZE as u64, false)
+                .is_err()
+            {
+                failed.push(p.idx);
+            }
+        }
+    }
+    let mut moved = 0u64;
+    for p in &plan.pages {
+        let PageState::Device { dev, page, .. } = p.prev else {
+            continue;
+        };
+        if failed.contains(&p.idx) {
+            // Data stays safely on the device.
+            let _ = r.states[p.idx].commit(p.prev);
+            rep.rolled_back += 1;
+            continue;
+        }
+        let _ = r.states[p.idx].commit(PageState::System);
+        sh.devices[dev.0 as usize].free(DevRun {
+            start: page,
+            npages: 1,
+        });
+        moved += 1;
+    }
+    rep.migrated += moved;
+    c.add(&c.to_system_pages, moved);
+    c.add(&c.to_system_bytes, moved * PAGE_SIZE as u64);
+}
+
+enum Plan<'a> {
+    ToDevice(ToDevicePlan<'a>),
+    ToSystem(ToSystemPlan<'a>),
+}
+
+/// Migrates pages `[first, first + n)` of `r` to `to`, keeping up to
+/// `sh.pipeline_depth` blocks in flight.
+pub(crate) fn migrate_range(
+    sh: &Shared,
+    r: &RegionInner,
+    first: usize,
+    n: usize,
+    to: Location,
+    trigger: Trigger,
+) -> MigrateReport {
+    let mut rep = MigrateReport {
+        requested: n as u64,
+        ..Default::default()
+    };
+    let mut q: VecDeque<Plan<'_>> = VecDeque::new();
+    let finish = |p: Plan<'_>, rep: &mut MigrateReport| match p {
+        Plan::ToDevice(p) => finish_to_device(sh, r, p, rep),
+        Plan::ToSystem(p) => finish_to_system(sh, r, p, trigger, rep),
+    };
+    let (mut i, end) = (first, first + n);
+    while i < end {
+        let b = i / BLOCK_PAGES;
+        let hi = end.min((b + 1) * BLOCK_PAGES);
+        let plan = match to {
+            Location::Device(d) => {
+                isolate_to_device(sh, r, b, i, hi, d, &mut rep).map(Plan::ToDevice)
+            }
+            Location::System => {
+                let guard = r.blocks[b].migrate.lock();
+                let mut idxs = Vec::new();
+                for k in i..hi {
+                    match r.states[k].load() {
+                        PageState::Device { .. } => idxs.push(k),
+                        PageState::Poisoned => rep.skipped_not_migratable += 1,
+                        _ => rep.already_there += 1,
+                    }
+                }
+                isolate_to_system(sh, r, b, &idxs, false, Some(guard), &mut rep).map(Plan::ToSystem)
+            }
+        };
+        if let Some(p) = plan {
+            q.push_back(p);
+        }
+        while q.len() > sh.pipeline_depth {
+            if let Some(p) = q.pop_front() {
+                finish(p, &mut rep);
+            }
+        }
+        i = hi;
+    }
+    while let Some(p) = q.pop_front() {
+        finish(p, &mut rep);
+    }
+    let c = &sh.counters;
+    c.add(&c.skipped_busy, rep.skipped_busy);
+    c.add(&c.skipped_not_migratable, rep.skipped_not_migratable);
+    c.add(&c.skipped_no_device_memory, rep.skipped_no_device_memory);
+    c.add(&c.skipped_already_there, rep.already_there);
+    rep
+}

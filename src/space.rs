@@ -1,0 +1,190 @@
+//! Managed regions: the managed mapping (registered MISSING + WP with the main
+//! userfaultfd), its staging mirror (registered with the staging userfaultfd),
+//! the page-state table, one device page table per device, and per-2 MiB-block
+//! locks.
+//!
+//! Invariants this module's data encodes (the protocol in `migrate` keeps them):
+//! - staging page `i` is populated iff page `i` is `Device { staged: true }`;
+//! - a valid PTE of device `d` for page `i` points where the page's data is now:
+//!   the managed page itself (`System`) or `d`'s own memory (`Device{dev: d}`);
+//! - PTEs are cleared, and in-flight device accesses drained through the block's
+//!   `access` lock, before any transition changes where a page's data lives.
+
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::addr::{DevPage, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
+use crate::state::StateCell;
+use crate::sync::{AtomicU32, AtomicU8, Ordering};
+use crate::sys::Mapping;
+
+/// Most pages one region may hold (a device PTE can name any of them): 1 TiB.
+pub const MAX_REGION_PAGES: usize = 1 << 28;
+
+/// Per 2 MiB block: the migration lock, the device-access guard, which devices
+/// may hold valid PTEs here, and the fault granularity (log2 pages).
+#[derive(Debug, Default)]
+pub(crate) struct Block {
+    /// Serialises every state transition of the block's pages.
+    pub migrate: Mutex<()>,
+    /// Device accesses hold it shared while they use a translation; an
+    /// invalidation takes it exclusively once to drain them.
+    pub access: RwLock<()>,
+    /// Bit `d`: device `d` may have valid PTEs in this block.
+    pub mapped: AtomicU8,
+    pub granularity: AtomicU8,
+}
+
+/// A device PTE: one `AtomicU32` per managed page per device.
+/// Bit 0 valid, bit 1 writable, bit 2 target is device memory, bits 3.. device page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pte {
+    System { write: bool },
+    Device { page: DevPage, write: bool },
+}
+
+impl Pte {
+    pub fn encode(self) -> u32 {
+        match self {
+            Pte::System { write } => 1 | (write as u32) << 1,
+            Pte::Device { page, write } => 1 | (write as u32) << 1 | 4 | page.0 << 3,
+        }
+    }
+    pub fn decode(w: u32) -> Option<Pte> {
+        if w & 1 == 0 {
+            None
+        } else if w & 4 == 0 {
+            Some(Pte::System { write: w & 2 != 0 })
+        } else {
+            Some(Pte::Device {
+                page: DevPage(w >> 3),
+                write: w & 2 != 0,
+            })
+        }
+    }
+    pub fn writable(self) -> bool {
+        matches!(
+            self,
+            Pte::System { write: true } | Pte::Device { write: true, .. }
+        )
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct RegionInner {
+    pub managed: Arc<Mapping>,
+    pub staging: Arc<Mapping>,
+    pub npages: usize,
+    pub writable: std::sync::atomic::AtomicBool,
+    pub states: Box<[StateCell]>,
+    /// `ptes[d][i]`: device `d`'s translation of page `i`.
+    pub ptes: Box<[Box<[AtomicU32]>]>,
+    pub blocks: Box<[Block]>,
+}
+
+impl RegionInner {
+    pub fn new(
+        managed: Mapping,
+        staging: Mapping,
+        ndevices: usize,
+        granularity: u8,
+    ) -> RegionInner {
+        let npages = managed.len() / PAGE_SIZE;
+        let nblocks = npages.div_ceil(BLOCK_PAGES);
+        RegionInner {
+            managed: Arc::new(managed),
+            staging: Arc::new(staging),
+            npages,
+            writable: std::sync::atomic::AtomicBool::new(true),
+            states: (0..npages).map(|_| StateCell::new()).collect(),
+            ptes: (0..ndevices)
+                .map(|_| (0..npages).map(|_| AtomicU32::new(0)).collect())
+                .collect(),
+            blocks: (0..nblocks)
+                .map(|_| Block {
+                    granularity: AtomicU8::new(granularity),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    pub fn base(&self) -> u64 {
+        self.managed.addr()
+    }
+    pub fn len(&self) -> u64 {
+        self.managed.len() as u64
+    }
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        addr >= self.base()
+            && addr
+                .checked_add(len)
+                .is_some_and(|e| e <= self.base() + self.len())
+    }
+    pub fn page_of(&self, addr: u64) -> usize {
+        ((addr - self.base()) / PAGE_SIZE as u64) as usize
+    }
+    pub fn addr_of(&self, idx: usize) -> VirtAddr {
+        VirtAddr(self.base() + (idx * PAGE_SIZE) as u64)
+    }
+    pub fn staging_addr(&self, idx: usize) -> u64 {
+        self.staging.addr() + (idx * PAGE_SIZE) as u64
+    }
+    pub fn block_pages(&self, b: usize) -> std::ops::Range<usize> {
+        b * BLOCK_PAGES..((b + 1) * BLOCK_PAGES).min(self.npages)
+    }
+    pub fn is_writable(&self) -> bool {
+        self.writable.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Clears every device's PTEs for `pages` (all inside block `b`), then waits
+    /// for device accesses that may still use the old translations. The caller
+    /// holds `blocks[b].migrate`.
+    pub fn invalidate(&self, b: usize, pages: impl Iterator<Item = usize> + Clone) {
+        let mapped = self.blocks[b].mapped.load(Ordering::Acquire);
+        if mapped == 0 {
+            return;
+        }
+        for (d, table) in self.ptes.iter().enumerate() {
+            if mapped & (1 << d) != 0 {
+                for i in pages.clone() {
+                    table[i].store(0, Ordering::Release);
+                }
+            }
+        }
+        drop(self.blocks[b].access.write());
+    }
+
+    /// Host bytes of metadata this region keeps.
+    pub fn metadata_bytes(&self) -> u64 {
+        (self.states.len() * std::mem::size_of::<StateCell>()
+            + self
+                .ptes
+                .iter()
+                .map(|t| t.len() * std::mem::size_of::<AtomicU32>())
+                .sum::<usize>()
+            + self.blocks.len() * std::mem::size_of::<Block>()
+            + std::mem::size_of::<Self>()) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pte_round_trips() {
+        for p in [
+            Pte::System { write: false },
+            Pte::System { write: true },
+            Pte::Device {
+                page: DevPage((1 << 25) - 1),
+                write: true,
+            },
+        ] {
+            assert_eq!(Pte::decode(p.encode()), Some(p));
+        }
+        assert_eq!(Pte::decode(0), None);
+    }
+}

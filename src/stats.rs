@@ -1,0 +1,70 @@
+//! Counters: CPU faults, device fault passes, migrations per direction, skips
+//! by reason. Plain relaxed atomics, read as a [`Stats`] snapshot.
+
+use crate::sync::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$m:meta])* $name:ident),* $(,)?) => {
+        /// Live counters of one `Svm`.
+        #[derive(Debug, Default)]
+        pub struct Counters { $(pub(crate) $name: AtomicU64,)* }
+
+        /// A snapshot of the counters, plus metadata bytes.
+        #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+        pub struct Stats {
+            $($(#[$m])* pub $name: u64,)*
+            /// Bytes of host memory svmem keeps as metadata (state words, device
+            /// page tables, block locks, allocator state).
+            pub metadata_bytes: u64,
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self, metadata_bytes: u64) -> Stats {
+                Stats { $($name: self.$name.load(Ordering::Relaxed),)* metadata_bytes }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Fault messages read from the userfaultfd.
+    cpu_faults,
+    /// Fault windows resolved (one per group of faults in a window).
+    cpu_fault_windows,
+    /// Pages zero-filled on first CPU touch.
+    cpu_zero_fill_pages,
+    /// Device accesses (read or write calls).
+    device_accesses,
+    /// Device fault passes (a cold access of any length needs one).
+    device_fault_passes,
+    /// Pages migrated to device memory.
+    to_device_pages,
+    /// Bytes copied to device memory (zero-filled pages copy nothing).
+    to_device_bytes,
+    /// Pages migrated back to system memory.
+    to_system_pages,
+    /// Bytes copied back to system memory.
+    to_system_bytes,
+    /// Pages that became zero-filled device pages without a copy.
+    device_zero_fill_pages,
+    /// Pages skipped because they were busy (pinned, shared, racing) after 3 tries.
+    skipped_busy,
+    /// Pages skipped because they cannot migrate (read-only region, poisoned).
+    skipped_not_migratable,
+    /// Pages skipped because the target device had no free memory.
+    skipped_no_device_memory,
+    /// Pages already at the requested location.
+    skipped_already_there,
+    /// Pages whose migration failed in the copy and were rolled back.
+    rolled_back_pages,
+    /// munmap / madvise(DONTNEED) events read from the userfaultfd.
+    uffd_events,
+}
+
+impl Counters {
+    pub(crate) fn add(&self, c: &AtomicU64, n: u64) {
+        if n != 0 {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}

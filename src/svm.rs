@@ -1,0 +1,544 @@
+//! `Svm`: one shared address space — its managed regions, devices, the uffd
+//! reader thread and counters — and the handles users hold: [`Region`] and
+//! [`DeviceHandle`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::RwLock;
+
+use crate::access::{self, AccessReport, Op, PageView};
+use crate::addr::{DeviceId, Location, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
+use crate::device::{DevRun, Device, EmulatedConfig, EmulatedDevice, MemoryType};
+use crate::error::{Error, Result};
+use crate::migrate::{self, MigrateReport, Trigger};
+use crate::space::{RegionInner, MAX_REGION_PAGES};
+use crate::state::{PageState, MAX_DEVICES};
+use crate::stats::{Counters, Stats};
+use crate::sync::Ordering;
+use crate::sys::uffd::{OpenError, REQUIRED_FEATURES};
+use crate::sys::{Advice, EventFd, Mapping, Prot, Uffd};
+
+/// Everything the reader thread and the API calls share.
+pub(crate) struct Shared {
+    /// Managed regions (MISSING + WP) and their staging mirrors (MISSING)
+    /// register here: `UFFDIO_MOVE` needs both ends on one context.
+    pub uffd: Uffd,
+    /// Staging pages to drop (`MADV_DONTNEED`) off the reader thread.
+    pub trim: crossbeam_channel::Sender<Option<(Arc<Mapping>, usize)>>,
+    pub devices: Vec<Arc<dyn Device>>,
+    pub regions: RwLock<BTreeMap<u64, Arc<RegionInner>>>,
+    pub counters: Counters,
+    /// 2 MiB of zeros, the source of zero-filling `UFFDIO_COPY`s.
+    pub zeros: Mapping,
+    pub pipeline_depth: usize,
+    pub granularity: u8,
+}
+
+impl Shared {
+    pub fn device(&self, d: DeviceId) -> Result<&Arc<dyn Device>> {
+        self.devices.get(d.0 as usize).ok_or(Error::UnknownDevice {
+            id: d,
+            count: self.devices.len(),
+        })
+    }
+
+    pub fn region_at(&self, addr: u64) -> Option<Arc<RegionInner>> {
+        let g = self.regions.read();
+        let (_, r) = g.range(..=addr).next_back()?;
+        r.contains(addr, 1).then(|| r.clone())
+    }
+
+    /// The region holding all of `[addr, addr+len)`.
+    pub fn region_for(&self, addr: VirtAddr, len: u64) -> Result<Arc<RegionInner>> {
+        self.region_at(addr.0)
+            .filter(|r| r.contains(addr.0, len))
+            .ok_or(Error::OutsideManaged { start: addr, len })
+    }
+
+    pub fn regions_overlapping(&self, start: u64, end: u64) -> Vec<Arc<RegionInner>> {
+        self.regions
+            .read()
+            .values()
+            .filter(|r| r.base() < end && start < r.base() + r.len())
+            .cloned()
+            .collect()
+    }
+
+    fn metadata_bytes(&self) -> u64 {
+        let regions: u64 = self
+            .regions
+            .read()
+            .values()
+            .map(|r| r.metadata_bytes())
+            .sum();
+        regions + self.devices.iter().map(|d| d.metadata_bytes()).sum::<u64>()
+    }
+}
+
+/// Builds an [`Svm`].
+pub struct SvmBuilder {
+    devices: Vec<Arc<dyn Device>>,
+    granularity: u8,
+    pipeline_depth: usize,
+}
+
+impl Default for SvmBuilder {
+    fn default() -> Self {
+        SvmBuilder {
+            devices: Vec::new(),
+            granularity: 9,
+            pipeline_depth: 2,
+        }
+    }
+}
+
+impl SvmBuilder {
+    /// Adds a device; devices are numbered `DeviceId(0)`, `DeviceId(1)`, … in order.
+    pub fn device(mut self, d: impl Device + 'static) -> Self {
+        self.devices.push(Arc::new(d));
+        self
+    }
+
+    /// Adds an emulated device built from `config`.
+    pub fn emulated(self, config: EmulatedConfig) -> Result<Self> {
+        Ok(self.device(EmulatedDevice::new(config)?))
+    }
+
+    /// Default fault granularity of new regions, log2 pages (0 = 4 KiB … 9 = 2 MiB).
+    pub fn granularity(mut self, g: u8) -> Self {
+        self.granularity = g;
+        self
+    }
+
+    /// Blocks a migration keeps in flight beyond the one it is isolating.
+    pub fn pipeline_depth(mut self, n: usize) -> Self {
+        self.pipeline_depth = n;
+        self
+    }
+
+    pub fn build(self) -> Result<Svm> {
+        if self.devices.len() > MAX_DEVICES {
+            return Err(Error::Config(format!(
+                "{} devices: at most {MAX_DEVICES} are supported",
+                self.devices.len()
+            )));
+        }
+        if self.granularity > 9 {
+            return Err(Error::Granularity {
+                value: self.granularity,
+            });
+        }
+        if !(1..=64).contains(&self.pipeline_depth) {
+            return Err(Error::Config(format!(
+                "pipeline depth {}: use 1 to 64",
+                self.pipeline_depth
+            )));
+        }
+        let open = |features| {
+            Uffd::open(features).map_err(|e| match e {
+                OpenError::Permission(source) => Error::UffdPermission { source },
+                OpenError::MissingFeature(feature, offered) => {
+                    Error::UffdMissingFeature { feature, offered }
+                }
+                OpenError::Other(op, source) => Error::Os { op, source },
+            })
+        };
+        let uffd = open(REQUIRED_FEATURES)?;
+        let (trim, trim_rx) = crossbeam_channel::unbounded();
+        let zeros = Mapping::anonymous(BLOCK_PAGES * PAGE_SIZE, Prot::ReadOnly, false)
+            .map_err(|e| Error::os("mmap zero source", e))?;
+        let shared = Arc::new(Shared {
+            uffd,
+            trim,
+            devices: self.devices,
+            regions: RwLock::new(BTreeMap::new()),
+            counters: Counters::default(),
+            zeros,
+            pipeline_depth: self.pipeline_depth,
+            granularity: self.granularity,
+        });
+        let janitor = std::thread::Builder::new()
+            .name("svmem-trim".into())
+            .spawn(move || crate::cpu::trim_loop(trim_rx))
+            .map_err(|e| Error::os("spawn trim thread", e))?;
+        let shutdown = Arc::new(EventFd::new().map_err(|e| Error::os("eventfd", e))?);
+        let (sh, sd) = (shared.clone(), shutdown.clone());
+        let reader = std::thread::Builder::new()
+            .name("svmem-uffd".into())
+            .spawn(move || crate::cpu::reader_loop(sh, sd))
+            .map_err(|e| Error::os("spawn uffd reader", e))?;
+        Ok(Svm {
+            shared,
+            shutdown,
+            reader: Some(reader),
+            janitor: Some(janitor),
+        })
+    }
+}
+
+/// One shared virtual address space. See the crate docs.
+pub struct Svm {
+    shared: Arc<Shared>,
+    janitor: Option<JoinHandle<()>>,
+    shutdown: Arc<EventFd>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Svm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Svm")
+            .field("devices", &self.shared.devices.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Svm {
+    pub fn builder() -> SvmBuilder {
+        SvmBuilder::default()
+    }
+
+    /// An `Svm` with one emulated device of `device_bytes` of memory.
+    pub fn with_emulated(device_bytes: u64) -> Result<Svm> {
+        Svm::builder()
+            .emulated(EmulatedConfig::with_memory(device_bytes))?
+            .build()
+    }
+
+    /// Allocates `len` bytes (rounded up to 4 KiB) of managed memory.
+    pub fn alloc(&self, len: usize) -> Result<Region<'_>> {
+        let pages = len.div_ceil(PAGE_SIZE);
+        if pages == 0 {
+            return Err(Error::AllocTooLarge {
+                requested: 0,
+                reason: "a region needs at least one byte".into(),
+            });
+        }
+        if pages > MAX_REGION_PAGES {
+            return Err(Error::AllocTooLarge {
+                requested: len as u64,
+                reason: format!(
+                    "one region holds at most {} bytes",
+                    MAX_REGION_PAGES * PAGE_SIZE
+                ),
+            });
+        }
+        let bytes = pages * PAGE_SIZE;
+        let map = |what: &str| {
+            Mapping::anonymous(bytes, Prot::ReadWrite, false).map_err(|e| Error::AllocTooLarge {
+                requested: bytes as u64,
+                reason: format!("cannot map the {what} area: {e}"),
+            })
+        };
+        let managed = map("managed")?;
+        let staging = map("staging")?;
+        // Pages are tracked at 4 KiB; keep THP out so MOVE never splits.
+        for m in [&managed, &staging] {
+            m.madvise(0, bytes, Advice::NoHugePage)
+                .map_err(|e| Error::os("madvise(NOHUGEPAGE)", e))?;
+        }
+        let sh = &self.shared;
+        sh.uffd
+            .register(managed.addr(), bytes as u64, true)
+            .map_err(|e| Error::os("UFFDIO_REGISTER (managed)", e))?;
+        if let Err(e) = sh.uffd.register(staging.addr(), bytes as u64, false) {
+            let _ = sh.uffd.unregister(managed.addr(), bytes as u64);
+            return Err(Error::os("UFFDIO_REGISTER (staging)", e));
+        }
+        let inner = Arc::new(RegionInner::new(
+            managed,
+            staging,
+            sh.devices.len(),
+            sh.granularity,
+        ));
+        sh.regions.write().insert(inner.base(), inner.clone());
+        Ok(Region { svm: self, inner })
+    }
+
+    fn check_range(&self, addr: VirtAddr, len: u64) -> Result<(Arc<RegionInner>, usize, usize)> {
+        if !addr.is_page_aligned() {
+            return Err(Error::Unaligned {
+                what: "address",
+                value: addr.0,
+            });
+        }
+        if len % PAGE_SIZE as u64 != 0 {
+            return Err(Error::Unaligned {
+                what: "length",
+                value: len,
+            });
+        }
+        if len == 0 {
+            return Err(Error::EmptyRange { addr });
+        }
+        let r = self.shared.region_for(addr, len)?;
+        let first = r.page_of(addr.0);
+        Ok((r, first, (len / PAGE_SIZE as u64) as usize))
+    }
+
+    /// Migrates the page-aligned range `[addr, addr+len)` to `to`, best effort
+    /// per page; the report says what moved and why the rest did not.
+    pub fn migrate(&self, addr: VirtAddr, len: u64, to: Location) -> Result<MigrateReport> {
+        if let Location::Device(d) = to {
+            self.shared.device(d)?;
+        }
+        let (r, first, n) = self.check_range(addr, len)?;
+        Ok(migrate::migrate_range(
+            &self.shared,
+            &r,
+            first,
+            n,
+            to,
+            Trigger::Explicit,
+        ))
+    }
+
+    /// Sets the fault granularity (log2 pages, 0..=9) of every 2 MiB block the
+    /// page-aligned range touches.
+    pub fn set_granularity(&self, addr: VirtAddr, len: u64, g: u8) -> Result<()> {
+        if g > 9 {
+            return Err(Error::Granularity { value: g });
+        }
+        let (r, first, n) = self.check_range(addr, len)?;
+        for b in first / BLOCK_PAGES..=(first + n - 1) / BLOCK_PAGES {
+            r.blocks[b].granularity.store(g, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// A handle for device `id`.
+    pub fn device(&self, id: DeviceId) -> Result<DeviceHandle<'_>> {
+        self.shared.device(id)?;
+        Ok(DeviceHandle { svm: self, id })
+    }
+
+    pub fn device_ids(&self) -> Vec<DeviceId> {
+        (0..self.shared.devices.len())
+            .map(|i| DeviceId(i as u8))
+            .collect()
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot(self.shared.metadata_bytes())
+    }
+
+    /// Where page `addr` lives now (`None` outside managed memory or while it migrates).
+    pub fn location(&self, addr: VirtAddr) -> Option<Location> {
+        let r = self.shared.region_at(addr.0)?;
+        match r.states[r.page_of(addr.0)].load() {
+            PageState::Unpopulated | PageState::System => Some(Location::System),
+            PageState::Device { dev, .. } => Some(Location::Device(dev)),
+            PageState::Migrating | PageState::Poisoned => None,
+        }
+    }
+
+    fn free_region(&self, r: &Arc<RegionInner>) {
+        let sh = &self.shared;
+        sh.regions.write().remove(&r.base());
+        for b in 0..r.blocks.len() {
+            let _g = r.blocks[b].migrate.lock();
+            r.invalidate(b, r.block_pages(b));
+            for i in r.block_pages(b) {
+                if let Ok(PageState::Device { dev, page, .. }) = r.states[i].discard() {
+                    sh.devices[dev.0 as usize].free(DevRun {
+                        start: page,
+                        npages: 1,
+                    });
+                }
+            }
+        }
+        // Unregister before the mappings go, so munmap sends no UNMAP event.
+        if let Err(e) = sh.uffd.unregister(r.base(), r.len()) {
+            eprintln!(
+                "svmem: UFFDIO_UNREGISTER of region {:#x} failed: {e}",
+                r.base()
+            );
+        }
+        if let Err(e) = sh.uffd.unregister(r.staging.addr(), r.len()) {
+            eprintln!(
+                "svmem: UFFDIO_UNREGISTER of staging {:#x} failed: {e}",
+                r.staging.addr()
+            );
+        }
+    }
+}
+
+impl Drop for Svm {
+    fn drop(&mut self) {
+        // The trim thread's madvise calls need the reader: stop it first.
+        let _ = self.shared.trim.send(None);
+        if let Some(h) = self.janitor.take() {
+            let _ = h.join();
+        }
+        let _ = self.shutdown.signal();
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Managed memory: the same pointers are valid on the CPU and on every device
+/// of its `Svm`. Freed (with its device and staging pages) on drop.
+///
+/// CPU views borrow the region; a device access to the same bytes while a
+/// `&mut` view is alive is a data race, exactly as with CUDA managed memory.
+/// Use [`Region::as_atomic_u64`] for memory CPU threads and devices share.
+pub struct Region<'s> {
+    svm: &'s Svm,
+    inner: Arc<RegionInner>,
+}
+
+impl std::fmt::Debug for Region<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("addr", &self.addr())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl Region<'_> {
+    pub fn addr(&self) -> VirtAddr {
+        VirtAddr(self.inner.base())
+    }
+    /// Length in bytes (a multiple of 4 KiB).
+    pub fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    pub fn npages(&self) -> usize {
+        self.inner.npages
+    }
+    /// The address `offset` bytes into the region.
+    pub fn at(&self, offset: u64) -> VirtAddr {
+        self.addr().offset(offset)
+    }
+
+    /// A typed view for the CPU.
+    pub fn as_slice<T: bytemuck::Pod>(&self) -> &[T] {
+        // SAFETY: the mapping lives as long as `self`; device writes while this
+        // view is alive are the caller's data race to avoid (type docs).
+        bytemuck::cast_slice(unsafe { self.inner.managed.as_slice() })
+    }
+
+    /// A typed mutable view for the CPU.
+    pub fn as_mut_slice<T: bytemuck::Pod>(&mut self) -> &mut [T] {
+        // SAFETY: `&mut self` makes this the only CPU view of the region's bytes.
+        bytemuck::cast_slice_mut(unsafe { self.inner.managed.as_mut_slice() })
+    }
+
+    /// The region as 64-bit atomics, for memory shared by CPU threads and devices.
+    pub fn as_atomic_u64(&self) -> &[std::sync::atomic::AtomicU64] {
+        let words: &[u64] = self.as_slice();
+        // SAFETY: AtomicU64 has the size and alignment of u64 (8-aligned on every
+        // 64-bit target: the mapping is page-aligned); every access through the
+        // returned slice is atomic.
+        unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), words.len()) }
+    }
+
+    /// Sets this region's fault granularity (log2 pages, 0..=9).
+    pub fn set_granularity(&self, g: u8) -> Result<()> {
+        self.svm.set_granularity(self.addr(), self.len(), g)
+    }
+
+    /// Makes the region read-only (or writable again) for the CPU and every
+    /// device. Device writes to a read-only region fail; its pages do not
+    /// migrate (reported not migratable).
+    pub fn protect(&self, prot: Prot) -> Result<()> {
+        let r = &self.inner;
+        for b in 0..r.blocks.len() {
+            let _g = r.blocks[b].migrate.lock();
+            r.invalidate(b, r.block_pages(b));
+        }
+        r.managed
+            .protect(prot)
+            .map_err(|e| Error::os("mprotect", e))?;
+        r.writable.store(
+            prot == Prot::ReadWrite,
+            std::sync::atomic::Ordering::Release,
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Region<'_> {
+    fn drop(&mut self) {
+        self.svm.free_region(&self.inner);
+    }
+}
+
+/// Static facts about a device.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceInfo {
+    pub id: u8,
+    pub name: String,
+    pub memory_type: MemoryType,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// One device of an `Svm`, as the application drives it.
+#[derive(Clone, Copy)]
+pub struct DeviceHandle<'s> {
+    svm: &'s Svm,
+    id: DeviceId,
+}
+
+impl DeviceHandle<'_> {
+    pub fn id(&self) -> DeviceId {
+        self.id
+    }
+
+    pub fn info(&self) -> DeviceInfo {
+        let d = &self.svm.shared.devices[self.id.0 as usize];
+        DeviceInfo {
+            id: self.id.0,
+            name: d.name().to_string(),
+            memory_type: d.memory_type(),
+            capacity_bytes: d.capacity_pages() * PAGE_SIZE as u64,
+            free_bytes: d.free_pages() * PAGE_SIZE as u64,
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `addr` through the device's page table.
+    pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<AccessReport> {
+        access::access(&self.svm.shared, self.id, addr, Op::Read(buf))
+    }
+
+    /// Writes `buf` at `addr` through the device's page table.
+    pub fn write(&self, addr: VirtAddr, buf: &[u8]) -> Result<AccessReport> {
+        access::access(&self.svm.shared, self.id, addr, Op::Write(buf))
+    }
+
+    /// What the device would see of `npages` pages from `addr`, faulting nothing.
+    pub fn snapshot(&self, addr: VirtAddr, npages: usize) -> Result<Vec<PageView>> {
+        access::snapshot(&self.svm.shared, self.id, addr, npages)
+    }
+
+    /// Evicts every page this device holds back to system memory.
+    pub fn release(&self) -> MigrateReport {
+        let sh = &self.svm.shared;
+        let regions: Vec<_> = sh.regions.read().values().cloned().collect();
+        let mut rep = MigrateReport::default();
+        for r in regions {
+            for b in 0..r.blocks.len() {
+                let pages = r.block_pages(b);
+                let guard = r.blocks[b].migrate.lock();
+                let idxs: Vec<usize> = pages
+                    .filter(|&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if dev == self.id))
+                    .collect();
+                rep.requested += idxs.len() as u64;
+                if let Some(p) =
+                    migrate::isolate_to_system(sh, &r, b, &idxs, false, Some(guard), &mut rep)
+                {
+                    migrate::finish_to_system(sh, &r, p, Trigger::Release, &mut rep);
+                }
+            }
+        }
+        rep
+    }
+}

@@ -1,0 +1,208 @@
+use std::io;
+use std::ptr::NonNull;
+
+/// Memory protection of a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prot {
+    ReadOnly,
+    ReadWrite,
+}
+
+impl Prot {
+    fn bits(self) -> i32 {
+        match self {
+            Prot::ReadOnly => libc::PROT_READ,
+            Prot::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
+        }
+    }
+}
+
+/// The `madvise` advice svmem uses.
+#[derive(Clone, Copy, Debug)]
+pub enum Advice {
+    NoHugePage,
+    HugePage,
+    DontNeed,
+    DontFork,
+    /// Pre-fault writable pages (MADV_POPULATE_WRITE, Linux 5.14+).
+    PopulateWrite,
+}
+
+/// An owned anonymous private mapping; `Drop` unmaps it.
+///
+/// Byte accessors are bounds-checked. The memory may be written concurrently
+/// by other threads and by the kernel (it is memory shared with devices), so
+/// accessors copy bytes rather than hand out long-lived references.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a Mapping is a range of process memory with no thread affinity; all
+// accessors copy through raw pointers and are valid from any thread.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; shared access only ever copies bytes in or out.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes (a multiple of the page size, non-zero) of anonymous
+    /// private memory. `populate` pre-faults it (MAP_POPULATE).
+    pub fn anonymous(len: usize, prot: Prot, populate: bool) -> io::Result<Mapping> {
+        if len == 0 || len % super::PAGE_SIZE != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        if populate {
+            flags |= libc::MAP_POPULATE;
+        }
+        // SAFETY: a fresh anonymous mapping at a kernel-chosen address touches no
+        // existing memory; the result is checked for MAP_FAILED below.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot.bits(), flags, -1, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        Ok(Mapping { ptr, len })
+    }
+
+    pub fn addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn check(&self, off: usize, len: usize) -> io::Result<()> {
+        match off.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(io::Error::from_raw_os_error(libc::ERANGE)),
+        }
+    }
+
+    pub fn madvise(&self, off: usize, len: usize, advice: Advice) -> io::Result<()> {
+        self.check(off, len)?;
+        let a = match advice {
+            Advice::NoHugePage => libc::MADV_NOHUGEPAGE,
+            Advice::HugePage => libc::MADV_HUGEPAGE,
+            Advice::DontNeed => libc::MADV_DONTNEED,
+            Advice::DontFork => libc::MADV_DONTFORK,
+            Advice::PopulateWrite => 23,
+        };
+        // SAFETY: the range lies inside this mapping (checked); madvise with these
+        // advices does not invalidate Rust references because none are handed out.
+        let r = unsafe { libc::madvise(self.ptr.as_ptr().add(off).cast(), len, a) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    pub fn protect(&self, prot: Prot) -> io::Result<()> {
+        // SAFETY: the whole range is this mapping; protection changes cannot make
+        // our accessors unsound (a write to read-only memory would fault, and
+        // callers check the recorded protection before writing).
+        let r = unsafe { libc::mprotect(self.ptr.as_ptr().cast(), self.len, prot.bits()) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Copies `buf.len()` bytes starting at `off` into `buf`.
+    pub fn read_at(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
+        self.check(off, buf.len())?;
+        // SAFETY: source range checked inside the mapping; `buf` is a distinct,
+        // exclusively borrowed Rust buffer, so the ranges cannot overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len())
+        };
+        Ok(())
+    }
+
+    /// Copies `buf` into the mapping at `off`.
+    pub fn write_at(&self, off: usize, buf: &[u8]) -> io::Result<()> {
+        self.check(off, buf.len())?;
+        // SAFETY: destination range checked inside the mapping; `buf` is a Rust
+        // buffer that cannot overlap our anonymous mapping's range... unless it
+        // was taken from it, which the crate never does (all views copy).
+        unsafe { std::ptr::copy(buf.as_ptr(), self.ptr.as_ptr().add(off), buf.len()) };
+        Ok(())
+    }
+
+    /// Copies `len` bytes from `src[src_off..]` to `self[dst_off..]`.
+    pub fn copy_from(
+        &self,
+        dst_off: usize,
+        src: &Mapping,
+        src_off: usize,
+        len: usize,
+    ) -> io::Result<()> {
+        self.check(dst_off, len)?;
+        src.check(src_off, len)?;
+        // SAFETY: both ranges are checked inside live mappings; `copy` tolerates overlap.
+        unsafe {
+            std::ptr::copy(
+                src.ptr.as_ptr().add(src_off),
+                self.ptr.as_ptr().add(dst_off),
+                len,
+            )
+        };
+        Ok(())
+    }
+
+    /// Writes zeros over `len` bytes at `off`.
+    pub fn zero(&self, off: usize, len: usize) -> io::Result<()> {
+        self.check(off, len)?;
+        // SAFETY: range checked inside the mapping.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(off), 0, len) };
+        Ok(())
+    }
+
+    /// A shared byte view of the whole mapping.
+    ///
+    /// # Safety
+    /// The caller must ensure no thread (CPU or device) writes the mapping while
+    /// the returned slice is alive, or accept that the values it reads may change
+    /// (for bytes the caller treats as atomics or volatile data).
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is live for `&self`'s lifetime and `len` bytes long;
+        // aliasing is the caller's contract above.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// An exclusive byte view of the whole mapping.
+    ///
+    /// # Safety
+    /// The caller must hold the only reference through which the mapping's
+    /// bytes are accessed for the lifetime of the slice.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn as_mut_slice(&self) -> &mut [u8] {
+        // SAFETY: live mapping of `len` bytes; exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we own the mapping and nobody can use it after drop.
+        let r = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        if r != 0 {
+            // Drop cannot return an error; say what leaked instead of hiding it.
+            eprintln!(
+                "svmem: munmap({:#x}, {}) failed: {} (the range stays mapped)",
+                self.addr(),
+                self.len,
+                io::Error::last_os_error()
+            );
+        }
+    }
+}

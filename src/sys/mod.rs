@@ -1,0 +1,21 @@
+//! The syscall layer: every `mmap`, `madvise`, `ioctl` and raw memory copy in
+//! svmem lives here, behind owning types and safe, bounds-checked wrappers.
+//! Nothing outside this module calls the kernel directly.
+
+mod eventfd;
+mod mapping;
+mod pagemap;
+pub mod uffd;
+
+pub use eventfd::EventFd;
+pub use mapping::{Advice, Mapping, Prot};
+pub use pagemap::zero_pages;
+pub use uffd::{Uffd, UffdMsg};
+
+/// The size of a base page on every platform svmem supports (x86-64, aarch64 with 4K pages).
+pub const PAGE_SIZE: usize = 4096;
+
+/// The errno of the last failed libc call.
+pub(crate) fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}

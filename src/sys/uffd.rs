@@ -1,0 +1,428 @@
+//! A small userfaultfd layer over libc: open (`/dev/userfaultfd` first, then the
+//! syscall), API handshake with a feature probe, and the ioctls svmem uses.
+//! Facts from `include/uapi/linux/userfaultfd.h`; the encoding is ours.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+const UFFD_API: u64 = 0xAA;
+const IOC_WRITE: u64 = 1;
+const IOC_READ: u64 = 2;
+
+const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (0xAA << 8) | nr
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ApiArg {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct RangeArg {
+    start: u64,
+    len: u64,
+}
+#[repr(C)]
+#[derive(Default)]
+struct RegisterArg {
+    range: RangeArg,
+    mode: u64,
+    ioctls: u64,
+}
+#[repr(C)]
+#[derive(Default)]
+struct CopyArg {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    result: i64,
+}
+#[repr(C)]
+#[derive(Default)]
+struct RangeModeResult {
+    range: RangeArg,
+    mode: u64,
+    result: i64,
+}
+#[repr(C)]
+#[derive(Default)]
+struct WriteProtectArg {
+    range: RangeArg,
+    mode: u64,
+}
+
+const UFFDIO_API: u64 = ioc(IOC_READ | IOC_WRITE, 0x3F, std::mem::size_of::<ApiArg>());
+const UFFDIO_REGISTER: u64 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x00,
+    std::mem::size_of::<RegisterArg>(),
+);
+const UFFDIO_UNREGISTER: u64 = ioc(IOC_READ, 0x01, std::mem::size_of::<RangeArg>());
+const UFFDIO_WAKE: u64 = ioc(IOC_READ, 0x02, std::mem::size_of::<RangeArg>());
+const UFFDIO_COPY: u64 = ioc(IOC_READ | IOC_WRITE, 0x03, std::mem::size_of::<CopyArg>());
+const UFFDIO_ZEROPAGE: u64 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x04,
+    std::mem::size_of::<RangeModeResult>(),
+);
+const UFFDIO_MOVE: u64 = ioc(IOC_READ | IOC_WRITE, 0x05, std::mem::size_of::<CopyArg>());
+const UFFDIO_WRITEPROTECT: u64 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x06,
+    std::mem::size_of::<WriteProtectArg>(),
+);
+const UFFDIO_POISON: u64 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x08,
+    std::mem::size_of::<RangeModeResult>(),
+);
+/// `_IO(0xAA, 0x00)` on `/dev/userfaultfd`.
+const USERFAULTFD_IOC_NEW: u64 = 0xAA << 8;
+
+const REGISTER_MODE_MISSING: u64 = 1;
+const REGISTER_MODE_WP: u64 = 2;
+const MODE_DONTWAKE: u64 = 1;
+const MOVE_MODE_ALLOW_SRC_HOLES: u64 = 2;
+const WP_MODE_WP: u64 = 1;
+
+/// Features svmem needs, with the names the kernel headers give them.
+pub const REQUIRED_FEATURES: &[(u64, &str)] = &[
+    (1 << 0, "UFFD_FEATURE_PAGEFAULT_FLAG_WP"),
+    (1 << 3, "UFFD_FEATURE_EVENT_REMOVE"),
+    (1 << 6, "UFFD_FEATURE_EVENT_UNMAP"),
+    (1 << 8, "UFFD_FEATURE_THREAD_ID"),
+    (1 << 14, "UFFD_FEATURE_POISON (Linux 6.6+)"),
+    (1 << 16, "UFFD_FEATURE_MOVE (Linux 6.8+)"),
+];
+
+pub const EVENT_PAGEFAULT: u8 = 0x12;
+pub const EVENT_REMAP: u8 = 0x14;
+pub const EVENT_REMOVE: u8 = 0x15;
+pub const EVENT_UNMAP: u8 = 0x16;
+pub const PAGEFAULT_FLAG_WRITE: u64 = 1;
+pub const PAGEFAULT_FLAG_WP: u64 = 2;
+
+/// One message read from the userfaultfd (`struct uffd_msg`, 32 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct UffdMsg {
+    pub event: u8,
+    _reserved1: u8,
+    _reserved2: u16,
+    _reserved3: u32,
+    /// pagefault: flags; remove/unmap: start; remap: from.
+    pub arg0: u64,
+    /// pagefault: address; remove/unmap: end; remap: to.
+    pub arg1: u64,
+    /// pagefault: thread id (low 32 bits); remap: len.
+    pub arg2: u64,
+}
+
+/// Why opening a userfaultfd failed.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Neither `/dev/userfaultfd` nor the syscall was permitted.
+    Permission(io::Error),
+    /// The kernel lacks a feature svmem needs.
+    MissingFeature(&'static str, u64),
+    Other(&'static str, io::Error),
+}
+
+/// An ioctl that stopped part-way: `done` bytes were handled before `errno`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partial {
+    pub done: u64,
+    pub errno: i32,
+}
+
+impl Partial {
+    pub fn error(&self) -> io::Error {
+        io::Error::from_raw_os_error(self.errno)
+    }
+}
+
+/// An owned userfaultfd in full mode (kernel-mode faults are reported too),
+/// non-blocking, after a successful API handshake.
+#[derive(Debug)]
+pub struct Uffd {
+    fd: OwnedFd,
+    features: u64,
+}
+
+fn open_raw() -> Result<OwnedFd, OpenError> {
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    let dev = c"/dev/userfaultfd";
+    // SAFETY: `dev` is a NUL-terminated path; the result is checked.
+    let devfd = unsafe { libc::open(dev.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    let mut dev_err = None;
+    if devfd >= 0 {
+        // SAFETY: devfd is a fresh fd we own; wrapping it closes it on return.
+        let dev_owned = unsafe { OwnedFd::from_raw_fd(devfd) };
+        // SAFETY: USERFAULTFD_IOC_NEW takes its flags by value, no pointers.
+        let fd = unsafe { libc::ioctl(dev_owned.as_raw_fd(), USERFAULTFD_IOC_NEW as _, flags) };
+        if fd >= 0 {
+            // SAFETY: the ioctl returned a new fd that nobody else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        dev_err = Some(io::Error::last_os_error());
+    } else {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            dev_err = Some(e);
+        }
+    }
+    // SAFETY: the userfaultfd syscall takes only flags.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if fd >= 0 {
+        // SAFETY: the syscall returned a new fd that nobody else owns.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => Err(OpenError::Permission(dev_err.unwrap_or(e))),
+        _ => Err(OpenError::Other("userfaultfd()", e)),
+    }
+}
+
+fn api(fd: &OwnedFd, features: u64) -> Result<u64, OpenError> {
+    let mut arg = ApiArg {
+        api: UFFD_API,
+        features,
+        ioctls: 0,
+    };
+    // SAFETY: `arg` is a live, correctly laid-out uffdio_api for the kernel to fill.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, &mut arg as *mut ApiArg) };
+    if r != 0 {
+        return Err(OpenError::Other("UFFDIO_API", io::Error::last_os_error()));
+    }
+    Ok(arg.features)
+}
+
+impl Uffd {
+    /// Opens a userfaultfd with every feature in `required`, after probing
+    /// which the kernel offers ([`REQUIRED_FEATURES`] for the main one).
+    pub fn open(required: &[(u64, &'static str)]) -> Result<Uffd, OpenError> {
+        let probe = open_raw()?;
+        let offered = api(&probe, 0)?;
+        drop(probe);
+        let mut want = 0;
+        for &(bit, name) in required {
+            if offered & bit == 0 {
+                return Err(OpenError::MissingFeature(name, offered));
+            }
+            want |= bit;
+        }
+        let fd = open_raw()?;
+        let features = api(&fd, want)?;
+        Ok(Uffd { fd, features })
+    }
+
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn ioctl<T>(&self, req: u64, arg: &mut T) -> io::Result<()> {
+        // SAFETY: every caller passes the argument struct that `req` encodes
+        // (the size is part of the request number); the kernel reads and writes
+        // only within it.
+        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), req as _, arg as *mut T) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Registers `[start, start+len)` for missing faults, and write-protect faults if `wp`.
+    pub fn register(&self, start: u64, len: u64, wp: bool) -> io::Result<()> {
+        let mode = REGISTER_MODE_MISSING | if wp { REGISTER_MODE_WP } else { 0 };
+        let mut arg = RegisterArg {
+            range: RangeArg { start, len },
+            mode,
+            ioctls: 0,
+        };
+        self.ioctl(UFFDIO_REGISTER, &mut arg)
+    }
+
+    pub fn unregister(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut arg = RangeArg { start, len };
+        self.ioctl(UFFDIO_UNREGISTER, &mut arg)
+    }
+
+    /// Wakes threads waiting on faults in the range.
+    pub fn wake(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut arg = RangeArg { start, len };
+        self.ioctl(UFFDIO_WAKE, &mut arg)
+    }
+
+    fn partial(result: i64, len: u64) -> Result<u64, Partial> {
+        let errno = crate::sys::errno();
+        if result >= 0 && result as u64 == len {
+            return Ok(len);
+        }
+        let done = if result > 0 { result as u64 } else { 0 };
+        let errno = if result < 0 {
+            (-result) as i32
+        } else if errno != 0 {
+            errno
+        } else {
+            libc::EAGAIN
+        };
+        Err(Partial { done, errno })
+    }
+
+    /// Atomically copies `len` bytes from `src` (any readable memory) into the
+    /// missing pages at `dst`, waking waiters unless `dontwake`.
+    pub fn copy(&self, dst: u64, src: u64, len: u64, dontwake: bool) -> Result<u64, Partial> {
+        let mode = if dontwake { MODE_DONTWAKE } else { 0 };
+        let mut arg = CopyArg {
+            dst,
+            src,
+            len,
+            mode,
+            result: 0,
+        };
+        match self.ioctl(UFFDIO_COPY, &mut arg) {
+            Ok(()) => Ok(len),
+            Err(_) => Self::partial(arg.result, len),
+        }
+    }
+
+    /// Maps the zero page over the missing pages in the range.
+    pub fn zeropage(&self, start: u64, len: u64, dontwake: bool) -> Result<u64, Partial> {
+        let mode = if dontwake { MODE_DONTWAKE } else { 0 };
+        let mut arg = RangeModeResult {
+            range: RangeArg { start, len },
+            mode,
+            result: 0,
+        };
+        match self.ioctl(UFFDIO_ZEROPAGE, &mut arg) {
+            Ok(()) => Ok(len),
+            Err(_) => Self::partial(arg.result, len),
+        }
+    }
+
+    /// Moves the pages at `src` to the holes at `dst` by remapping them (no
+    /// copy). Holes in the source are skipped when `allow_holes`.
+    pub fn move_pages(
+        &self,
+        dst: u64,
+        src: u64,
+        len: u64,
+        allow_holes: bool,
+        dontwake: bool,
+    ) -> Result<u64, Partial> {
+        let mode = if dontwake { MODE_DONTWAKE } else { 0 }
+            | if allow_holes {
+                MOVE_MODE_ALLOW_SRC_HOLES
+            } else {
+                0
+            };
+        let mut arg = CopyArg {
+            dst,
+            src,
+            len,
+            mode,
+            result: 0,
+        };
+        match self.ioctl(UFFDIO_MOVE, &mut arg) {
+            Ok(()) => Ok(len),
+            Err(_) => Self::partial(arg.result, len),
+        }
+    }
+
+    /// Sets or clears write protection on the range.
+    pub fn writeprotect(&self, start: u64, len: u64, protect: bool) -> io::Result<()> {
+        let mut arg = WriteProtectArg {
+            range: RangeArg { start, len },
+            mode: if protect { WP_MODE_WP } else { 0 },
+        };
+        self.ioctl(UFFDIO_WRITEPROTECT, &mut arg)
+    }
+
+    /// Installs poison markers: any access to these pages raises SIGBUS.
+    pub fn poison(&self, start: u64, len: u64) -> Result<u64, Partial> {
+        let mut arg = RangeModeResult {
+            range: RangeArg { start, len },
+            mode: 0,
+            result: 0,
+        };
+        match self.ioctl(UFFDIO_POISON, &mut arg) {
+            Ok(()) => Ok(len),
+            Err(_) => Self::partial(arg.result, len),
+        }
+    }
+
+    /// Reads pending messages without blocking; returns how many were read (0 when none).
+    pub fn read_msgs(&self, buf: &mut [UffdMsg]) -> io::Result<usize> {
+        let bytes = std::mem::size_of_val(buf);
+        // SAFETY: `buf` is a live, writable array of `bytes` bytes of plain-old-data messages.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), bytes) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) => Ok(0),
+                _ => Err(e),
+            };
+        }
+        Ok(n as usize / std::mem::size_of::<UffdMsg>())
+    }
+
+    /// Waits until the uffd or `other` is readable, or `timeout_ms` passes.
+    /// Returns (uffd readable, other readable).
+    pub fn poll_with(&self, other: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<(bool, bool)> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: other.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a live array of two pollfd structs.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                return Ok((false, false));
+            }
+            return Err(e);
+        }
+        Ok((fds[0].revents != 0, fds[1].revents != 0))
+    }
+}
+
+impl AsFd for Uffd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_match_the_kernel_abi() {
+        // Values from the kernel's uapi header on x86-64.
+        assert_eq!(UFFDIO_API, 0xc018aa3f);
+        assert_eq!(UFFDIO_REGISTER, 0xc020aa00);
+        assert_eq!(UFFDIO_UNREGISTER, 0x8010aa01);
+        assert_eq!(UFFDIO_WAKE, 0x8010aa02);
+        assert_eq!(UFFDIO_COPY, 0xc028aa03);
+        assert_eq!(UFFDIO_ZEROPAGE, 0xc020aa04);
+        assert_eq!(UFFDIO_MOVE, 0xc028aa05);
+        assert_eq!(UFFDIO_WRITEPROTECT, 0xc018aa06);
+        assert_eq!(UFFDIO_POISON, 0xc020aa08);
+        assert_eq!(std::mem::size_of::<UffdMsg>(), 32);
+    }
+}
