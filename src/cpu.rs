@@ -20,13 +20,13 @@ use crate::state::PageState;
 use crate::svm::Shared;
 use crate::sync::Ordering;
 use crate::sys::uffd::{self, UffdMsg};
-use crate::sys::{Advice, EventFd};
-use crossbeam_channel::Receiver;
+use crate::sys::EventFd;
 
 /// Zero-fills the unpopulated pages among `[lo, hi)` (caller holds the block lock).
 pub(crate) fn populate(sh: &Shared, r: &RegionInner, lo: usize, hi: usize, write: bool) {
     let mut i = lo;
     let mut filled = 0u64;
+    let mut woken = Vec::new();
     while i < hi {
         if r.states[i].load() != PageState::Unpopulated {
             i += 1;
@@ -37,18 +37,26 @@ pub(crate) fn populate(sh: &Shared, r: &RegionInner, lo: usize, hi: usize, write
             j += 1;
         }
         let mut k = i;
+        let mut backoff = Backoff::new(sh);
         while k < j {
             let len = ((j - k) * PAGE_SIZE) as u64;
             let dst = r.addr_of(k).0;
+            // DONTWAKE: waiters are woken below, once the counters are current.
             let res = if write {
-                sh.uffd
-                    .copy(dst, sh.zeros.addr(), len.min(sh.zeros.len() as u64), false)
+                let len = len.min(sh.zeros.len() as u64);
+                sh.uffd.copy(dst, sh.zeros.addr(), len, true)
             } else {
-                sh.uffd.zeropage(dst, len, false)
+                sh.uffd.zeropage(dst, len, true)
             };
             let done = match res {
                 Ok(n) => n as usize / PAGE_SIZE,
-                Err(p) if p.errno == libc::EAGAIN => p.done as usize / PAGE_SIZE,
+                Err(p) if p.errno == libc::EAGAIN => {
+                    if !backoff.wait() {
+                        // Leave the rest unpopulated: a later fault retries.
+                        break;
+                    }
+                    p.done as usize / PAGE_SIZE
+                }
                 // EEXIST: a page is already there (it can only be zeros we
                 // cannot see yet); count it populated and go on.
                 Err(p) => p.done as usize / PAGE_SIZE + 1,
@@ -59,19 +67,36 @@ pub(crate) fn populate(sh: &Shared, r: &RegionInner, lo: usize, hi: usize, write
             filled += done as u64;
             k += done;
         }
+        woken.push((i, k));
         i = j;
     }
     sh.counters.add(&sh.counters.cpu_zero_fill_pages, filled);
+    for (a, b) in woken {
+        if b > a {
+            let _ = sh.uffd.wake(r.addr_of(a).0, ((b - a) * PAGE_SIZE) as u64);
+        }
+    }
 }
 
-/// Resolves a CPU fault on page `idx` of `r`.
-pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
-    let b = idx / BLOCK_PAGES;
-    let g = r.blocks[b].granularity.load(Ordering::Relaxed).min(9);
+/// Windows migrated back ahead of a sequential CPU sweep.
+const FAULT_AHEAD: usize = 8;
+
+/// The fault window around page `idx`: the block's granularity, aligned.
+fn window(r: &RegionInner, idx: usize) -> (usize, usize) {
+    let g = r.blocks[idx / BLOCK_PAGES]
+        .granularity
+        .load(Ordering::Relaxed)
+        .min(9);
     let w = 1usize << g;
     let lo = idx & !(w - 1);
-    let hi = (lo + w).min(r.npages);
-    let guard = r.blocks[b].migrate.lock();
+    (lo, (lo + w).min(r.npages))
+}
+
+/// Migrates the device-resident pages of `[lo, hi)` back and, if `fill`,
+/// zero-fills its unpopulated pages.
+fn resolve_window(sh: &Shared, r: &RegionInner, lo: usize, hi: usize, fill: Option<bool>) {
+    let b = lo / BLOCK_PAGES;
+    let _guard = r.blocks[b].migrate.lock();
     let on_device: Vec<usize> = (lo..hi)
         .filter(|&i| matches!(r.states[i].load(), PageState::Device { .. }))
         .collect();
@@ -79,11 +104,63 @@ pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
     if let Some(plan) = migrate::isolate_to_system(sh, r, b, &on_device, true, None, &mut rep) {
         migrate::finish_to_system(sh, r, plan, Trigger::CpuFault, &mut rep);
     }
-    populate(sh, r, lo, hi, write);
-    drop(guard);
+    if let Some(write) = fill {
+        populate(sh, r, lo, hi, write);
+    }
+}
+
+/// Resolves a CPU fault on page `idx` of `r`.
+///
+/// When the window directly follows the previous one resolved in this region
+/// (a sequential sweep), the next [`FAULT_AHEAD`] windows that hold device
+/// pages are migrated back too, after the faulting thread has been woken: it
+/// consumes one window while this thread brings the next, instead of paying a
+/// fault round trip per window.
+pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
+    let (lo, hi) = window(r, idx);
     sh.counters.add(&sh.counters.cpu_fault_windows, 1);
+    resolve_window(sh, r, lo, hi, Some(write));
     // The fault may have raced with a commit that already woke everyone.
     let _ = sh.uffd.wake(r.addr_of(idx).0, PAGE_SIZE as u64);
+    let sequential = r.cpu_sweep_end.swap(hi, Ordering::Relaxed) == lo;
+    if !sequential {
+        return;
+    }
+    // Pipelined: the copy engine copies window k+1 while this thread puts
+    // window k into the CPU view.
+    let mut inflight = std::collections::VecDeque::new();
+    let mut rep = MigrateReport::default();
+    let mut next = hi;
+    for _ in 0..FAULT_AHEAD {
+        if next >= r.npages {
+            break;
+        }
+        let (l, h) = window(r, next);
+        next = h;
+        let b = l / BLOCK_PAGES;
+        // Windows smaller than a block share its lock: finish what holds it.
+        if inflight.back().is_some_and(|(pb, _)| *pb == b) {
+            while let Some((_, p)) = inflight.pop_front() {
+                migrate::finish_to_system(sh, r, p, Trigger::CpuFault, &mut rep);
+            }
+        }
+        let guard = r.blocks[b].migrate.lock();
+        let on_device: Vec<usize> =
+            (l..h).filter(|&i| matches!(r.states[i].load(), PageState::Device { .. })).collect();
+        if let Some(p) = migrate::isolate_to_system(sh, r, b, &on_device, false, Some(guard), &mut rep) {
+            inflight.push_back((b, p));
+            sh.counters.add(&sh.counters.cpu_fault_ahead_windows, 1);
+        }
+        r.cpu_sweep_end.store(h, Ordering::Relaxed);
+        if inflight.len() > 1 {
+            if let Some((_, p)) = inflight.pop_front() {
+                migrate::finish_to_system(sh, r, p, Trigger::CpuFault, &mut rep);
+            }
+        }
+    }
+    while let Some((_, p)) = inflight.pop_front() {
+        migrate::finish_to_system(sh, r, p, Trigger::CpuFault, &mut rep);
+    }
 }
 
 /// `madvise(DONTNEED)` or `munmap` by the application: the data in
@@ -106,8 +183,7 @@ fn discard(sh: &Shared, start: u64, end: u64) {
                         npages: 1,
                     });
                     if staged {
-                        // madvise here would wait for this very thread to read its event.
-                        let _ = sh.trim.send(Some((r.staging.clone(), k)));
+                        sh.drop_staged(&r, k);
                     }
                 }
             }
@@ -182,16 +258,44 @@ pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
     }
 }
 
-/// The trim thread: drops staging pages whose data was discarded. Its
-/// `madvise` raises a REMOVE event on the staging range, which the reader reads
-/// (releasing it) and ignores. Holds no lock while it waits.
-pub(crate) fn trim_loop(rx: Receiver<Option<(Arc<crate::sys::Mapping>, usize)>>) {
-    while let Ok(Some((staging, k))) = rx.recv() {
-        if let Err(e) = staging.madvise(k * PAGE_SIZE, PAGE_SIZE, Advice::DontNeed) {
-            eprintln!(
-                "svmem: dropping staging page {k} at {:#x} failed: {e}",
-                staging.addr()
-            );
+thread_local! {
+    static IS_READER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Bounded waiting for an ioctl that returned `EAGAIN` because a
+/// non-cooperative event (REMOVE, UNMAP) is not read yet. On the reader thread
+/// it reads the pending messages into `Shared::pending` (which releases the
+/// thread that raised the event; the reader handles them next); elsewhere it
+/// yields, then sleeps, giving the reader time. Gives up after about 100 ms so
+/// that no caller can wait forever on a reader that waits for the caller's
+/// block lock.
+pub(crate) struct Backoff<'a> {
+    sh: &'a Shared,
+    tries: u32,
+}
+
+impl<'a> Backoff<'a> {
+    pub fn new(sh: &'a Shared) -> Self {
+        Backoff { sh, tries: 0 }
+    }
+
+    /// Waits a little; false once the budget is spent.
+    pub fn wait(&mut self) -> bool {
+        self.tries += 1;
+        if self.tries > 1100 {
+            return false;
         }
+        if IS_READER.with(|r| r.get()) {
+            let mut buf = [UffdMsg::default(); 16];
+            if let Ok(n) = self.sh.uffd.read_msgs(&mut buf) {
+                self.sh.pending.lock().extend(buf[..n].iter().copied());
+            }
+        }
+        if self.tries < 100 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        true
     }
 }

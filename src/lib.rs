@@ -35,6 +35,7 @@
 
 pub mod access;
 pub mod addr;
+pub mod bench;
 mod cpu;
 pub mod device;
 pub mod error;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use parking_lot::MutexGuard;
 
 use crate::addr::{DevPage, DeviceId, Location, BLOCK_PAGES, PAGE_SIZE};
+use crate::cpu::Backoff;
 use crate::device::{CopyJob, CopyOp, DevRun, DeviceError, Fence, HostRef, MAX_JOB_PAGES};
 use crate::space::{Pte, RegionInner};
 use crate::state::PageState;
@@ -137,7 +138,8 @@ enum Taken {
 fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<Taken> {
     let mut out = vec![Taken::Moved; n];
     let (mut i, end) = (start, start + n);
-    let (mut busy_tries, mut again) = (0, 0);
+    let mut busy_tries = 0;
+    let mut backoff = Backoff::new(sh);
     while i < end {
         let len = ((end - i) * PAGE_SIZE) as u64;
         match sh
@@ -151,10 +153,7 @@ fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<T
                     break;
                 }
                 match p.errno {
-                    libc::EAGAIN if again < 1000 => {
-                        again += 1;
-                        std::thread::yield_now();
-                    }
+                    libc::EAGAIN if backoff.wait() => {}
                     libc::ENOENT => {
                         out[i - start] = Taken::Hole;
                         i += 1;
@@ -177,15 +176,17 @@ fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<T
 
 /// Puts staged pages back into the CPU view (rollback, or the end of a
 /// migration to system memory). Returns the pages that could not be put back.
+/// Waiters are not woken: callers wake the pages once states and counters
+/// are committed.
 fn return_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<usize> {
     let mut failed = Vec::new();
     let (mut i, end) = (start, start + n);
-    let mut again = 0;
+    let mut backoff = Backoff::new(sh);
     while i < end {
         let len = ((end - i) * PAGE_SIZE) as u64;
         match sh
             .uffd
-            .move_pages(r.addr_of(i).0, r.staging_addr(i), len, false, false)
+            .move_pages(r.addr_of(i).0, r.staging_addr(i), len, false, true)
         {
             Ok(_) => break,
             Err(p) => {
@@ -193,17 +194,13 @@ fn return_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec
                 if i >= end {
                     break;
                 }
-                if p.errno == libc::EAGAIN && again < 1000 {
-                    again += 1;
+                if p.errno == libc::EAGAIN && backoff.wait() {
                     continue;
                 }
                 // MOVE refused this page: copy it instead, then drop the staged page.
                 let src = r.staging_addr(i);
-                match sh.uffd.copy(r.addr_of(i).0, src, PAGE_SIZE as u64, false) {
-                    Ok(_) => {
-                        // Drop the staged copy off this thread (it may be the reader).
-                        let _ = sh.trim.send(Some((r.staging.clone(), i)));
-                    }
+                match sh.uffd.copy(r.addr_of(i).0, src, PAGE_SIZE as u64, true) {
+                    Ok(_) => sh.drop_staged(r, i),
                     Err(_) => failed.push(i),
                 }
                 i += 1;
@@ -239,8 +236,12 @@ pub(crate) fn isolate_to_device<'a>(
         .filter(|&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if dev != d))
         .collect();
     if !others.is_empty() {
-        if let Some(p) = isolate_to_system(sh, r, b, &others, true, None, rep) {
-            finish_to_system(sh, r, p, Trigger::Explicit, rep);
+        // A scratch report: the pull is not the migration the caller asked for
+        // (pages it could not pull stay on the other device and are counted
+        // busy below).
+        let mut pull = MigrateReport::default();
+        if let Some(p) = isolate_to_system(sh, r, b, &others, true, None, &mut pull) {
+            finish_to_system(sh, r, p, Trigger::Explicit, &mut pull);
         }
     }
     let mut cands: Vec<(usize, Kind)> = Vec::with_capacity(hi - lo);
@@ -427,6 +428,7 @@ pub(crate) fn finish_to_device(
                     npages: 1,
                 });
             }
+            wake_runs(sh, r, plan.pages.iter().map(|p| p.idx));
             let n = plan.pages.len() as u64;
             rep.rolled_back += n;
             c.add(&c.rolled_back_pages, n);
@@ -590,7 +592,7 @@ pub(crate) fn finish_to_system(
             let src = bm.addr() + (slot * PAGE_SIZE) as u64;
             if sh
                 .uffd
-                .copy(r.addr_of(p.idx).0, src, PAGE_SIZE as u64, false)
+                .copy(r.addr_of(p.idx).0, src, PAGE_SIZE as u64, true)
                 .is_err()
             {
                 failed.push(p.idx);
@@ -618,6 +620,14 @@ pub(crate) fn finish_to_system(
     rep.migrated += moved;
     c.add(&c.to_system_pages, moved);
     c.add(&c.to_system_bytes, moved * PAGE_SIZE as u64);
+    wake_runs(sh, r, plan.pages.iter().map(|p| p.idx));
+}
+
+/// Wakes CPU threads waiting on faults in the given pages, one call per run.
+fn wake_runs(sh: &Shared, r: &RegionInner, idx: impl Iterator<Item = usize>) {
+    for (s, n) in runs(idx) {
+        let _ = sh.uffd.wake(r.addr_of(s).0, (n * PAGE_SIZE) as u64);
+    }
 }
 
 enum Plan<'a> {

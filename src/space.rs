@@ -16,7 +16,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::addr::{DevPage, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
 use crate::state::StateCell;
-use crate::sync::{AtomicU32, AtomicU8, Ordering};
+use crate::sync::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use crate::sys::Mapping;
 
 /// Most pages one region may hold (a device PTE can name any of them): 1 TiB.
@@ -81,6 +81,8 @@ pub(crate) struct RegionInner {
     /// `ptes[d][i]`: device `d`'s translation of page `i`.
     pub ptes: Box<[Box<[AtomicU32]>]>,
     pub blocks: Box<[Block]>,
+    /// End of the last CPU fault window resolved (sequential-sweep detection).
+    pub cpu_sweep_end: AtomicUsize,
 }
 
 impl RegionInner {
@@ -107,6 +109,7 @@ impl RegionInner {
                     ..Default::default()
                 })
                 .collect(),
+            cpu_sweep_end: AtomicUsize::new(usize::MAX),
         }
     }
 

@@ -31,6 +31,8 @@ counters! {
     cpu_faults,
     /// Fault windows resolved (one per group of faults in a window).
     cpu_fault_windows,
+    /// Windows migrated back ahead of a sequential CPU sweep.
+    cpu_fault_ahead_windows,
     /// Pages zero-filled on first CPU touch.
     cpu_zero_fill_pages,
     /// Device accesses (read or write calls).

@@ -25,8 +25,8 @@ pub(crate) struct Shared {
     /// Managed regions (MISSING + WP) and their staging mirrors (MISSING)
     /// register here: `UFFDIO_MOVE` needs both ends on one context.
     pub uffd: Uffd,
-    /// Staging pages to drop (`MADV_DONTNEED`) off the reader thread.
-    pub trim: crossbeam_channel::Sender<Option<(Arc<Mapping>, usize)>>,
+    /// Messages read early by a [`crate::cpu::Backoff`] on the reader thread.
+    pub pending: parking_lot::Mutex<std::collections::VecDeque<crate::sys::UffdMsg>>,
     pub devices: Vec<Arc<dyn Device>>,
     pub regions: RwLock<BTreeMap<u64, Arc<RegionInner>>>,
     pub counters: Counters,
@@ -64,6 +64,26 @@ impl Shared {
             .filter(|r| r.base() < end && start < r.base() + r.len())
             .cloned()
             .collect()
+    }
+
+    /// Drops the staged system page of page `k` (its data was discarded).
+    /// The page is unregistered around the `MADV_DONTNEED`, so no REMOVE event
+    /// is raised and any thread, the reader included, may call this. The
+    /// caller holds the page's block lock, so nothing moves into it meanwhile.
+    pub fn drop_staged(&self, r: &RegionInner, k: usize) {
+        let at = r.staging_addr(k);
+        let page = PAGE_SIZE as u64;
+        let res = self
+            .uffd
+            .unregister(at, page)
+            .and_then(|_| {
+                r.staging
+                    .madvise(k * PAGE_SIZE, PAGE_SIZE, Advice::DontNeed)
+            })
+            .and_then(|_| self.uffd.register(at, page, false));
+        if let Err(e) = res {
+            eprintln!("svmem: dropping staging page {at:#x} failed: {e}; page {k} of region {:#x} will not migrate again", r.base());
+        }
     }
 
     fn metadata_bytes(&self) -> u64 {
@@ -146,12 +166,11 @@ impl SvmBuilder {
             })
         };
         let uffd = open(REQUIRED_FEATURES)?;
-        let (trim, trim_rx) = crossbeam_channel::unbounded();
         let zeros = Mapping::anonymous(BLOCK_PAGES * PAGE_SIZE, Prot::ReadOnly, false)
             .map_err(|e| Error::os("mmap zero source", e))?;
         let shared = Arc::new(Shared {
             uffd,
-            trim,
+            pending: Default::default(),
             devices: self.devices,
             regions: RwLock::new(BTreeMap::new()),
             counters: Counters::default(),
@@ -159,10 +178,6 @@ impl SvmBuilder {
             pipeline_depth: self.pipeline_depth,
             granularity: self.granularity,
         });
-        let janitor = std::thread::Builder::new()
-            .name("svmem-trim".into())
-            .spawn(move || crate::cpu::trim_loop(trim_rx))
-            .map_err(|e| Error::os("spawn trim thread", e))?;
         let shutdown = Arc::new(EventFd::new().map_err(|e| Error::os("eventfd", e))?);
         let (sh, sd) = (shared.clone(), shutdown.clone());
         let reader = std::thread::Builder::new()
@@ -173,7 +188,6 @@ impl SvmBuilder {
             shared,
             shutdown,
             reader: Some(reader),
-            janitor: Some(janitor),
         })
     }
 }
@@ -181,7 +195,6 @@ impl SvmBuilder {
 /// One shared virtual address space. See the crate docs.
 pub struct Svm {
     shared: Arc<Shared>,
-    janitor: Option<JoinHandle<()>>,
     shutdown: Arc<EventFd>,
     reader: Option<JoinHandle<()>>,
 }
@@ -367,11 +380,6 @@ impl Svm {
 
 impl Drop for Svm {
     fn drop(&mut self) {
-        // The trim thread's madvise calls need the reader: stop it first.
-        let _ = self.shared.trim.send(None);
-        if let Some(h) = self.janitor.take() {
-            let _ = h.join();
-        }
         let _ = self.shutdown.signal();
         if let Some(h) = self.reader.take() {
             let _ = h.join();

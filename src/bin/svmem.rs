@@ -1,1 +1,609 @@
-fn main() {}
+//! The `svmem` command line: an end-to-end demo on the emulated device, and
+//! migration benchmarks.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use svmem::bench::{self, BenchError, Machine, MigrateBench};
+use svmem::{DeviceId, EmulatedConfig, Location, MemoryType, Stats, Svm};
+
+#[derive(Parser)]
+#[command(
+    name = "svmem",
+    version,
+    about = "Shared virtual memory for heterogeneous devices, in user space"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// End-to-end run on an emulated device; every step timed, every byte verified
+    ///
+    /// Steps: the CPU fills managed memory (first-touch faults), migrate to the
+    /// device, the device reads and the demo verifies, the device writes a new
+    /// pattern, the CPU reads it back through page faults and verifies, migrate
+    /// to the device again, release the device, verify again. Exits non-zero
+    /// if any verification fails.
+    Demo {
+        /// Bytes of managed memory (suffixes K, M, G: KiB, MiB, GiB).
+        #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_size)]
+        size: u64,
+        /// Bytes of emulated device memory (suffixes K, M, G).
+        #[arg(long, value_name = "BYTES", default_value = "512M", value_parser = parse_size)]
+        device_memory: u64,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// memcpy vs. migration to the device and back vs. a CPU fault sweep
+    ///
+    /// All on the same bytes in one process: per run, a single-thread memcpy of
+    /// the region, migrate all to device 0, migrate all back, and a sequential
+    /// CPU read of device-resident pages that faults them back. Reports
+    /// medians, min and max, and each rate divided by the same run's memcpy.
+    Migrate {
+        /// Bytes of managed memory (suffixes K, M, G: KiB, MiB, GiB).
+        #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_size)]
+        size: u64,
+        /// Measured runs (the median is reported).
+        #[arg(long, value_name = "N", default_value_t = 5,
+              value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        runs: u32,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses `4096`, `64K`, `512M`, `1G` (also `KiB`/`MiB`/`GiB`/`KB`/…, any case;
+/// every suffix is binary).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "`{s}` is not a size: expected a number of bytes with an optional K, M or G suffix (e.g. 4096, 64K, 512M, 1G)"
+        ));
+    }
+    let suffix = suffix.trim();
+    let shift = match suffix.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "`{s}` has an unknown suffix `{suffix}`: use K, M or G (KiB, MiB, GiB)"
+            ))
+        }
+    };
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is too large"))?;
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))?;
+    if bytes == 0 {
+        return Err(format!("`{s}`: the size must be greater than zero"));
+    }
+    Ok(bytes)
+}
+
+/// `1.00 GiB`, `256.0 MiB`, `4.0 KiB`, `12 B`.
+fn human_bytes(b: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (u, n) in UNITS {
+        if b >= n {
+            return format!("{:.1} {u}", b as f64 / n as f64);
+        }
+    }
+    format!("{b} B")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo {
+            size,
+            device_memory,
+            json,
+        } => demo(size, device_memory, json),
+        Command::Bench {
+            which: BenchCommand::Migrate { size, runs, json },
+        } => bench_migrate(size, runs as usize, json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("svmem: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| CliError::Other(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Svm(#[from] svmem::Error),
+    #[error(transparent)]
+    Bench(#[from] BenchError),
+    #[error("{0}")]
+    Other(String),
+}
+
+// ---------------------------------------------------------------- bench
+
+fn bench_migrate(size: u64, runs: usize, json: bool) -> Result<ExitCode, CliError> {
+    let b = bench::bench_migrate(size, runs)?;
+    if json {
+        print_json(&b)?;
+    } else {
+        print_bench(&b);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_bench(b: &MigrateBench) {
+    println!(
+        "svmem bench migrate: {} region ({} pages), {} run(s), emulated device {} with {} copy engine(s)",
+        human_bytes(b.size),
+        b.npages,
+        b.runs,
+        human_bytes(b.device_memory_bytes),
+        b.copy_engines,
+    );
+    println!("machine: {}", b.machine);
+    println!();
+    println!(
+        "{:<26} {:>10} {:>10} {:>10}   {:>16}",
+        "operation (GB/s)", "median", "min", "max", "÷ memcpy (median)"
+    );
+    let s = &b.spread;
+    let rows = [
+        ("memcpy (1 thread)", s.memcpy_gbps, None),
+        (
+            "migrate to device",
+            s.to_device_gbps,
+            Some(s.to_device_ratio),
+        ),
+        (
+            "migrate to system",
+            s.to_system_gbps,
+            Some(s.to_system_ratio),
+        ),
+        (
+            "CPU fault sweep (read)",
+            s.cpu_fault_sweep_gbps,
+            Some(s.cpu_fault_sweep_ratio),
+        ),
+    ];
+    for (name, v, ratio) in rows {
+        let r = ratio.map_or(String::new(), |r| {
+            format!("{:.3} [{:.3}–{:.3}]", r.median, r.min, r.max)
+        });
+        println!(
+            "{name:<26} {:>10.2} {:>10.2} {:>10.2}   {r:>16}",
+            v.median, v.min, v.max
+        );
+    }
+    println!(
+        "{:<26} {:>10.2} {:>10} {:>10}",
+        "first-touch fill (once)", b.first_touch_fill_gbps, "", ""
+    );
+    println!();
+    println!("per run:");
+    println!(
+        "{:>4} {:>11} {:>11} {:>11} {:>11} {:>12} {:>12}",
+        "run", "memcpy ms", "to dev ms", "to sys ms", "sweep ms", "sweep faults", "sweep windows"
+    );
+    for (i, r) in b.samples.iter().enumerate() {
+        println!(
+            "{:>4} {:>11.2} {:>11.2} {:>11.2} {:>11.2} {:>12} {:>12}",
+            i,
+            r.memcpy_ms,
+            r.to_device_ms,
+            r.to_system_ms,
+            r.cpu_fault_sweep_ms,
+            r.sweep_cpu_faults,
+            r.sweep_fault_windows
+        );
+    }
+    println!();
+    println!(
+        "metadata: {:.2} bytes per 4 KiB page ({:.3}% of the data)",
+        b.metadata_bytes_per_page,
+        b.metadata_bytes_per_page / 4096.0 * 100.0
+    );
+    println!("data verified: every word after all runs, checksum after every sweep");
+    println!();
+    print_counters(&b.counters);
+}
+
+fn print_counters(s: &Stats) {
+    println!("counters:");
+    // Stats is a flat struct of numbers; its JSON keeps the field order.
+    let Ok(json) = serde_json::to_string(s) else {
+        return;
+    };
+    let body = json.trim_start_matches('{').trim_end_matches('}');
+    for field in body.split(',') {
+        if let Some((k, v)) = field.split_once(':') {
+            println!("  {:<26} {v}", k.trim_matches('"'));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- demo
+
+const SEED_CPU: u64 = 0x00c0_ffee_0000_0001;
+const SEED_DEV: u64 = 0x00de_7ce0_0000_0002;
+/// Device accesses go through a bounce buffer of this size.
+const CHUNK: usize = 1 << 20;
+const PAGE: u64 = svmem::PAGE_SIZE as u64;
+
+#[derive(Debug, serde::Serialize)]
+struct Step {
+    step: usize,
+    name: &'static str,
+    bytes: u64,
+    time_ms: f64,
+    gbps: f64,
+    ok: bool,
+    notes: String,
+}
+
+#[derive(serde::Serialize)]
+struct DemoOutput {
+    ok: bool,
+    size_bytes: u64,
+    device: svmem::DeviceInfo,
+    machine: Machine,
+    steps: Vec<Step>,
+    counters: Stats,
+    failures: Vec<String>,
+}
+
+struct Demo {
+    steps: Vec<Step>,
+    failures: Vec<String>,
+}
+
+impl Demo {
+    /// Records a step; a step that is not ok is a failure of the demo.
+    fn step(&mut self, name: &'static str, bytes: u64, el: Duration, ok: bool, notes: String) {
+        if !ok {
+            let n = self.steps.len() + 1;
+            self.failures.push(format!("step {n} ({name}): {notes}"));
+        }
+        self.steps.push(Step {
+            step: self.steps.len() + 1,
+            name,
+            bytes,
+            time_ms: el.as_secs_f64() * 1e3,
+            gbps: bench::gbps(bytes, el),
+            ok,
+            notes,
+        });
+    }
+}
+
+fn mismatch_msg(m: &bench::Mismatch, base_word: u64, what: &str) -> String {
+    format!(
+        "{what}: {} word(s) differ; first at byte offset {:#x}: expected {:#018x}, found {:#018x}",
+        m.count,
+        (base_word + m.first) * 8,
+        m.expected,
+        m.found
+    )
+}
+
+fn demo(size: u64, device_memory: u64, json: bool) -> Result<ExitCode, CliError> {
+    let len = usize::try_from(size)
+        .map_err(|_| CliError::Other(format!("size {size} does not fit in memory")))?;
+    let svm = Svm::builder()
+        .emulated(EmulatedConfig {
+            name: "emulated0".into(),
+            memory_bytes: device_memory,
+            copy_engines: EmulatedConfig::default().copy_engines,
+            memory_type: MemoryType::Private,
+        })?
+        .build()?;
+    let dev_id = DeviceId(0);
+    let dev = svm.device(dev_id)?;
+    let mut region = svm.alloc(len)?;
+    let (addr, bytes) = (region.addr(), region.len());
+    let to_dev = Location::Device(dev_id);
+    let mut d = Demo {
+        steps: Vec::new(),
+        failures: Vec::new(),
+    };
+
+    // 1. CPU first touch: zero-fill faults, then the pattern.
+    let s0 = svm.stats();
+    let t = Instant::now();
+    fill_words(region.as_mut_slice::<u64>(), SEED_CPU);
+    let el = t.elapsed();
+    let s1 = svm.stats();
+    d.step(
+        "CPU fills managed memory (first touch)",
+        bytes,
+        el,
+        true,
+        format!(
+            "{} faults in {} windows, {} pages zero-filled",
+            s1.cpu_faults - s0.cpu_faults,
+            s1.cpu_fault_windows - s0.cpu_fault_windows,
+            s1.cpu_zero_fill_pages - s0.cpu_zero_fill_pages
+        ),
+    );
+
+    // 2. Migrate everything to the device.
+    let t = Instant::now();
+    let r = svm.migrate(addr, bytes, to_dev)?;
+    let el = t.elapsed();
+    let ok = migrated_all_that_fit(&r);
+    d.step(
+        "migrate to device",
+        r.migrated * PAGE,
+        el,
+        ok,
+        format!(
+            "{}/{} pages moved{}",
+            r.migrated,
+            r.requested,
+            skipped_note(&r)
+        ),
+    );
+
+    // 3. The device reads everything through its page table (timed), and the
+    // demo checks every word of each chunk (not timed).
+    let mut buf = vec![0u64; CHUNK / 8];
+    let (mut pages, mut passes, mut bad) = (0, 0, None::<String>);
+    let mut elapsed = Duration::ZERO;
+    let mut off = 0u64;
+    while off < bytes {
+        let n = CHUNK.min((bytes - off) as usize);
+        let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut buf[..n / 8]);
+        let t = Instant::now();
+        let rep = dev.read(addr.offset(off), dst)?;
+        elapsed += t.elapsed();
+        pages += rep.pages;
+        passes += rep.fault_passes;
+        if bad.is_none() {
+            if let Some(m) = bench::check_pattern(&buf[..n / 8], SEED_CPU, off / 8) {
+                bad = Some(mismatch_msg(&m, off / 8, "device read"));
+            }
+        }
+        off += n as u64;
+    }
+    record_verify(
+        &mut d,
+        "device reads (1 MiB chunks), verified",
+        bytes,
+        elapsed,
+        bad,
+        format!("{pages} page accesses, {passes} fault passes"),
+    );
+
+    // 4. The device overwrites everything with a second pattern.
+    let (mut pages, mut passes) = (0, 0);
+    let mut elapsed = Duration::ZERO;
+    let mut words = vec![0u64; CHUNK / 8];
+    let mut off = 0u64;
+    while off < bytes {
+        let n = CHUNK.min((bytes - off) as usize);
+        // Pattern generation is not part of the timed device write.
+        bench::fill_pattern(&mut words[..n / 8], SEED_DEV, off / 8);
+        let src: &[u8] = bytemuck::cast_slice(&words[..n / 8]);
+        let t = Instant::now();
+        let rep = dev.write(addr.offset(off), src)?;
+        elapsed += t.elapsed();
+        pages += rep.pages;
+        passes += rep.fault_passes;
+        off += n as u64;
+    }
+    d.step(
+        "device writes a new pattern",
+        bytes,
+        elapsed,
+        true,
+        format!("{pages} page accesses, {passes} fault passes"),
+    );
+
+    // 5. The CPU reads it back: device-resident pages fault and migrate back.
+    let s0 = svm.stats();
+    let t = Instant::now();
+    let bad = bench::check_pattern(region.as_slice::<u64>(), SEED_DEV, 0)
+        .map(|m| mismatch_msg(&m, 0, "CPU read-back"));
+    let el = t.elapsed();
+    let s1 = svm.stats();
+    record_verify(
+        &mut d,
+        "CPU reads back + verifies (faults)",
+        bytes,
+        el,
+        bad,
+        format!(
+            "{} faults in {} windows, {} pages back to system",
+            s1.cpu_faults - s0.cpu_faults,
+            s1.cpu_fault_windows - s0.cpu_fault_windows,
+            s1.to_system_pages - s0.to_system_pages
+        ),
+    );
+
+    // 6. Migrate to the device again, release the device, verify again.
+    let t = Instant::now();
+    let r = svm.migrate(addr, bytes, to_dev)?;
+    let el = t.elapsed();
+    let ok = migrated_all_that_fit(&r);
+    d.step(
+        "migrate to device again",
+        r.migrated * PAGE,
+        el,
+        ok,
+        format!(
+            "{}/{} pages moved{}",
+            r.migrated,
+            r.requested,
+            skipped_note(&r)
+        ),
+    );
+    let on_device = r.migrated + r.already_there;
+    let t = Instant::now();
+    let r = dev.release();
+    let el = t.elapsed();
+    let ok = r.migrated == on_device && dev.info().free_bytes == dev.info().capacity_bytes;
+    d.step(
+        "device release (evict all)",
+        r.migrated * PAGE,
+        el,
+        ok,
+        format!(
+            "{}/{} pages evicted to system{}",
+            r.migrated,
+            r.requested,
+            skipped_note(&r)
+        ),
+    );
+    let s0 = svm.stats();
+    let t = Instant::now();
+    let bad = bench::check_pattern(region.as_slice::<u64>(), SEED_DEV, 0)
+        .map(|m| mismatch_msg(&m, 0, "CPU read after release"));
+    let el = t.elapsed();
+    let s1 = svm.stats();
+    let faults = s1.cpu_faults - s0.cpu_faults;
+    record_verify(
+        &mut d,
+        "CPU verifies after release",
+        bytes,
+        el,
+        bad,
+        format!("{faults} faults (expected 0: all pages are in system memory)"),
+    );
+
+    let out = DemoOutput {
+        ok: d.failures.is_empty(),
+        size_bytes: bytes,
+        device: dev.info(),
+        machine: Machine::detect(),
+        steps: d.steps,
+        counters: svm.stats(),
+        failures: d.failures,
+    };
+    if json {
+        print_json(&out)?;
+    } else {
+        print_demo(&out);
+    }
+    drop(region);
+    if out.ok {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for f in &out.failures {
+            eprintln!("svmem: demo failed: {f}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn fill_words(words: &mut [u64], seed: u64) {
+    bench::fill_pattern(words, seed, 0);
+}
+
+fn record_verify(
+    d: &mut Demo,
+    name: &'static str,
+    bytes: u64,
+    el: Duration,
+    bad: Option<String>,
+    notes: String,
+) {
+    let ok = bad.is_none();
+    let notes = match &bad {
+        None => format!("{notes}; verified"),
+        Some(b) => format!("{notes}; MISMATCH: {b}"),
+    };
+    d.step(name, bytes, el, ok, notes);
+}
+
+/// Every page moved, except pages the device had no room for (the demo may
+/// run with less device memory than managed memory).
+fn migrated_all_that_fit(r: &svmem::MigrateReport) -> bool {
+    r.migrated + r.already_there + r.skipped_no_device_memory == r.requested
+}
+
+fn skipped_note(r: &svmem::MigrateReport) -> String {
+    let mut v = Vec::new();
+    for (what, n) in [
+        ("already there", r.already_there),
+        ("busy", r.skipped_busy),
+        ("not migratable", r.skipped_not_migratable),
+        ("no device memory", r.skipped_no_device_memory),
+        ("rolled back", r.rolled_back),
+    ] {
+        if n != 0 {
+            v.push(format!("{n} {what}"));
+        }
+    }
+    if v.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", v.join(", "))
+    }
+}
+
+fn print_demo(o: &DemoOutput) {
+    println!(
+        "svmem demo: {} of managed memory, device {} \"{}\" ({:?}, {}), {}",
+        human_bytes(o.size_bytes),
+        o.device.id,
+        o.device.name,
+        o.device.memory_type,
+        human_bytes(o.device.capacity_bytes),
+        o.machine
+    );
+    println!();
+    println!(
+        "{:>2}  {:<40} {:>10} {:>10} {:>8}  {:<4} notes",
+        "#", "step", "bytes", "time ms", "GB/s", "ok"
+    );
+    for s in &o.steps {
+        println!(
+            "{:>2}  {:<40} {:>10} {:>10.2} {:>8.2}  {:<4} {}",
+            s.step,
+            s.name,
+            human_bytes(s.bytes),
+            s.time_ms,
+            s.gbps,
+            if s.ok { "ok" } else { "FAIL" },
+            s.notes
+        );
+    }
+    println!();
+    print_counters(&o.counters);
+    println!();
+    if o.ok {
+        println!("all data verified");
+    } else {
+        println!("FAILED: {} problem(s), see stderr", o.failures.len());
+    }
+}
