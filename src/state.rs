@@ -134,7 +134,9 @@ impl StateCell {
     /// saw; refused if it changed or cannot be isolated.
     pub fn isolate(&self, seen: PageState) -> Result<(), Refused> {
         if !seen.is_isolatable() {
-            return Err(Refused { actual: seen });
+            return Err(Refused {
+                actual: self.load(),
+            });
         }
         self.transition(seen, PageState::Migrating)
     }

@@ -104,6 +104,16 @@ pub struct SvmBuilder {
     pipeline_depth: usize,
 }
 
+impl std::fmt::Debug for SvmBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SvmBuilder")
+            .field("devices", &self.devices.iter().map(|d| d.name()).collect::<Vec<_>>())
+            .field("granularity", &self.granularity)
+            .field("pipeline_depth", &self.pipeline_depth)
+            .finish()
+    }
+}
+
 impl Default for SvmBuilder {
     fn default() -> Self {
         SvmBuilder {
@@ -490,7 +500,7 @@ pub struct DeviceInfo {
 }
 
 /// One device of an `Svm`, as the application drives it.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct DeviceHandle<'s> {
     svm: &'s Svm,
     id: DeviceId,
