@@ -145,9 +145,12 @@ pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
             }
         }
         let guard = r.blocks[b].migrate.lock();
-        let on_device: Vec<usize> =
-            (l..h).filter(|&i| matches!(r.states[i].load(), PageState::Device { .. })).collect();
-        if let Some(p) = migrate::isolate_to_system(sh, r, b, &on_device, false, Some(guard), &mut rep) {
+        let on_device: Vec<usize> = (l..h)
+            .filter(|&i| matches!(r.states[i].load(), PageState::Device { .. }))
+            .collect();
+        if let Some(p) =
+            migrate::isolate_to_system(sh, r, b, &on_device, false, Some(guard), &mut rep)
+        {
             inflight.push_back((b, p));
             sh.counters.add(&sh.counters.cpu_fault_ahead_windows, 1);
         }

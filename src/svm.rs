@@ -107,7 +107,10 @@ pub struct SvmBuilder {
 impl std::fmt::Debug for SvmBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SvmBuilder")
-            .field("devices", &self.devices.iter().map(|d| d.name()).collect::<Vec<_>>())
+            .field(
+                "devices",
+                &self.devices.iter().map(|d| d.name()).collect::<Vec<_>>(),
+            )
             .field("granularity", &self.granularity)
             .field("pipeline_depth", &self.pipeline_depth)
             .finish()
