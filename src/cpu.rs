@@ -79,7 +79,7 @@ pub(crate) fn populate(sh: &Shared, r: &RegionInner, lo: usize, hi: usize, write
 }
 
 /// Windows migrated back ahead of a sequential CPU sweep.
-const FAULT_AHEAD: usize = 8;
+const FAULT_AHEAD: usize = 16;
 
 /// The fault window around page `idx`: the block's granularity, aligned.
 fn window(r: &RegionInner, idx: usize) -> (usize, usize) {
@@ -118,10 +118,23 @@ fn resolve_window(sh: &Shared, r: &RegionInner, lo: usize, hi: usize, fill: Opti
 /// fault round trip per window.
 pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
     let (lo, hi) = window(r, idx);
+    let needs_work = (lo..hi).any(|i| {
+        matches!(
+            r.states[i].load(),
+            PageState::Unpopulated | PageState::Device { .. } | PageState::Migrating
+        )
+    });
+    if !needs_work {
+        // Resolved meanwhile (fetched ahead, or a racing commit): only wake.
+        let _ = sh.uffd.wake(r.addr_of(idx).0, PAGE_SIZE as u64);
+        return;
+    }
     sh.counters.add(&sh.counters.cpu_fault_windows, 1);
     resolve_window(sh, r, lo, hi, Some(write));
     // The fault may have raced with a commit that already woke everyone.
     let _ = sh.uffd.wake(r.addr_of(idx).0, PAGE_SIZE as u64);
+    // Sequential: this window starts where the last one resolved (by a fault
+    // or ahead of one) ended.
     let sequential = r.cpu_sweep_end.swap(hi, Ordering::Relaxed) == lo;
     if !sequential {
         return;
@@ -179,12 +192,10 @@ fn discard(sh: &Shared, start: u64, end: u64) {
             let bhi = hi.min((b + 1) * BLOCK_PAGES);
             let _g = r.blocks[b].migrate.lock();
             r.invalidate(b, i..bhi);
+            let mut freed = crate::device::FreeBatch::new(&sh.devices);
             for k in i..bhi {
                 if let Ok(PageState::Device { dev, page, staged }) = r.states[k].discard() {
-                    sh.devices[dev.0 as usize].free(crate::device::DevRun {
-                        start: page,
-                        npages: 1,
-                    });
+                    freed.push(dev, page);
                     if staged {
                         sh.drop_staged(&r, k);
                     }

@@ -21,7 +21,9 @@ use parking_lot::MutexGuard;
 
 use crate::addr::{DevPage, DeviceId, Location, BLOCK_PAGES, PAGE_SIZE};
 use crate::cpu::Backoff;
-use crate::device::{CopyJob, CopyOp, DevRun, DeviceError, Fence, HostRef, MAX_JOB_PAGES};
+use crate::device::{
+    CopyJob, CopyOp, DevRun, DeviceError, Fence, FreeBatch, HostRef, MAX_JOB_PAGES,
+};
 use crate::space::{Pte, RegionInner};
 use crate::state::PageState;
 use crate::svm::Shared;
@@ -367,7 +369,6 @@ pub(crate) fn finish_to_device(
     plan: ToDevicePlan<'_>,
     rep: &mut MigrateReport,
 ) {
-    let dev = &sh.devices[plan.d.0 as usize];
     let c = &sh.counters;
     match plan.fence.wait() {
         Ok(()) => {
@@ -416,6 +417,7 @@ pub(crate) fn finish_to_device(
                     "rollback could not restore pages {failed:?}"
                 );
             }
+            let mut freed = FreeBatch::new(&sh.devices);
             for p in &plan.pages {
                 let back = if p.kind == Kind::Copy {
                     PageState::System
@@ -423,11 +425,9 @@ pub(crate) fn finish_to_device(
                     PageState::Unpopulated
                 };
                 let _ = r.states[p.idx].commit(back);
-                dev.free(DevRun {
-                    start: p.page,
-                    npages: 1,
-                });
+                freed.push(plan.d, p.page);
             }
+            freed.flush();
             wake_runs(sh, r, plan.pages.iter().map(|p| p.idx));
             let n = plan.pages.len() as u64;
             rep.rolled_back += n;
@@ -600,6 +600,7 @@ pub(crate) fn finish_to_system(
         }
     }
     let mut moved = 0u64;
+    let mut freed = FreeBatch::new(&sh.devices);
     for p in &plan.pages {
         let PageState::Device { dev, page, .. } = p.prev else {
             continue;
@@ -611,12 +612,10 @@ pub(crate) fn finish_to_system(
             continue;
         }
         let _ = r.states[p.idx].commit(PageState::System);
-        sh.devices[dev.0 as usize].free(DevRun {
-            start: page,
-            npages: 1,
-        });
+        freed.push(dev, page);
         moved += 1;
     }
+    freed.flush();
     rep.migrated += moved;
     c.add(&c.to_system_pages, moved);
     c.add(&c.to_system_bytes, moved * PAGE_SIZE as u64);

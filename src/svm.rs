@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 
 use crate::access::{self, AccessReport, Op, PageView};
 use crate::addr::{DeviceId, Location, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
-use crate::device::{DevRun, Device, EmulatedConfig, EmulatedDevice, MemoryType};
+use crate::device::{Device, EmulatedConfig, EmulatedDevice, FreeBatch, MemoryType};
 use crate::error::{Error, Result};
 use crate::migrate::{self, MigrateReport, Trigger};
 use crate::space::{RegionInner, MAX_REGION_PAGES};
@@ -122,7 +122,10 @@ impl Default for SvmBuilder {
         SvmBuilder {
             devices: Vec::new(),
             granularity: 9,
-            pipeline_depth: 2,
+            pipeline_depth: std::env::var("SVMEM_DEPTH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
         }
     }
 }
@@ -366,12 +369,10 @@ impl Svm {
         for b in 0..r.blocks.len() {
             let _g = r.blocks[b].migrate.lock();
             r.invalidate(b, r.block_pages(b));
+            let mut freed = FreeBatch::new(&sh.devices);
             for i in r.block_pages(b) {
                 if let Ok(PageState::Device { dev, page, .. }) = r.states[i].discard() {
-                    sh.devices[dev.0 as usize].free(DevRun {
-                        start: page,
-                        npages: 1,
-                    });
+                    freed.push(dev, page);
                 }
             }
         }

@@ -14,7 +14,7 @@ use parking_lot::{Condvar, Mutex};
 pub use buddy::Buddy;
 pub use emulated::{EmulatedConfig, EmulatedDevice};
 
-use crate::addr::DevPage;
+use crate::addr::{DevPage, DeviceId};
 use crate::sys::Mapping;
 
 /// Most pages one copy job may carry (one SDMA-style job through the window).
@@ -97,10 +97,22 @@ struct FenceState {
     error: Option<DeviceError>,
 }
 
+#[derive(Debug, Default)]
+struct FenceInner {
+    state: Mutex<FenceState>,
+    done: Condvar,
+    /// Jobs in flight, readable without the lock (for the spin in `wait`).
+    pending: std::sync::atomic::AtomicU64,
+}
+
 /// Signalled when every job submitted under it has completed. One fence per
 /// migration batch: the migration waits once, on the last job.
 #[derive(Clone, Debug, Default)]
-pub struct Fence(Arc<(Mutex<FenceState>, Condvar)>);
+pub struct Fence(Arc<FenceInner>);
+
+/// How long `Fence::wait` spins before it sleeps: a cross-CPU wake-up costs
+/// about 45 µs on the machines we measure, about a third of a 2 MiB copy.
+const FENCE_SPIN: std::time::Duration = std::time::Duration::from_micros(60);
 
 impl Fence {
     pub fn new() -> Fence {
@@ -108,24 +120,37 @@ impl Fence {
     }
     /// Records one more job in flight (called by `submit`).
     pub fn add(&self) {
-        self.0 .0.lock().pending += 1;
+        let mut s = self.0.state.lock();
+        s.pending += 1;
+        self.0
+            .pending
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
     /// Records a job's completion.
     pub fn complete(&self, result: Result<(), DeviceError>) {
-        let mut s = self.0 .0.lock();
+        let mut s = self.0.state.lock();
         s.pending -= 1;
         if let Err(e) = result {
             s.error.get_or_insert(e);
         }
+        self.0
+            .pending
+            .fetch_sub(1, std::sync::atomic::Ordering::Release);
         if s.pending == 0 {
-            self.0 .1.notify_all();
+            self.0.done.notify_all();
         }
     }
     /// Waits for all jobs; returns the first error any of them reported.
     pub fn wait(&self) -> Result<(), DeviceError> {
-        let mut s = self.0 .0.lock();
+        let start = std::time::Instant::now();
+        while self.0.pending.load(std::sync::atomic::Ordering::Acquire) > 0
+            && start.elapsed() < FENCE_SPIN
+        {
+            std::hint::spin_loop();
+        }
+        let mut s = self.0.state.lock();
         while s.pending > 0 {
-            self.0 .1.wait(&mut s);
+            self.0.done.wait(&mut s);
         }
         match s.error.take() {
             Some(e) => Err(e),
@@ -160,4 +185,46 @@ pub trait Device: Send + Sync {
     fn store(&self, page: DevPage, off: usize, buf: &[u8]) -> Result<(), DeviceError>;
     /// Host bytes the device's own bookkeeping uses (allocator state).
     fn metadata_bytes(&self) -> u64;
+}
+
+/// Frees device pages in runs: consecutive pages of one device become one
+/// allocator call. Flushes on drop.
+pub(crate) struct FreeBatch<'a> {
+    devices: &'a [Arc<dyn Device>],
+    run: Option<(DeviceId, DevRun)>,
+}
+
+impl<'a> FreeBatch<'a> {
+    pub fn new(devices: &'a [Arc<dyn Device>]) -> Self {
+        FreeBatch { devices, run: None }
+    }
+
+    pub fn push(&mut self, dev: DeviceId, page: DevPage) {
+        if let Some((d, run)) = &mut self.run {
+            if *d == dev && run.start.0 + run.npages == page.0 {
+                run.npages += 1;
+                return;
+            }
+        }
+        self.flush();
+        self.run = Some((
+            dev,
+            DevRun {
+                start: page,
+                npages: 1,
+            },
+        ));
+    }
+
+    pub fn flush(&mut self) {
+        if let Some((d, run)) = self.run.take() {
+            self.devices[d.0 as usize].free(run);
+        }
+    }
+}
+
+impl Drop for FreeBatch<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
