@@ -126,6 +126,10 @@ pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
     });
     if !needs_work {
         // Resolved meanwhile (fetched ahead, or a racing commit): only wake.
+        // A `System` page can also be a hole if the application discarded it
+        // (madvise) under us: then zeros are its content. EEXIST (present) is
+        // the common, spurious case.
+        let _ = sh.uffd.zeropage(r.addr_of(idx).0, PAGE_SIZE as u64, true);
         let _ = sh.uffd.wake(r.addr_of(idx).0, PAGE_SIZE as u64);
         return;
     }
@@ -193,13 +197,36 @@ fn discard(sh: &Shared, start: u64, end: u64) {
             let _g = r.blocks[b].migrate.lock();
             r.invalidate(b, i..bhi);
             let mut freed = crate::device::FreeBatch::new(&sh.devices);
+            let mut staged_pages = Vec::new();
+            let mut system_pages = Vec::new();
             for k in i..bhi {
-                if let Ok(PageState::Device { dev, page, staged }) = r.states[k].discard() {
-                    freed.push(dev, page);
-                    if staged {
-                        sh.drop_staged(&r, k);
+                match r.states[k].discard() {
+                    Ok(PageState::Device { dev, page, staged }) => {
+                        freed.push(dev, page);
+                        if staged {
+                            staged_pages.push(k);
+                        }
+                    }
+                    Ok(PageState::System) => system_pages.push(k),
+                    _ => {}
+                }
+            }
+            // Take discarded pages out of the CPU view ourselves, event-free: a
+            // migration that raced with this event may have put a page back
+            // after the kernel's zap.
+            for (s, n) in migrate::runs(system_pages.into_iter()) {
+                for (j, t) in migrate::take_cpu_pages(sh, &r, s, n)
+                    .into_iter()
+                    .enumerate()
+                {
+                    if t == migrate::Taken::Moved {
+                        staged_pages.push(s + j);
                     }
                 }
+            }
+            staged_pages.sort_unstable();
+            for (s, n) in migrate::runs(staged_pages.into_iter()) {
+                sh.drop_staged(&r, s, n);
             }
             i = bhi;
         }
@@ -208,17 +235,30 @@ fn discard(sh: &Shared, start: u64, end: u64) {
 
 /// The reader thread's body; returns when `shutdown` is signalled.
 pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
+    IS_READER.with(|r| r.set(true));
     let mut msgs = [UffdMsg::default(); 64];
     loop {
-        let n = match sh.uffd.read_msgs(&mut msgs) {
-            Ok(n) => n,
-            Err(e) => {
-                eprintln!(
-                    "svmem: reading the userfaultfd failed: {e}; CPU faults are no longer served"
-                );
-                return;
+        // Messages absorbed while an ioctl waited out an unread event come first.
+        let mut n = 0;
+        {
+            let mut pending = sh.pending.lock();
+            while n < msgs.len() {
+                let Some(m) = pending.pop_front() else { break };
+                msgs[n] = m;
+                n += 1;
             }
-        };
+        }
+        if n == 0 {
+            n = match sh.uffd.read_msgs(&mut msgs) {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!(
+                        "svmem: reading the userfaultfd failed: {e}; CPU faults are no longer served"
+                    );
+                    return;
+                }
+            };
+        }
         if n == 0 {
             match sh.uffd.poll_with(std::os::fd::AsFd::as_fd(&*shutdown), -1) {
                 Ok((_, true)) => return,
@@ -236,31 +276,13 @@ pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
                 discard(&sh, m.arg0, m.arg1);
             }
         }
-        let mut last: Option<(usize, usize, usize)> = None; // (region base, window lo, hi)
         for m in batch.iter().filter(|m| m.event == uffd::EVENT_PAGEFAULT) {
             sh.counters.add(&sh.counters.cpu_faults, 1);
             let addr = m.arg1 & !(PAGE_SIZE as u64 - 1);
             let write = m.arg0 & uffd::PAGEFAULT_FLAG_WRITE != 0;
             match sh.region_at(addr) {
-                Some(r) => {
-                    let idx = r.page_of(addr);
-                    if let Some((base, lo, hi)) = last {
-                        if base as u64 == r.base()
-                            && (lo..hi).contains(&idx)
-                            && r.states[idx].load() == PageState::System
-                        {
-                            let _ = sh.uffd.wake(addr, PAGE_SIZE as u64);
-                            continue;
-                        }
-                    }
-                    resolve(&sh, &r, idx, write);
-                    let w = 1usize
-                        << r.blocks[idx / BLOCK_PAGES]
-                            .granularity
-                            .load(Ordering::Relaxed)
-                            .min(9);
-                    last = Some((r.base() as usize, idx & !(w - 1), (idx & !(w - 1)) + w));
-                }
+                // Faults on a window already resolved cost one cheap check.
+                Some(r) => resolve(&sh, &r, r.page_of(addr), write),
                 None => {
                     // A registered range we no longer track (freed concurrently):
                     // give the toucher zeros rather than a hang.

@@ -74,7 +74,7 @@ pub enum Trigger {
 }
 
 /// Runs of consecutive values in a sorted slice of indices: (first, count, position in slice).
-fn runs(idx: impl Iterator<Item = usize>) -> Vec<(usize, usize)> {
+pub(crate) fn runs(idx: impl Iterator<Item = usize>) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = Vec::new();
     for i in idx {
         match out.last_mut() {
@@ -128,7 +128,7 @@ pub(crate) struct ToSystemPlan<'a> {
 
 /// The outcome of moving one page out of the CPU view.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Taken {
+pub(crate) enum Taken {
     Moved,
     /// No page was there (discarded under us): its content is zeros.
     Hole,
@@ -137,7 +137,7 @@ enum Taken {
 
 /// Moves `[start, start+n)` of the managed view into staging. Busy pages are
 /// retried up to 3 times.
-fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<Taken> {
+pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<Taken> {
     let mut out = vec![Taken::Moved; n];
     let (mut i, end) = (start, start + n);
     let mut busy_tries = 0;
@@ -202,7 +202,7 @@ fn return_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec
                 // MOVE refused this page: copy it instead, then drop the staged page.
                 let src = r.staging_addr(i);
                 match sh.uffd.copy(r.addr_of(i).0, src, PAGE_SIZE as u64, true) {
-                    Ok(_) => sh.drop_staged(r, i),
+                    Ok(_) => sh.drop_staged(r, i, 1),
                     Err(_) => failed.push(i),
                 }
                 i += 1;

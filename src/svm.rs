@@ -66,23 +66,26 @@ impl Shared {
             .collect()
     }
 
-    /// Drops the staged system page of page `k` (its data was discarded).
-    /// The page is unregistered around the `MADV_DONTNEED`, so no REMOVE event
-    /// is raised and any thread, the reader included, may call this. The
-    /// caller holds the page's block lock, so nothing moves into it meanwhile.
-    pub fn drop_staged(&self, r: &RegionInner, k: usize) {
-        let at = r.staging_addr(k);
-        let page = PAGE_SIZE as u64;
+    /// Drops the staged system pages of pages `[k, k+n)` (their data was
+    /// discarded). The run is unregistered around the `MADV_DONTNEED`, so no
+    /// REMOVE event is raised and any thread, the reader included, may call
+    /// this. The caller holds the block lock, so nothing moves in meanwhile.
+    pub fn drop_staged(&self, r: &RegionInner, k: usize, n: usize) {
+        let (at, len) = (r.staging_addr(k), (n * PAGE_SIZE) as u64);
         let res = self
             .uffd
-            .unregister(at, page)
+            .unregister(at, len)
             .and_then(|_| {
                 r.staging
-                    .madvise(k * PAGE_SIZE, PAGE_SIZE, Advice::DontNeed)
+                    .madvise(k * PAGE_SIZE, n * PAGE_SIZE, Advice::DontNeed)
             })
-            .and_then(|_| self.uffd.register(at, page, false));
+            .and_then(|_| self.uffd.register(at, len, false));
         if let Err(e) = res {
-            eprintln!("svmem: dropping staging page {at:#x} failed: {e}; page {k} of region {:#x} will not migrate again", r.base());
+            eprintln!(
+                "svmem: dropping staging pages {at:#x}+{len:#x} failed: {e}; pages {k}..{} of region {:#x} will not migrate again",
+                k + n,
+                r.base()
+            );
         }
     }
 
