@@ -125,10 +125,7 @@ impl Default for SvmBuilder {
         SvmBuilder {
             devices: Vec::new(),
             granularity: 9,
-            pipeline_depth: std::env::var("SVMEM_DEPTH")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
+            pipeline_depth: 2,
         }
     }
 }
