@@ -357,22 +357,7 @@ fn demo(size: u64, device_memory: u64, json: bool) -> Result<ExitCode, CliError>
     );
 
     // 2. Migrate everything to the device.
-    let t = Instant::now();
-    let r = svm.migrate(addr, bytes, to_dev)?;
-    let el = t.elapsed();
-    let ok = migrated_all_that_fit(&r);
-    d.step(
-        "migrate to device",
-        r.migrated * PAGE,
-        el,
-        ok,
-        format!(
-            "{}/{} pages moved{}",
-            r.migrated,
-            r.requested,
-            skipped_note(&r)
-        ),
-    );
+    timed_migrate(&mut d, &svm, addr, bytes, to_dev, "migrate to device")?;
 
     // 3. The device reads everything through its page table (timed), and the
     // demo checks every word of each chunk (not timed).
@@ -451,22 +436,7 @@ fn demo(size: u64, device_memory: u64, json: bool) -> Result<ExitCode, CliError>
     );
 
     // 6. Migrate to the device again, release the device, verify again.
-    let t = Instant::now();
-    let r = svm.migrate(addr, bytes, to_dev)?;
-    let el = t.elapsed();
-    let ok = migrated_all_that_fit(&r);
-    d.step(
-        "migrate to device again",
-        r.migrated * PAGE,
-        el,
-        ok,
-        format!(
-            "{}/{} pages moved{}",
-            r.migrated,
-            r.requested,
-            skipped_note(&r)
-        ),
-    );
+    let r = timed_migrate(&mut d, &svm, addr, bytes, to_dev, "migrate to device again")?;
     let on_device = r.migrated + r.already_there;
     let t = Instant::now();
     let r = dev.release();
@@ -547,6 +517,34 @@ fn record_verify(
 
 /// Every page moved, except pages the device had no room for (the demo may
 /// run with less device memory than managed memory).
+/// Migrates `[addr, addr+bytes)` and records it as one demo step.
+fn timed_migrate(
+    d: &mut Demo,
+    svm: &Svm,
+    addr: svmem::VirtAddr,
+    bytes: u64,
+    to: Location,
+    name: &'static str,
+) -> svmem::Result<svmem::MigrateReport> {
+    let t = Instant::now();
+    let r = svm.migrate(addr, bytes, to)?;
+    let el = t.elapsed();
+    let notes = format!(
+        "{}/{} pages moved{}",
+        r.migrated,
+        r.requested,
+        skipped_note(&r)
+    );
+    d.step(
+        name,
+        r.migrated * PAGE,
+        el,
+        migrated_all_that_fit(&r),
+        notes,
+    );
+    Ok(r)
+}
+
 fn migrated_all_that_fit(r: &svmem::MigrateReport) -> bool {
     r.migrated + r.already_there + r.skipped_no_device_memory == r.requested
 }
