@@ -440,17 +440,21 @@ impl Region<'_> {
         self.addr().offset(offset)
     }
 
-    /// A typed view for the CPU.
+    /// A typed view for the CPU: as many whole `T`s as fit in the region
+    /// (empty for zero-sized `T`).
     pub fn as_slice<T: bytemuck::Pod>(&self) -> &[T] {
         // SAFETY: the mapping lives as long as `self`; device writes while this
         // view is alive are the caller's data race to avoid (type docs).
-        bytemuck::cast_slice(unsafe { self.inner.managed.as_slice() })
+        let bytes = unsafe { self.inner.managed.as_slice() };
+        bytemuck::cast_slice(&bytes[..whole_elements::<T>(bytes.len())])
     }
 
-    /// A typed mutable view for the CPU.
+    /// A typed mutable view for the CPU (whole `T`s, as [`Region::as_slice`]).
     pub fn as_mut_slice<T: bytemuck::Pod>(&mut self) -> &mut [T] {
         // SAFETY: `&mut self` makes this the only CPU view of the region's bytes.
-        bytemuck::cast_slice_mut(unsafe { self.inner.managed.as_mut_slice() })
+        let bytes = unsafe { self.inner.managed.as_mut_slice() };
+        let n = whole_elements::<T>(bytes.len());
+        bytemuck::cast_slice_mut(&mut bytes[..n])
     }
 
     /// The region as 64-bit atomics, for memory shared by CPU threads and devices.
@@ -484,6 +488,15 @@ impl Region<'_> {
             std::sync::atomic::Ordering::Release,
         );
         Ok(())
+    }
+}
+
+/// Bytes of `len` that hold whole `T`s; 0 for zero-sized `T` (bytemuck
+/// refuses to cast bytes to those), so typed views never panic.
+fn whole_elements<T>(len: usize) -> usize {
+    match std::mem::size_of::<T>() {
+        0 => 0,
+        n => len - len % n,
     }
 }
 

@@ -490,3 +490,13 @@ fn read_only_write_error_names_device_and_address() {
     mentions(&e, "dev0");
     check(&region);
 }
+
+#[test]
+fn typed_views_of_odd_sized_elements_do_not_panic() {
+    let svm = svmem::Svm::with_emulated(1 << 20).expect("svm");
+    let mut r = svm.alloc(4096).expect("alloc");
+    assert_eq!(r.as_slice::<[u8; 3]>().len(), 1365);
+    assert_eq!(r.as_mut_slice::<[u8; 3]>().len(), 1365);
+    assert_eq!(r.as_slice::<()>().len(), 0);
+    assert_eq!(r.as_slice::<u64>().len(), 512);
+}
