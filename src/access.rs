@@ -7,7 +7,7 @@
 use crate::addr::{DeviceId, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
 use crate::device::DeviceError;
 use crate::error::{Error, Result};
-use crate::migrate::{self, MigrateReport, Trigger};
+use crate::migrate::{self, Trigger};
 use crate::space::{Pte, RegionInner};
 use crate::state::PageState;
 use crate::svm::Shared;
@@ -69,13 +69,7 @@ fn fault_pass(
         if let Some(k) = (i..hi).find(|&k| r.states[k].load() == PageState::Poisoned) {
             return Err(Error::Poisoned { addr: r.addr_of(k) });
         }
-        let remote: Vec<usize> = (i..hi)
-            .filter(|&k| matches!(r.states[k].load(), PageState::Device { dev, .. } if dev != d))
-            .collect();
-        let mut rep = MigrateReport::default();
-        if let Some(plan) = migrate::isolate_to_system(sh, r, b, &remote, true, None, &mut rep) {
-            migrate::finish_to_system(sh, r, plan, Trigger::DeviceFault, &mut rep);
-        }
+        migrate::pull_to_system(sh, r, i..hi, Some(d), Trigger::DeviceFault);
         crate::cpu::populate(sh, r, i, hi, write);
         for k in i..hi {
             let pte = match r.states[k].load() {

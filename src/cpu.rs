@@ -13,8 +13,9 @@
 
 use std::sync::Arc;
 
+use crate::addr::Location;
 use crate::addr::{BLOCK_PAGES, PAGE_SIZE};
-use crate::migrate::{self, MigrateReport, Trigger};
+use crate::migrate::{self, Trigger};
 use crate::space::RegionInner;
 use crate::state::PageState;
 use crate::svm::Shared;
@@ -92,30 +93,13 @@ fn window(r: &RegionInner, idx: usize) -> (usize, usize) {
     (lo, (lo + w).min(r.npages))
 }
 
-/// Migrates the device-resident pages of `[lo, hi)` back and, if `fill`,
-/// zero-fills its unpopulated pages.
-fn resolve_window(sh: &Shared, r: &RegionInner, lo: usize, hi: usize, fill: Option<bool>) {
-    let b = lo / BLOCK_PAGES;
-    let _guard = r.blocks[b].migrate.lock();
-    let on_device: Vec<usize> = (lo..hi)
-        .filter(|&i| matches!(r.states[i].load(), PageState::Device { .. }))
-        .collect();
-    let mut rep = MigrateReport::default();
-    if let Some(plan) = migrate::isolate_to_system(sh, r, b, &on_device, true, None, &mut rep) {
-        migrate::finish_to_system(sh, r, plan, Trigger::CpuFault, &mut rep);
-    }
-    if let Some(write) = fill {
-        populate(sh, r, lo, hi, write);
-    }
-}
-
 /// Resolves a CPU fault on page `idx` of `r`.
 ///
-/// When the window directly follows the previous one resolved in this region
-/// (a sequential sweep), the next [`FAULT_AHEAD`] windows that hold device
-/// pages are migrated back too, after the faulting thread has been woken: it
-/// consumes one window while this thread brings the next, instead of paying a
-/// fault round trip per window.
+/// When the window starts where the previous one resolved in this region
+/// ended (a sequential sweep), the next [`FAULT_AHEAD`] windows are migrated
+/// back too, pipelined like any migration, after the faulting thread has been
+/// woken: it consumes one window while this thread brings the next, instead of
+/// paying a fault round trip per window.
 pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
     let (lo, hi) = window(r, idx);
     let needs_work = (lo..hi).any(|i| {
@@ -134,52 +118,20 @@ pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
         return;
     }
     sh.counters.add(&sh.counters.cpu_fault_windows, 1);
-    resolve_window(sh, r, lo, hi, Some(write));
+    {
+        let _guard = r.blocks[lo / BLOCK_PAGES].migrate.lock();
+        migrate::pull_to_system(sh, r, lo..hi, None, Trigger::CpuFault);
+        populate(sh, r, lo, hi, write);
+    }
     // The fault may have raced with a commit that already woke everyone.
     let _ = sh.uffd.wake(r.addr_of(idx).0, PAGE_SIZE as u64);
-    // Sequential: this window starts where the last one resolved (by a fault
-    // or ahead of one) ended.
     let sequential = r.cpu_sweep_end.swap(hi, Ordering::Relaxed) == lo;
-    if !sequential {
-        return;
-    }
-    // Pipelined: the copy engine copies window k+1 while this thread puts
-    // window k into the CPU view.
-    let mut inflight = std::collections::VecDeque::new();
-    let mut rep = MigrateReport::default();
-    let mut next = hi;
-    for _ in 0..FAULT_AHEAD {
-        if next >= r.npages {
-            break;
-        }
-        let (l, h) = window(r, next);
-        next = h;
-        let b = l / BLOCK_PAGES;
-        // Windows smaller than a block share its lock: finish what holds it.
-        if inflight.back().is_some_and(|(pb, _)| *pb == b) {
-            while let Some((_, p)) = inflight.pop_front() {
-                migrate::finish_to_system(sh, r, p, Trigger::CpuFault, &mut rep);
-            }
-        }
-        let guard = r.blocks[b].migrate.lock();
-        let on_device: Vec<usize> = (l..h)
-            .filter(|&i| matches!(r.states[i].load(), PageState::Device { .. }))
-            .collect();
-        if let Some(p) =
-            migrate::isolate_to_system(sh, r, b, &on_device, false, Some(guard), &mut rep)
-        {
-            inflight.push_back((b, p));
-            sh.counters.add(&sh.counters.cpu_fault_ahead_windows, 1);
-        }
-        r.cpu_sweep_end.store(h, Ordering::Relaxed);
-        if inflight.len() > 1 {
-            if let Some((_, p)) = inflight.pop_front() {
-                migrate::finish_to_system(sh, r, p, Trigger::CpuFault, &mut rep);
-            }
-        }
-    }
-    while let Some((_, p)) = inflight.pop_front() {
-        migrate::finish_to_system(sh, r, p, Trigger::CpuFault, &mut rep);
+    if sequential && hi < r.npages {
+        let ahead = ((hi - lo) * FAULT_AHEAD).min(r.npages - hi);
+        r.cpu_sweep_end.store(hi + ahead, Ordering::Relaxed);
+        let rep = migrate::migrate_range(sh, r, hi, ahead, Location::System, Trigger::CpuFault);
+        sh.counters
+            .add(&sh.counters.cpu_fault_ahead_pages, rep.migrated);
     }
 }
 

@@ -73,7 +73,7 @@ pub enum Trigger {
     Release,
 }
 
-/// Runs of consecutive values in a sorted slice of indices: (first, count, position in slice).
+/// Runs of consecutive values in ascending indices, as (first, count).
 pub(crate) fn runs(idx: impl Iterator<Item = usize>) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = Vec::new();
     for i in idx {
@@ -233,19 +233,9 @@ pub(crate) fn isolate_to_device<'a>(
         }
         return None;
     }
-    // Pages on another device come back to system memory first.
-    let others: Vec<usize> = (lo..hi)
-        .filter(|&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if dev != d))
-        .collect();
-    if !others.is_empty() {
-        // A scratch report: the pull is not the migration the caller asked for
-        // (pages it could not pull stay on the other device and are counted
-        // busy below).
-        let mut pull = MigrateReport::default();
-        if let Some(p) = isolate_to_system(sh, r, b, &others, true, None, &mut pull) {
-            finish_to_system(sh, r, p, Trigger::Explicit, &mut pull);
-        }
-    }
+    // Pages on another device come back to system memory first; any that
+    // cannot move stay there and are counted busy below.
+    pull_to_system(sh, r, lo..hi, Some(d), Trigger::Explicit);
     let mut cands: Vec<(usize, Kind)> = Vec::with_capacity(hi - lo);
     for i in lo..hi {
         match r.states[i].load() {
@@ -629,6 +619,39 @@ fn wake_runs(sh: &Shared, r: &RegionInner, idx: impl Iterator<Item = usize>) {
     }
 }
 
+/// Brings the device-resident pages of `pages` (inside one block, whose lock
+/// the caller holds) back to system memory now, copying on this thread;
+/// pages on `except` stay where they are. Pages that cannot move stay on
+/// their device (the caller sees them by their state).
+pub(crate) fn pull_to_system(
+    sh: &Shared,
+    r: &RegionInner,
+    pages: std::ops::Range<usize>,
+    except: Option<DeviceId>,
+    trigger: Trigger,
+) {
+    let b = pages.start / BLOCK_PAGES;
+    let idxs: Vec<usize> = pages
+        .filter(
+            |&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if Some(dev) != except),
+        )
+        .collect();
+    // A scratch report: this is not the migration any caller asked for.
+    let mut rep = MigrateReport::default();
+    if let Some(p) = isolate_to_system(sh, r, b, &idxs, true, None, &mut rep) {
+        finish_to_system(sh, r, p, trigger, &mut rep);
+    }
+}
+
+/// Credits a report's skips to the counters (for migrations a caller asked for).
+pub(crate) fn count_skips(sh: &Shared, rep: &MigrateReport) {
+    let c = &sh.counters;
+    c.add(&c.skipped_busy, rep.skipped_busy);
+    c.add(&c.skipped_not_migratable, rep.skipped_not_migratable);
+    c.add(&c.skipped_no_device_memory, rep.skipped_no_device_memory);
+    c.add(&c.skipped_already_there, rep.already_there);
+}
+
 enum Plan<'a> {
     ToDevice(ToDevicePlan<'a>),
     ToSystem(ToSystemPlan<'a>),
@@ -687,10 +710,5 @@ pub(crate) fn migrate_range(
     while let Some(p) = q.pop_front() {
         finish(p, &mut rep);
     }
-    let c = &sh.counters;
-    c.add(&c.skipped_busy, rep.skipped_busy);
-    c.add(&c.skipped_not_migratable, rep.skipped_not_migratable);
-    c.add(&c.skipped_no_device_memory, rep.skipped_no_device_memory);
-    c.add(&c.skipped_already_there, rep.already_there);
     rep
 }

@@ -31,8 +31,8 @@ counters! {
     cpu_faults,
     /// Fault windows resolved (one per group of faults in a window).
     cpu_fault_windows,
-    /// Windows migrated back ahead of a sequential CPU sweep.
-    cpu_fault_ahead_windows,
+    /// Pages migrated back ahead of a sequential CPU sweep.
+    cpu_fault_ahead_pages,
     /// Pages zero-filled on first CPU touch.
     cpu_zero_fill_pages,
     /// Device accesses (read or write calls).
@@ -49,6 +49,7 @@ counters! {
     to_system_bytes,
     /// Pages that became zero-filled device pages without a copy.
     device_zero_fill_pages,
+    /// Skips below count the reports of `Svm::migrate` calls.
     /// Pages skipped because they were busy (pinned, shared, racing) after 3 tries.
     skipped_busy,
     /// Pages skipped because they cannot migrate (read-only region, poisoned).

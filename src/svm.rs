@@ -313,14 +313,9 @@ impl Svm {
             self.shared.device(d)?;
         }
         let (r, first, n) = self.check_range(addr, len)?;
-        Ok(migrate::migrate_range(
-            &self.shared,
-            &r,
-            first,
-            n,
-            to,
-            Trigger::Explicit,
-        ))
+        let rep = migrate::migrate_range(&self.shared, &r, first, n, to, Trigger::Explicit);
+        migrate::count_skips(&self.shared, &rep);
+        Ok(rep)
     }
 
     /// Sets the fault granularity (log2 pages, 0..=9) of every 2 MiB block the
