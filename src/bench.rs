@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use crate::addr::{DeviceId, Location};
+use crate::addr::{DeviceId, Location, VirtAddr};
 use crate::device::EmulatedConfig;
 use crate::error::Error;
 use crate::migrate::MigrateReport;
@@ -273,6 +273,34 @@ pub struct MigrateBench {
 /// Default region size of [`bench_migrate`]: 1 GiB.
 pub const DEFAULT_BENCH_SIZE: u64 = 1 << 30;
 
+/// A failed data check over `bytes` of words.
+fn verify_error(when: String, bytes: u64, m: Mismatch) -> BenchError {
+    BenchError::Verify {
+        when,
+        words: bytes / 8,
+        mismatches: m.count,
+        first_offset: m.first * 8,
+        expected: m.expected,
+        found: m.found,
+    }
+}
+
+/// Migrates the whole region, checks every page moved, returns the time taken.
+fn timed_migrate(
+    svm: &Svm,
+    addr: VirtAddr,
+    bytes: u64,
+    to: Location,
+    run: usize,
+    step: &'static str,
+) -> Result<Duration, BenchError> {
+    let t = Instant::now();
+    let r = svm.migrate(addr, bytes, to)?;
+    let el = t.elapsed();
+    complete(run, step, &r)?;
+    Ok(el)
+}
+
 fn complete(run: usize, step: &'static str, r: &MigrateReport) -> Result<(), BenchError> {
     if r.migrated == r.requested {
         return Ok(());
@@ -331,19 +359,17 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
         s.memcpy_gbps = memcpy_gbps(&mut dst, region.as_slice::<u8>());
         s.memcpy_ms = bytes as f64 / s.memcpy_gbps / 1e6;
 
-        let t = Instant::now();
-        let r = svm.migrate(addr, bytes, dev)?;
-        let el = t.elapsed();
-        complete(run, "migrate to device", &r)?;
-        s.to_device_gbps = gbps(bytes, el);
-        s.to_device_ms = el.as_secs_f64() * 1e3;
-
-        let t = Instant::now();
-        let r = svm.migrate(addr, bytes, Location::System)?;
-        let el = t.elapsed();
-        complete(run, "migrate to system", &r)?;
-        s.to_system_gbps = gbps(bytes, el);
-        s.to_system_ms = el.as_secs_f64() * 1e3;
+        let el = timed_migrate(&svm, addr, bytes, dev, run, "migrate to device")?;
+        (s.to_device_gbps, s.to_device_ms) = (gbps(bytes, el), el.as_secs_f64() * 1e3);
+        let el = timed_migrate(
+            &svm,
+            addr,
+            bytes,
+            Location::System,
+            run,
+            "migrate to system",
+        )?;
+        (s.to_system_gbps, s.to_system_ms) = (gbps(bytes, el), el.as_secs_f64() * 1e3);
 
         let r = svm.migrate(addr, bytes, dev)?;
         complete(run, "migrate to device (before the sweep)", &r)?;
@@ -360,28 +386,17 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
         s.sweep_fault_windows = after.cpu_fault_windows - before.cpu_fault_windows;
         if sum != checksum {
             let m = check_pattern(region.as_slice::<u64>(), BENCH_SEED, 0).unwrap_or_default();
-            return Err(BenchError::Verify {
-                when: format!("in run {run} (checksum {sum:#x} after the fault sweep, expected {checksum:#x})"),
-                words: bytes / 8,
-                mismatches: m.count,
-                first_offset: m.first * 8,
-                expected: m.expected,
-                found: m.found,
-            });
+            let when = format!(
+                "in run {run} (checksum {sum:#x} after the fault sweep, expected {checksum:#x})"
+            );
+            return Err(verify_error(when, bytes, m));
         }
         samples.push(s);
     }
 
     let metadata_bytes_per_page = svm.stats().metadata_bytes as f64 / npages as f64;
     if let Some(m) = check_pattern(region.as_slice::<u64>(), BENCH_SEED, 0) {
-        return Err(BenchError::Verify {
-            when: format!("after {runs} runs"),
-            words: bytes / 8,
-            mismatches: m.count,
-            first_offset: m.first * 8,
-            expected: m.expected,
-            found: m.found,
-        });
+        return Err(verify_error(format!("after {runs} runs"), bytes, m));
     }
     let counters = svm.stats();
 

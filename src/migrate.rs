@@ -140,7 +140,8 @@ pub(crate) enum Taken {
 pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<Taken> {
     let mut out = vec![Taken::Moved; n];
     let (mut i, end) = (start, start + n);
-    let mut busy_tries = 0;
+    // (page, tries): busy retries belong to the page that is busy.
+    let mut busy = (usize::MAX, 0);
     let mut backoff = Backoff::new(sh);
     while i < end {
         let len = ((end - i) * PAGE_SIZE) as u64;
@@ -160,14 +161,13 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
                         out[i - start] = Taken::Hole;
                         i += 1;
                     }
-                    libc::EBUSY if busy_tries < 2 => {
-                        busy_tries += 1;
+                    libc::EBUSY if busy.0 != i || busy.1 < 2 => {
+                        busy = (i, if busy.0 == i { busy.1 + 1 } else { 1 });
                         std::thread::yield_now();
                     }
                     _ => {
                         out[i - start] = Taken::Busy;
                         i += 1;
-                        busy_tries = 0;
                     }
                 }
             }

@@ -182,13 +182,15 @@ fn range_spanning_two_regions_is_rejected() {
     } else {
         (&b, &a)
     };
-    if lo.addr().0 + lo.len() == hi.addr().0 {
-        // Adjacent mappings: a range over both is still not one region.
-        let e = svm
-            .migrate(lo.at(lo.len() - PG), 2 * PG, Location::Device(DEV0))
-            .unwrap_err();
-        assert!(matches!(e, Error::OutsideManaged { .. }), "{e:?}");
-    }
+    // From the last page of one region to the first page of the next, over
+    // whatever lies between (adjacent or not): never one region.
+    let start = lo.at(lo.len() - PG);
+    let len = hi.addr().0 + PG - start.0;
+    let e = svm.migrate(start, len, Location::Device(DEV0)).unwrap_err();
+    assert!(matches!(e, Error::OutsideManaged { .. }), "{e:?}");
+    mentions(&e, &hex(start.0));
+    // Both regions are untouched.
+    assert_eq!(svm.stats().to_device_pages, 0);
 }
 
 #[test]

@@ -349,9 +349,8 @@ fn demo(size: u64, device_memory: u64, json: bool) -> Result<ExitCode, CliError>
         el,
         true,
         format!(
-            "{} faults in {} windows, {} pages zero-filled",
-            s1.cpu_faults - s0.cpu_faults,
-            s1.cpu_fault_windows - s0.cpu_fault_windows,
+            "{}, {} pages zero-filled",
+            fault_note(&s0, &s1),
             s1.cpu_zero_fill_pages - s0.cpu_zero_fill_pages
         ),
     );
@@ -428,9 +427,8 @@ fn demo(size: u64, device_memory: u64, json: bool) -> Result<ExitCode, CliError>
         el,
         bad,
         format!(
-            "{} faults in {} windows, {} pages back to system",
-            s1.cpu_faults - s0.cpu_faults,
-            s1.cpu_fault_windows - s0.cpu_fault_windows,
+            "{}, {} pages back to system",
+            fault_note(&s0, &s1),
             s1.to_system_pages - s0.to_system_pages
         ),
     );
@@ -517,6 +515,15 @@ fn record_verify(
 
 /// Every page moved, except pages the device had no room for (the demo may
 /// run with less device memory than managed memory).
+/// CPU faults and fault windows between two counter snapshots.
+fn fault_note(s0: &Stats, s1: &Stats) -> String {
+    format!(
+        "{} faults in {} windows",
+        s1.cpu_faults - s0.cpu_faults,
+        s1.cpu_fault_windows - s0.cpu_fault_windows
+    )
+}
+
 /// Migrates `[addr, addr+bytes)` and records it as one demo step.
 fn timed_migrate(
     d: &mut Demo,

@@ -23,7 +23,6 @@ pub enum Advice {
     NoHugePage,
     HugePage,
     DontNeed,
-    DontFork,
     /// Pre-fault writable pages (MADV_POPULATE_WRITE, Linux 5.14+).
     PopulateWrite,
 }
@@ -92,7 +91,6 @@ impl Mapping {
             Advice::NoHugePage => libc::MADV_NOHUGEPAGE,
             Advice::HugePage => libc::MADV_HUGEPAGE,
             Advice::DontNeed => libc::MADV_DONTNEED,
-            Advice::DontFork => libc::MADV_DONTFORK,
             Advice::PopulateWrite => 23,
         };
         // SAFETY: the range lies inside this mapping (checked); madvise with these

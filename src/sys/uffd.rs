@@ -425,4 +425,56 @@ mod tests {
         assert_eq!(UFFDIO_POISON, 0xc020aa08);
         assert_eq!(std::mem::size_of::<UffdMsg>(), 32);
     }
+
+    /// ZEROPAGE, COPY, WRITEPROTECT and POISON against a real mapping. The
+    /// poisoned page is read by the kernel (a `write(2)` to a pipe), which
+    /// fails with EFAULT instead of raising SIGBUS in the test.
+    #[test]
+    fn fill_protect_and_poison_a_real_mapping() {
+        use crate::sys::{Mapping, Prot, PAGE_SIZE};
+        let uffd = Uffd::open(REQUIRED_FEATURES).expect("open userfaultfd");
+        let m = Mapping::anonymous(3 * PAGE_SIZE, Prot::ReadWrite, false).expect("mmap");
+        let page = PAGE_SIZE as u64;
+        uffd.register(m.addr(), 3 * page, true).expect("register");
+        let src = [7u8; PAGE_SIZE];
+        assert_eq!(uffd.zeropage(m.addr(), page, false), Ok(page));
+        assert_eq!(
+            uffd.copy(m.addr() + page, src.as_ptr() as u64, page, false),
+            Ok(page)
+        );
+        assert_eq!(
+            uffd.copy(m.addr() + page, src.as_ptr() as u64, page, false)
+                .map_err(|p| p.errno),
+            Err(libc::EEXIST)
+        );
+        uffd.writeprotect(m.addr() + page, page, true)
+            .expect("write-protect");
+        uffd.writeprotect(m.addr() + page, page, false)
+            .expect("un-protect");
+        assert_eq!(uffd.poison(m.addr() + 2 * page, page), Ok(page));
+
+        let mut fds = [0i32; 2];
+        // SAFETY: `fds` is a live array of two ints for pipe(2) to fill.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let kernel_read = |addr: u64| {
+            // SAFETY: `addr` is inside the live mapping `m`; write(2) only reads
+            // it, and reports a fault on a poisoned page as EFAULT.
+            let n = unsafe { libc::write(fds[1], addr as *const libc::c_void, 16) };
+            if n < 0 {
+                Err(crate::sys::errno())
+            } else {
+                Ok(n)
+            }
+        };
+        assert_eq!(kernel_read(m.addr() + page), Ok(16));
+        assert_eq!(kernel_read(m.addr() + 2 * page), Err(libc::EFAULT));
+        let mut buf = [0u8; 16];
+        m.read_at(PAGE_SIZE, &mut buf).expect("read");
+        assert_eq!(buf, [7u8; 16]);
+        uffd.unregister(m.addr(), 3 * page).expect("unregister");
+        for fd in fds {
+            // SAFETY: closing the two fds pipe(2) gave us, once each.
+            unsafe { libc::close(fd) };
+        }
+    }
 }
