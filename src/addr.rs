@@ -39,6 +39,13 @@ impl fmt::Debug for VirtAddr {
         write!(f, "{:#x}", self.0)
     }
 }
+/// Serialized as a hex string (`"0x7f..."`), as addresses are read.
+impl serde::Serialize for VirtAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for VirtAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:#x}", self.0)

@@ -147,7 +147,7 @@ fn discard(sh: &Shared, start: u64, end: u64) {
             let b = i / BLOCK_PAGES;
             let bhi = hi.min((b + 1) * BLOCK_PAGES);
             let _g = r.blocks[b].migrate.lock();
-            r.invalidate(b, i..bhi);
+            r.invalidate(b, i..bhi, crate::events::UnmapTrigger::UnmapFromCpu);
             let mut freed = crate::device::FreeBatch::new(&sh.devices);
             let mut staged_pages = Vec::new();
             let mut system_pages = Vec::new();

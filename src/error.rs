@@ -51,6 +51,19 @@ pub enum Error {
 
     #[error("device {dev} failed: {reason}")]
     Device { dev: DeviceId, reason: String },
+
+    #[error("kernel stopped by a {0}")]
+    DeviceFault(Box<crate::kernel::DeviceFault>),
+
+    #[error("invalid range attributes: {0}")]
+    Attr(#[from] crate::attr::AttrError),
+
+    #[error("{what}: {running} kernel launch(es) are running on {dev}; wait for them to finish")]
+    Busy {
+        what: &'static str,
+        dev: DeviceId,
+        running: usize,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -35,11 +35,17 @@
 
 pub mod access;
 pub mod addr;
+pub mod attr;
 pub mod bench;
 mod cpu;
 pub mod device;
 pub mod error;
+pub mod events;
+mod fault;
+pub mod kernel;
 pub mod migrate;
+mod notify;
+pub mod policy;
 mod space;
 pub mod state;
 pub mod stats;
@@ -49,10 +55,15 @@ pub mod sys;
 
 pub use access::{AccessReport, PageView};
 pub use addr::{DevPage, DeviceId, Location, VirtAddr, BLOCK_SIZE, PAGE_SIZE};
+pub use attr::{AccessMode, Attr, AttrFlags, AttrQuery, Common};
 pub use device::{Device, EmulatedConfig, EmulatedDevice, MemoryType};
 pub use error::{Error, Result};
+pub use events::{Event, EventKind, EventStream};
+pub use fault::{BatchStats, MAX_BATCH};
+pub use kernel::{DeviceFault, FaultReason, Lane, LaunchReport};
 pub use migrate::MigrateReport;
+pub use policy::{AccessKind, Decision, KfdPolicy, PlacementPolicy};
 pub use state::PageState;
 pub use stats::Stats;
-pub use svm::{DeviceHandle, DeviceInfo, Region, Svm, SvmBuilder};
+pub use svm::{DeviceHandle, DeviceInfo, MemAdvice, Region, Svm, SvmBuilder};
 pub use sys::Prot;

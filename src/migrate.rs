@@ -24,6 +24,7 @@ use crate::cpu::Backoff;
 use crate::device::{
     CopyJob, CopyOp, DevRun, DeviceError, Fence, FreeBatch, HostRef, MAX_JOB_PAGES,
 };
+use crate::events::{EventKind, UnmapTrigger};
 use crate::space::{Pte, RegionInner};
 use crate::state::PageState;
 use crate::svm::Shared;
@@ -60,18 +61,8 @@ impl MigrateReport {
     }
 }
 
-/// Why a migration ran (for counters and, later, the event stream).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Trigger {
-    /// An explicit `migrate` / prefetch call.
-    Explicit,
-    /// A CPU touched a device-resident page.
-    CpuFault,
-    /// A device touched a page resident on another device.
-    DeviceFault,
-    /// The device was released.
-    Release,
-}
+/// Why a migration ran (counters and the event stream).
+pub use crate::events::MigrateTrigger as Trigger;
 
 /// Runs of consecutive values in ascending indices, as (first, count).
 pub(crate) fn runs(idx: impl Iterator<Item = usize>) -> Vec<(usize, usize)> {
@@ -267,7 +258,11 @@ pub(crate) fn isolate_to_device<'a>(
         .map(|(&(idx, kind), page)| ToDevicePage { idx, page, kind })
         .collect();
 
-    r.invalidate(b, pages.iter().map(|p| p.idx));
+    r.invalidate(
+        b,
+        pages.iter().map(|p| p.idx),
+        UnmapTrigger::MmuNotifyMigrate,
+    );
     pages.retain(|p| {
         let seen = if p.kind == Kind::Copy {
             PageState::System
@@ -452,7 +447,11 @@ pub(crate) fn isolate_to_system<'a>(
     if pages.is_empty() {
         return None;
     }
-    r.invalidate(b, pages.iter().map(|p| p.idx));
+    r.invalidate(
+        b,
+        pages.iter().map(|p| p.idx),
+        UnmapTrigger::MmuNotifyMigrate,
+    );
     pages.retain(|p| {
         let ok = r.states[p.idx].isolate(p.prev).is_ok();
         if !ok {
@@ -636,10 +635,50 @@ pub(crate) fn pull_to_system(
             |&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if Some(dev) != except),
         )
         .collect();
+    let Some(&first) = idxs.first() else { return };
+    let from = location_of(r, first);
+    let events = &r.notifier.events;
+    events.emit_with(|| EventKind::MigrateStart {
+        start: r.addr_of(first),
+        pages: idxs.len() as u64,
+        from,
+        to: Location::System,
+        trigger,
+    });
     // A scratch report: this is not the migration any caller asked for.
     let mut rep = MigrateReport::default();
     if let Some(p) = isolate_to_system(sh, r, b, &idxs, true, None, &mut rep) {
         finish_to_system(sh, r, p, trigger, &mut rep);
+    }
+    events.emit_with(|| EventKind::MigrateEnd {
+        start: r.addr_of(first),
+        pages: idxs.len() as u64,
+        migrated: rep.migrated,
+        from,
+        to: Location::System,
+        trigger,
+        error: error_code(&rep),
+    });
+}
+
+/// Where page `k` is now, for events (`System` unless on a device).
+fn location_of(r: &RegionInner, k: usize) -> Location {
+    match r.states[k].load() {
+        PageState::Device { dev, .. } => Location::Device(dev),
+        _ => Location::System,
+    }
+}
+
+/// The errno-style code a migration-end event carries: 0 when nothing failed.
+pub(crate) fn error_code(rep: &MigrateReport) -> i32 {
+    if rep.rolled_back > 0 {
+        libc::EIO
+    } else if rep.skipped_no_device_memory > 0 {
+        libc::ENOMEM
+    } else if rep.skipped_busy > 0 {
+        libc::EBUSY
+    } else {
+        0
     }
 }
 
@@ -671,6 +710,26 @@ pub(crate) fn migrate_range(
         requested: n as u64,
         ..Default::default()
     };
+    let events = &r.notifier.events;
+    let from = || match to {
+        Location::Device(_) => Location::System,
+        Location::System => (first..first + n)
+            .map(|k| location_of(r, k))
+            .find(|l| *l != Location::System)
+            .unwrap_or(Location::System),
+    };
+    let from = if events.is_active() {
+        from()
+    } else {
+        Location::System
+    };
+    events.emit_with(|| EventKind::MigrateStart {
+        start: r.addr_of(first),
+        pages: n as u64,
+        from,
+        to,
+        trigger,
+    });
     let mut q: VecDeque<Plan<'_>> = VecDeque::new();
     let finish = |p: Plan<'_>, rep: &mut MigrateReport| match p {
         Plan::ToDevice(p) => finish_to_device(sh, r, p, rep),
@@ -710,5 +769,14 @@ pub(crate) fn migrate_range(
     while let Some(p) = q.pop_front() {
         finish(p, &mut rep);
     }
+    events.emit_with(|| EventKind::MigrateEnd {
+        start: r.addr_of(first),
+        pages: n as u64,
+        migrated: rep.migrated,
+        from,
+        to,
+        trigger,
+        error: error_code(&rep),
+    });
     rep
 }

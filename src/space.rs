@@ -15,8 +15,10 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::addr::{DevPage, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
+use crate::events::UnmapTrigger;
+use crate::notify::Notifier;
 use crate::state::StateCell;
-use crate::sync::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crate::sys::Mapping;
 
 /// Most pages one region may hold (a device PTE can name any of them): 1 TiB.
@@ -34,6 +36,17 @@ pub(crate) struct Block {
     /// Bit `d`: device `d` may have valid PTEs in this block.
     pub mapped: AtomicU8,
     pub granularity: AtomicU8,
+    /// Bumped by every invalidation: the device-fault path re-checks it under
+    /// the block lock before it writes PTEs, and lane TLB entries are tagged
+    /// with it.
+    pub seq: AtomicU32,
+    /// Bit `d`: device `d` must stay mapped here (XNACK off with access
+    /// granted, or the always-mapped flag): an invalidation evicts `d`'s
+    /// queues until the restore worker maps the block again.
+    pub keep_mapped: AtomicU8,
+    /// When a device fault or a restore last mapped this block (ns on the
+    /// notifier's clock); faults within 2 ms of it count as duplicates.
+    pub mapped_at: AtomicU64,
 }
 
 /// A device PTE: one `AtomicU32` per managed page per device.
@@ -83,6 +96,10 @@ pub(crate) struct RegionInner {
     pub blocks: Box<[Block]>,
     /// End of the last CPU fault window resolved (sequential-sweep detection).
     pub cpu_sweep_end: AtomicUsize,
+    /// Per device: end of the last device-fault window (sequential detection).
+    pub dev_sweep_end: Box<[AtomicUsize]>,
+    /// Queue control and event stream, told about every invalidation.
+    pub notifier: Arc<Notifier>,
 }
 
 impl RegionInner {
@@ -91,6 +108,7 @@ impl RegionInner {
         staging: Mapping,
         ndevices: usize,
         granularity: u8,
+        notifier: Arc<Notifier>,
     ) -> RegionInner {
         let npages = managed.len() / PAGE_SIZE;
         let nblocks = npages.div_ceil(BLOCK_PAGES);
@@ -110,6 +128,10 @@ impl RegionInner {
                 })
                 .collect(),
             cpu_sweep_end: AtomicUsize::new(usize::MAX),
+            dev_sweep_end: (0..ndevices)
+                .map(|_| AtomicUsize::new(usize::MAX))
+                .collect(),
+            notifier,
         }
     }
 
@@ -142,21 +164,47 @@ impl RegionInner {
     }
 
     /// Clears every device's PTEs for `pages` (all inside block `b`), then waits
-    /// for device accesses that may still use the old translations. The caller
-    /// holds `blocks[b].migrate`.
-    pub fn invalidate(&self, b: usize, pages: impl Iterator<Item = usize> + Clone) {
-        let mapped = self.blocks[b].mapped.load(Ordering::Acquire);
+    /// for device accesses that may still use the old translations. Devices
+    /// that must stay mapped here have their queues evicted first (so their
+    /// lanes pause instead of taking a fatal fault). The caller holds
+    /// `blocks[b].migrate`.
+    pub fn invalidate(
+        &self,
+        b: usize,
+        pages: impl Iterator<Item = usize> + Clone,
+        why: UnmapTrigger,
+    ) {
+        let blk = &self.blocks[b];
+        let mapped = blk.mapped.load(Ordering::Acquire);
         if mapped == 0 {
+            blk.seq.fetch_add(1, Ordering::AcqRel);
             return;
+        }
+        let keep = mapped & blk.keep_mapped.load(Ordering::Acquire);
+        for d in 0..self.ptes.len() {
+            if keep & (1 << d) != 0 {
+                self.notifier.evict(d);
+            }
         }
         for (d, table) in self.ptes.iter().enumerate() {
             if mapped & (1 << d) != 0 {
+                let mut cleared = 0u64;
+                let mut first = None;
                 for i in pages.clone() {
-                    table[i].store(0, Ordering::Release);
+                    if table[i].swap(0, Ordering::AcqRel) != 0 {
+                        cleared += 1;
+                        first.get_or_insert(i);
+                    }
+                }
+                if let Some(f) = first {
+                    self.notifier.unmapped(d, self.addr_of(f), cleared, why);
                 }
             }
         }
-        drop(self.blocks[b].access.write());
+        // After the PTEs are cleared: a lane that sees the new value cannot
+        // cache an old translation under it.
+        blk.seq.fetch_add(1, Ordering::AcqRel);
+        drop(blk.access.write());
     }
 
     /// Host bytes of metadata this region keeps.

@@ -14,13 +14,21 @@ macro_rules! counters {
         pub struct Stats {
             $($(#[$m])* pub $name: u64,)*
             /// Bytes of host memory svmem keeps as metadata (state words, device
-            /// page tables, block locks, allocator state).
+            /// page tables, block locks, allocator state, range attributes).
             pub metadata_bytes: u64,
+            /// Device queue evictions (XNACK off / always-mapped invalidations).
+            pub queue_evictions: u64,
+            /// Queue restores after evictions.
+            pub queue_restores: u64,
+            /// Restore passes that had to be retried.
+            pub queue_restore_retries: u64,
+            /// Events a full subscriber lost.
+            pub events_dropped: u64,
         }
 
         impl Counters {
             pub(crate) fn snapshot(&self, metadata_bytes: u64) -> Stats {
-                Stats { $($name: self.$name.load(Ordering::Relaxed),)* metadata_bytes }
+                Stats { $($name: self.$name.load(Ordering::Relaxed),)* metadata_bytes, ..Default::default() }
             }
         }
     };
@@ -62,6 +70,21 @@ counters! {
     rolled_back_pages,
     /// munmap / madvise(DONTNEED) events read from the userfaultfd.
     uffd_events,
+    /// Kernel launches.
+    kernel_launches,
+    /// Device faults posted to the fault buffers (retry mode).
+    device_faults,
+    /// Posted faults that needed no work (same page as another fault of the
+    /// batch, or already translated by the time they were serviced).
+    device_fault_duplicates,
+    /// Fault batches serviced.
+    device_fault_batches,
+    /// Times the fault service found its block invalidated before it could map it.
+    device_fault_retries,
+    /// Pages migrated to a device ahead of a sequential device-fault sweep.
+    device_fault_ahead_pages,
+    /// Launches stopped by a fatal device fault.
+    device_faults_fatal,
 }
 
 impl Counters {

@@ -10,15 +10,22 @@ use parking_lot::RwLock;
 
 use crate::access::{self, AccessReport, Op, PageView};
 use crate::addr::{DeviceId, Location, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
+use crate::attr::{AccessMode, Attr, AttrFlags, AttrMap, AttrQuery};
 use crate::device::{Device, EmulatedConfig, EmulatedDevice, FreeBatch, MemoryType};
 use crate::error::{Error, Result};
+use crate::events::{EventStream, UnmapTrigger};
+use crate::fault::{BatchStats, DeviceRuntime};
+use crate::kernel::{DeviceFault, Lane, LaunchReport};
 use crate::migrate::{self, MigrateReport, Trigger};
+use crate::notify::Notifier;
+use crate::policy::{KfdPolicy, PlacementPolicy};
 use crate::space::{RegionInner, MAX_REGION_PAGES};
 use crate::state::{PageState, MAX_DEVICES};
 use crate::stats::{Counters, Stats};
 use crate::sync::Ordering;
 use crate::sys::uffd::{OpenError, REQUIRED_FEATURES};
 use crate::sys::{Advice, EventFd, Mapping, Prot, Uffd};
+use std::sync::atomic::AtomicBool;
 
 /// Everything the reader thread and the API calls share.
 pub(crate) struct Shared {
@@ -34,6 +41,15 @@ pub(crate) struct Shared {
     pub zeros: Mapping,
     pub pipeline_depth: usize,
     pub granularity: u8,
+    /// Event stream and queue control, shared with every region.
+    pub notifier: Arc<Notifier>,
+    /// Range attributes, by page number.
+    pub attrs: RwLock<AttrMap>,
+    pub policy: RwLock<Arc<dyn PlacementPolicy>>,
+    /// Retry faults (XNACK on) for every device of this `Svm`.
+    pub xnack: AtomicBool,
+    /// Per device: fault buffer, batch log, running launches.
+    pub runtime: Box<[DeviceRuntime]>,
 }
 
 impl Shared {
@@ -96,7 +112,9 @@ impl Shared {
             .values()
             .map(|r| r.metadata_bytes())
             .sum();
-        regions + self.devices.iter().map(|d| d.metadata_bytes()).sum::<u64>()
+        regions
+            + self.devices.iter().map(|d| d.metadata_bytes()).sum::<u64>()
+            + self.attrs.read().metadata_bytes()
     }
 }
 
@@ -105,6 +123,8 @@ pub struct SvmBuilder {
     devices: Vec<Arc<dyn Device>>,
     granularity: u8,
     pipeline_depth: usize,
+    xnack: bool,
+    policy: Arc<dyn PlacementPolicy>,
 }
 
 impl std::fmt::Debug for SvmBuilder {
@@ -116,6 +136,8 @@ impl std::fmt::Debug for SvmBuilder {
             )
             .field("granularity", &self.granularity)
             .field("pipeline_depth", &self.pipeline_depth)
+            .field("xnack", &self.xnack)
+            .field("policy", &self.policy.name())
             .finish()
     }
 }
@@ -126,6 +148,8 @@ impl Default for SvmBuilder {
             devices: Vec::new(),
             granularity: 9,
             pipeline_depth: 2,
+            xnack: true,
+            policy: Arc::new(KfdPolicy),
         }
     }
 }
@@ -151,6 +175,20 @@ impl SvmBuilder {
     /// Blocks a migration keeps in flight beyond the one it is isolating.
     pub fn pipeline_depth(mut self, n: usize) -> Self {
         self.pipeline_depth = n;
+        self
+    }
+
+    /// Retry faults (XNACK on, the default) or not: with XNACK off a device
+    /// access without a translation is fatal, and ranges the device may
+    /// access are mapped ahead.
+    pub fn xnack(mut self, on: bool) -> Self {
+        self.xnack = on;
+        self
+    }
+
+    /// The placement policy device faults consult (default [`KfdPolicy`]).
+    pub fn policy(mut self, p: impl PlacementPolicy + 'static) -> Self {
+        self.policy = Arc::new(p);
         self
     }
 
@@ -184,6 +222,7 @@ impl SvmBuilder {
         let uffd = open(REQUIRED_FEATURES)?;
         let zeros = Mapping::anonymous(BLOCK_PAGES * PAGE_SIZE, Prot::ReadOnly, false)
             .map_err(|e| Error::os("mmap zero source", e))?;
+        let ndev = self.devices.len();
         let shared = Arc::new(Shared {
             uffd,
             pending: Default::default(),
@@ -193,18 +232,44 @@ impl SvmBuilder {
             zeros,
             pipeline_depth: self.pipeline_depth,
             granularity: self.granularity,
+            notifier: Arc::new(Notifier::new(ndev)),
+            attrs: RwLock::new(AttrMap::new(self.granularity)),
+            policy: RwLock::new(self.policy),
+            xnack: AtomicBool::new(self.xnack),
+            runtime: (0..ndev).map(|_| DeviceRuntime::default()).collect(),
         });
         let shutdown = Arc::new(EventFd::new().map_err(|e| Error::os("eventfd", e))?);
-        let (sh, sd) = (shared.clone(), shutdown.clone());
-        let reader = std::thread::Builder::new()
-            .name("svmem-uffd".into())
-            .spawn(move || crate::cpu::reader_loop(sh, sd))
-            .map_err(|e| Error::os("spawn uffd reader", e))?;
-        Ok(Svm {
-            shared,
-            shutdown,
-            reader: Some(reader),
-        })
+        let mut svm = Svm {
+            shared: shared.clone(),
+            shutdown: shutdown.clone(),
+            reader: None,
+            workers: Vec::new(),
+        };
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .map_err(|e| Error::os("spawn svmem thread", e))
+        };
+        let (sh, sd) = (shared.clone(), shutdown);
+        svm.reader = Some(spawn(
+            "svmem-uffd".into(),
+            Box::new(move || crate::cpu::reader_loop(sh, sd)),
+        )?);
+        for i in 0..ndev {
+            let d = DeviceId(i as u8);
+            let sh = shared.clone();
+            svm.workers.push(spawn(
+                format!("svmem-fault{i}"),
+                Box::new(move || crate::fault::service_loop(sh, d)),
+            )?);
+            let sh = shared.clone();
+            svm.workers.push(spawn(
+                format!("svmem-restore{i}"),
+                Box::new(move || crate::fault::restore_loop(sh, d)),
+            )?);
+        }
+        Ok(svm)
     }
 }
 
@@ -213,6 +278,8 @@ pub struct Svm {
     shared: Arc<Shared>,
     shutdown: Arc<EventFd>,
     reader: Option<JoinHandle<()>>,
+    /// Fault-service and restore threads, one each per device.
+    workers: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Svm {
@@ -280,6 +347,7 @@ impl Svm {
             staging,
             sh.devices.len(),
             sh.granularity,
+            sh.notifier.clone(),
         ));
         sh.regions.write().insert(inner.base(), inner.clone());
         Ok(Region { svm: self, inner })
@@ -324,11 +392,180 @@ impl Svm {
         if g > 9 {
             return Err(Error::Granularity { value: g });
         }
+        self.set_attributes(addr, len, &[Attr::Granularity(g)])
+    }
+
+    /// Sets range attributes on the page-aligned range, as one transaction
+    /// with the semantics of AMD's SVM ioctl (see [`crate::attr`]): all are
+    /// validated before any applies. Afterwards device mappings of the changed
+    /// sub-ranges are invalidated, ranges a device must keep mapped (XNACK off
+    /// with access granted, or always mapped) are mapped again, and a
+    /// prefetch location migrates the whole range now, every time it is set.
+    pub fn set_attributes(&self, addr: VirtAddr, len: u64, attrs: &[Attr]) -> Result<()> {
+        self.apply_attributes(addr, len, attrs).map(|_| ())
+    }
+
+    fn apply_attributes(
+        &self,
+        addr: VirtAddr,
+        len: u64,
+        attrs: &[Attr],
+    ) -> Result<Option<MigrateReport>> {
         let (r, first, n) = self.check_range(addr, len)?;
-        for b in first / BLOCK_PAGES..=(first + n - 1) / BLOCK_PAGES {
-            r.blocks[b].granularity.store(g, Ordering::Relaxed);
+        let sh = &self.shared;
+        let base = r.base() / PAGE_SIZE as u64;
+        let start = base + first as u64;
+        let changed = sh
+            .attrs
+            .write()
+            .set(start, start + n as u64, attrs, sh.devices.len())?;
+        let mut blocks: Vec<usize> = Vec::new();
+        for (s, e) in changed {
+            let (lo, hi) = ((s - base) as usize, (e - base) as usize);
+            let mut i = lo;
+            while i < hi {
+                let b = i / BLOCK_PAGES;
+                let bhi = hi.min((b + 1) * BLOCK_PAGES);
+                let _g = r.blocks[b].migrate.lock();
+                r.invalidate(b, i..bhi, UnmapTrigger::MmuNotify);
+                if blocks.last() != Some(&b) {
+                    blocks.push(b);
+                }
+                i = bhi;
+            }
         }
+        blocks.dedup();
+        for &b in &blocks {
+            let pages = r.block_pages(b);
+            let g = sh
+                .attrs
+                .read()
+                .segments(base + pages.start as u64, base + pages.end as u64)
+                .iter()
+                .map(|s| s.2.granularity)
+                .min()
+                .unwrap_or(sh.granularity);
+            r.blocks[b].granularity.store(g, Ordering::Relaxed);
+            crate::fault::update_keep_mapped(sh, &r, b);
+        }
+        let prefetch = attrs.iter().rev().find_map(|a| match a {
+            Attr::PrefetchLocation(Some(loc)) => Some(*loc),
+            _ => None,
+        });
+        let rep = prefetch.map(|to| {
+            let rep = migrate::migrate_range(sh, &r, first, n, to, Trigger::Prefetch);
+            migrate::count_skips(sh, &rep);
+            rep
+        });
+        self.map_kept(&r, first / BLOCK_PAGES..=(first + n - 1) / BLOCK_PAGES);
+        Ok(rep)
+    }
+
+    /// Maps, for every device that must keep them mapped, the given blocks.
+    fn map_kept(&self, r: &RegionInner, blocks: std::ops::RangeInclusive<usize>) {
+        for b in blocks {
+            let keep = r.blocks[b].keep_mapped.load(Ordering::Acquire);
+            for d in 0..self.shared.devices.len() {
+                if keep & (1 << d) != 0 {
+                    crate::fault::map_ahead_block(&self.shared, r, DeviceId(d as u8), b);
+                }
+            }
+        }
+    }
+
+    /// The attributes of the page-aligned range: each value common to all of
+    /// it or `Mixed`, flags as the AND over sub-ranges, granularity the minimum.
+    pub fn attributes(&self, addr: VirtAddr, len: u64) -> Result<AttrQuery> {
+        let (r, first, n) = self.check_range(addr, len)?;
+        let start = r.base() / PAGE_SIZE as u64 + first as u64;
+        Ok(self.shared.attrs.read().query(
+            start,
+            start + n as u64,
+            self.shared.devices.len(),
+            self.xnack(),
+        ))
+    }
+
+    /// `cudaMemAdvise` over the same machinery: read-mostly sets the
+    /// read-mostly flag, preferred location sets the preferred location,
+    /// accessed-by grants the device access in place (map where the data is,
+    /// never migrate on its faults). Unset restores the default.
+    pub fn advise(&self, addr: VirtAddr, len: u64, advice: MemAdvice) -> Result<()> {
+        let xnack = self.xnack();
+        let default_access = if xnack {
+            AccessMode::Access
+        } else {
+            AccessMode::None
+        };
+        let attr = match advice {
+            MemAdvice::SetReadMostly => Attr::SetFlags(AttrFlags::READ_MOSTLY),
+            MemAdvice::UnsetReadMostly => Attr::ClearFlags(AttrFlags::READ_MOSTLY),
+            MemAdvice::SetPreferredLocation(l) => Attr::PreferredLocation(Some(l)),
+            MemAdvice::UnsetPreferredLocation => Attr::PreferredLocation(None),
+            MemAdvice::SetAccessedBy(d) => Attr::Access(d, AccessMode::AccessInPlace),
+            MemAdvice::UnsetAccessedBy(d) => Attr::Access(d, default_access),
+        };
+        self.set_attributes(addr, len, &[attr])
+    }
+
+    /// `cudaMemPrefetchAsync` over the same machinery: sets the prefetch
+    /// location, which migrates the range now; returns what moved.
+    pub fn prefetch(&self, addr: VirtAddr, len: u64, to: Location) -> Result<MigrateReport> {
+        Ok(self
+            .apply_attributes(addr, len, &[Attr::PrefetchLocation(Some(to))])?
+            .unwrap_or_default())
+    }
+
+    /// Whether device faults are retried (XNACK on).
+    pub fn xnack(&self) -> bool {
+        self.shared.xnack.load(Ordering::Acquire)
+    }
+
+    /// Switches retry faults on or off; refused while any kernel runs.
+    /// Switching off maps every range devices have access to ahead.
+    pub fn set_xnack(&self, on: bool) -> Result<()> {
+        let sh = &self.shared;
+        let mut guards = Vec::new();
+        for (i, rt) in sh.runtime.iter().enumerate() {
+            match rt.idle_guard() {
+                Ok(g) => guards.push(g),
+                Err(running) => {
+                    return Err(Error::Busy {
+                        what: "switching XNACK",
+                        dev: DeviceId(i as u8),
+                        running,
+                    })
+                }
+            }
+        }
+        sh.xnack.store(on, Ordering::Release);
+        let regions: Vec<_> = sh.regions.read().values().cloned().collect();
+        for r in &regions {
+            for b in 0..r.blocks.len() {
+                crate::fault::update_keep_mapped(sh, r, b);
+            }
+            if !r.blocks.is_empty() {
+                self.map_kept(r, 0..=r.blocks.len() - 1);
+            }
+        }
+        drop(guards);
         Ok(())
+    }
+
+    /// Replaces the placement policy device faults consult.
+    pub fn set_policy(&self, p: impl PlacementPolicy + 'static) {
+        *self.shared.policy.write() = Arc::new(p);
+    }
+
+    /// The name of the placement policy in use.
+    pub fn policy_name(&self) -> String {
+        self.shared.policy.read().name().to_string()
+    }
+
+    /// Subscribes to the event stream; a subscriber that falls `capacity`
+    /// events behind loses the newest ones (counted), never stalls svmem.
+    pub fn subscribe(&self, capacity: usize) -> EventStream {
+        self.shared.notifier.events.subscribe(capacity)
     }
 
     /// A handle for device `id`.
@@ -345,7 +582,15 @@ impl Svm {
 
     /// The counters now.
     pub fn stats(&self) -> Stats {
-        self.shared.counters.snapshot(self.shared.metadata_bytes())
+        let sh = &self.shared;
+        let mut s = sh.counters.snapshot(sh.metadata_bytes());
+        for q in sh.notifier.queues.iter() {
+            s.queue_evictions += q.evictions.load(Ordering::Relaxed);
+            s.queue_restores += q.restores.load(Ordering::Relaxed);
+            s.queue_restore_retries += q.restore_retries.load(Ordering::Relaxed);
+        }
+        s.events_dropped = sh.notifier.events.dropped();
+        s
     }
 
     /// Where page `addr` lives now (`None` outside managed memory or while it migrates).
@@ -363,7 +608,8 @@ impl Svm {
         sh.regions.write().remove(&r.base());
         for b in 0..r.blocks.len() {
             let _g = r.blocks[b].migrate.lock();
-            r.invalidate(b, r.block_pages(b));
+            r.blocks[b].keep_mapped.store(0, Ordering::Release);
+            r.invalidate(b, r.block_pages(b), UnmapTrigger::UnmapFromCpu);
             let mut freed = FreeBatch::new(&sh.devices);
             for i in r.block_pages(b) {
                 if let Ok(PageState::Device { dev, page, .. }) = r.states[i].discard() {
@@ -371,6 +617,8 @@ impl Svm {
                 }
             }
         }
+        let first = r.base() / PAGE_SIZE as u64;
+        sh.attrs.write().remove(first, first + r.npages as u64);
         // Unregister before the mappings go, so munmap sends no UNMAP event.
         if let Err(e) = sh.uffd.unregister(r.base(), r.len()) {
             eprintln!(
@@ -389,6 +637,18 @@ impl Svm {
 
 impl Drop for Svm {
     fn drop(&mut self) {
+        for (rt, q) in self
+            .shared
+            .runtime
+            .iter()
+            .zip(self.shared.notifier.queues.iter())
+        {
+            rt.shutdown();
+            q.shutdown();
+        }
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
         let _ = self.shutdown.signal();
         if let Some(h) = self.reader.take() {
             let _ = h.join();
@@ -473,7 +733,7 @@ impl Region<'_> {
         let r = &self.inner;
         for b in 0..r.blocks.len() {
             let _g = r.blocks[b].migrate.lock();
-            r.invalidate(b, r.block_pages(b));
+            r.invalidate(b, r.block_pages(b), UnmapTrigger::MmuNotify);
         }
         r.managed
             .protect(prot)
@@ -499,6 +759,17 @@ impl Drop for Region<'_> {
     fn drop(&mut self) {
         self.svm.free_region(&self.inner);
     }
+}
+
+/// `cudaMemAdvise` advice, mapped onto range attributes by [`Svm::advise`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemAdvice {
+    SetReadMostly,
+    UnsetReadMostly,
+    SetPreferredLocation(Location),
+    UnsetPreferredLocation,
+    SetAccessedBy(DeviceId),
+    UnsetAccessedBy(DeviceId),
 }
 
 /// Static facts about a device.
@@ -547,6 +818,22 @@ impl DeviceHandle<'_> {
     /// What the device would see of `npages` pages from `addr`, faulting nothing.
     pub fn snapshot(&self, addr: VirtAddr, npages: usize) -> Result<Vec<PageView>> {
         access::snapshot(&self.svm.shared, self.id, addr, npages)
+    }
+
+    /// Runs `kernel(lane, item)` for every work item in `0..grid` on the
+    /// device's compute units. Accesses go through the device's page table;
+    /// a fatal device fault stops the launch and is in the report (use
+    /// [`LaunchReport::check`] to turn it into an error).
+    pub fn launch<F>(&self, grid: u64, kernel: F) -> Result<LaunchReport>
+    where
+        F: Fn(&mut Lane<'_>, u64) -> std::result::Result<(), DeviceFault> + Sync,
+    {
+        crate::kernel::launch(&self.svm.shared, self.id, grid, kernel)
+    }
+
+    /// Fault-service statistics of this device (recent batches).
+    pub fn fault_stats(&self) -> BatchStats {
+        self.svm.shared.runtime[self.id.0 as usize].batch_stats()
     }
 
     /// Evicts every page this device holds back to system memory.

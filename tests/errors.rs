@@ -281,6 +281,7 @@ fn snapshot_of_unknown_device_or_bad_address() {
             memory_bytes: 16 << 20,
             copy_engines: 1,
             memory_type: MemoryType::Private,
+            compute_units: 2,
         })
         .unwrap()
         .emulated(EmulatedConfig {
@@ -288,6 +289,7 @@ fn snapshot_of_unknown_device_or_bad_address() {
             memory_bytes: 16 << 20,
             copy_engines: 2,
             memory_type: MemoryType::Private,
+            compute_units: 2,
         })
         .unwrap()
         .build()

@@ -28,6 +28,7 @@ fn emulated(name: &str, memory_bytes: u64) -> EmulatedConfig {
         memory_bytes,
         copy_engines: 1,
         memory_type: MemoryType::Private,
+        compute_units: 2,
     }
 }
 

@@ -305,6 +305,7 @@ fn run_mem_case(granularity: u8, ops: &[MemOp]) -> Result<(), TestCaseError> {
                 memory_bytes: 16 << 20,
                 copy_engines: 1,
                 memory_type: MemoryType::Private,
+                compute_units: 2,
             })
             .unwrap();
     }

@@ -99,6 +99,7 @@ fn run(cfg: Config) {
                 memory_bytes: bytes,
                 copy_engines: 2,
                 memory_type: MemoryType::Private,
+                compute_units: 2,
             })
             .unwrap();
     }

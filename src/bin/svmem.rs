@@ -325,6 +325,7 @@ fn demo(size: u64, device_memory: u64, json: bool) -> Result<ExitCode, CliError>
             memory_bytes: device_memory,
             copy_engines: EmulatedConfig::default().copy_engines,
             memory_type: MemoryType::Private,
+            compute_units: 2,
         })?
         .build()?;
     let dev_id = DeviceId(0);

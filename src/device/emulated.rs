@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Buddy, CopyJob, CopyOp, DevRun, Device, DeviceError, Fence, MemoryType};
+use super::{AtomicOp, Buddy, CopyJob, CopyOp, DevRun, Device, DeviceError, Fence, MemoryType};
 use crate::addr::{DevPage, PAGE_SIZE};
 use crate::error::{Error, Result};
 use crate::state::MAX_DEV_PAGES;
@@ -22,6 +22,8 @@ pub struct EmulatedConfig {
     /// Copy-engine threads.
     pub copy_engines: usize,
     pub memory_type: MemoryType,
+    /// Compute threads that run kernel lanes (each thread is one lane).
+    pub compute_units: usize,
 }
 
 impl Default for EmulatedConfig {
@@ -31,6 +33,7 @@ impl Default for EmulatedConfig {
             memory_bytes: 256 << 20,
             copy_engines: 1,
             memory_type: MemoryType::Private,
+            compute_units: 2,
         }
     }
 }
@@ -107,6 +110,12 @@ impl EmulatedDevice {
             return Err(Error::Config(format!(
                 "{} copy engines: use 1 to 64",
                 config.copy_engines
+            )));
+        }
+        if config.compute_units == 0 || config.compute_units > 256 {
+            return Err(Error::Config(format!(
+                "{} compute units: use 1 to 256",
+                config.compute_units
             )));
         }
         let len = pages as usize * PAGE_SIZE;
@@ -205,6 +214,19 @@ impl Device for EmulatedDevice {
         self.arena
             .write_at(at, buf)
             .map_err(|e| DeviceError(e.to_string()))
+    }
+    fn atomic(
+        &self,
+        page: DevPage,
+        off: usize,
+        op: AtomicOp,
+    ) -> std::result::Result<u64, DeviceError> {
+        let at = self.page_off(page, off, op.width())?;
+        op.apply(&self.arena, at)
+            .map_err(|e| DeviceError(format!("atomic at device page {}: {e}", page.0)))
+    }
+    fn compute_units(&self) -> usize {
+        self.config.compute_units
     }
     fn metadata_bytes(&self) -> u64 {
         self.buddy.metadata_bytes()

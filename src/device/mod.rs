@@ -183,8 +183,72 @@ pub trait Device: Send + Sync {
     fn load(&self, page: DevPage, off: usize, buf: &mut [u8]) -> Result<(), DeviceError>;
     /// A device-local store to one page.
     fn store(&self, page: DevPage, off: usize, buf: &[u8]) -> Result<(), DeviceError>;
+    /// A device-local atomic read-modify-write on one aligned word; returns
+    /// the value the word held before.
+    fn atomic(&self, page: DevPage, off: usize, op: AtomicOp) -> Result<u64, DeviceError> {
+        let _ = (page, off, op);
+        Err(DeviceError(format!(
+            "{} does not implement atomics",
+            self.name()
+        )))
+    }
+    /// Compute units (threads running kernel lanes) the device offers.
+    fn compute_units(&self) -> usize {
+        1
+    }
     /// Host bytes the device's own bookkeeping uses (allocator state).
     fn metadata_bytes(&self) -> u64;
+}
+
+/// An atomic read-modify-write a device kernel may issue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtomicOp {
+    AddU32(u32),
+    AddU64(u64),
+    /// Stores `new` if the word equals `current`.
+    CasU32 {
+        current: u32,
+        new: u32,
+    },
+    CasU64 {
+        current: u64,
+        new: u64,
+    },
+}
+
+impl AtomicOp {
+    /// Bytes of the word it touches.
+    pub fn width(self) -> usize {
+        match self {
+            AtomicOp::AddU32(_) | AtomicOp::CasU32 { .. } => 4,
+            AtomicOp::AddU64(_) | AtomicOp::CasU64 { .. } => 8,
+        }
+    }
+
+    /// Applies the operation to the word at `off` of `map`; returns the old value.
+    pub fn apply(self, map: &Mapping, off: usize) -> std::io::Result<u64> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Ok(match self {
+            AtomicOp::AddU32(v) => map.atomic_u32(off)?.fetch_add(v, SeqCst) as u64,
+            AtomicOp::AddU64(v) => map.atomic_u64(off)?.fetch_add(v, SeqCst),
+            AtomicOp::CasU32 { current, new } => {
+                match map
+                    .atomic_u32(off)?
+                    .compare_exchange(current, new, SeqCst, SeqCst)
+                {
+                    Ok(v) | Err(v) => v as u64,
+                }
+            }
+            AtomicOp::CasU64 { current, new } => {
+                match map
+                    .atomic_u64(off)?
+                    .compare_exchange(current, new, SeqCst, SeqCst)
+                {
+                    Ok(v) | Err(v) => v,
+                }
+            }
+        })
+    }
 }
 
 /// Frees device pages in runs: consecutive pages of one device become one

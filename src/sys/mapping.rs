@@ -165,6 +165,48 @@ impl Mapping {
         Ok(())
     }
 
+    /// The aligned 64-bit word at `off`, as an atomic (device atomics on
+    /// system memory and on the emulated device's arena).
+    pub fn atomic_u64(&self, off: usize) -> io::Result<&std::sync::atomic::AtomicU64> {
+        self.check(off, 8)?;
+        if off % 8 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("offset {off:#x} is not 8-byte aligned"),
+            ));
+        }
+        // SAFETY: `off..off+8` is inside the live mapping (checked) and 8-byte
+        // aligned (the mapping is page aligned); AtomicU64 has u64's layout and
+        // every access through it is atomic, so concurrent use is sound. The
+        // reference lives no longer than `&self`.
+        Ok(unsafe {
+            &*self
+                .ptr
+                .as_ptr()
+                .add(off)
+                .cast::<std::sync::atomic::AtomicU64>()
+        })
+    }
+
+    /// The aligned 32-bit word at `off`, as an atomic.
+    pub fn atomic_u32(&self, off: usize) -> io::Result<&std::sync::atomic::AtomicU32> {
+        self.check(off, 4)?;
+        if off % 4 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("offset {off:#x} is not 4-byte aligned"),
+            ));
+        }
+        // SAFETY: as in `atomic_u64`, for a 4-byte aligned word inside the mapping.
+        Ok(unsafe {
+            &*self
+                .ptr
+                .as_ptr()
+                .add(off)
+                .cast::<std::sync::atomic::AtomicU32>()
+        })
+    }
+
     /// A shared byte view of the whole mapping.
     ///
     /// # Safety

@@ -1,0 +1,662 @@
+//! Device page faults (XNACK on) and the restore of always-mapped ranges.
+//!
+//! **Fault buffer.** A lane that misses its translation posts a [`Fault`]
+//! (page, access kind, lane) to its device's bounded fault buffer and sleeps
+//! on its [`Reply`] until replayed.
+//!
+//! **Fault-service thread** (one per device) drains the buffer in batches of
+//! up to [`MAX_BATCH`]: it sorts the faults by page and merges duplicates
+//! (keeping the strongest access: atomic > write > read), groups them by 2 MiB
+//! block and, per block, with a retry loop in the style of DRM GPU SVM:
+//! 1. per fault: a fault whose page is already translated well enough (a racing
+//!    fault of another lane was served, or the block was mapped within the last
+//!    2 ms and the entry is valid) is a duplicate; otherwise the placement
+//!    policy decides from the range's attributes and where the data is;
+//! 2. executes the decision on the fault window (granularity-aligned):
+//!    migrate to a device, pull to system memory, or nothing (map in place);
+//!    a migration to device memory that leaves pages behind (no memory) falls
+//!    back to mapping them where they are;
+//! 3. reads the block's invalidation sequence number, takes the block lock,
+//!    and writes PTEs only if no invalidation happened since (else back to 1);
+//! 4. replays every lane waiting on the block's faults.
+//!
+//! A sequential device sweep (a fault window starting where the previous one
+//! of this device ended) migrates and maps the next windows ahead, two at a
+//! time, while no new fault is waiting.
+//!
+//! **Restore worker** (one per device): after a queue eviction it maps every
+//! range the device must keep mapped again, where the data is, then resumes
+//! the queues; see [`crate::notify`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
+
+use crate::addr::{DeviceId, Location, BLOCK_PAGES, PAGE_SIZE};
+use crate::attr::AttrFlags;
+use crate::events::{EventKind, FaultResolution};
+use crate::kernel::FaultReason;
+use crate::migrate::{self, Trigger};
+use crate::notify::QueueCtl;
+use crate::policy::{AccessKind, Decision, PolicyInput};
+use crate::space::{Pte, RegionInner};
+use crate::state::PageState;
+use crate::svm::Shared;
+use crate::sync::Ordering;
+
+/// Most faults one batch services (the hardware fault buffer's batch).
+pub const MAX_BATCH: usize = 256;
+/// Faults the buffer holds before lanes block posting.
+const BUFFER: usize = 4096;
+/// A block mapped this recently counts its valid-entry faults as duplicates.
+const RECENT_NS: u64 = 2_000_000;
+/// Windows migrated ahead of a sequential device sweep.
+const FAULT_AHEAD: usize = 8;
+/// Attempts of the decide → migrate → map loop before giving up.
+const MAX_SERVICE_RETRIES: usize = 8;
+
+/// How a fault ended for the lane that posted it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum FaultOutcome {
+    /// Retry the access.
+    Replay,
+    /// Stop: the access can never succeed.
+    Fatal(FaultReason),
+}
+
+/// Where a lane sleeps until its fault is replayed.
+#[derive(Debug, Default)]
+pub(crate) struct Reply {
+    slot: Mutex<Option<FaultOutcome>>,
+    cv: Condvar,
+}
+
+impl Reply {
+    fn complete(&self, o: FaultOutcome) {
+        *self.slot.lock() = Some(o);
+        self.cv.notify_one();
+    }
+}
+
+/// One posted fault.
+#[derive(Debug)]
+pub(crate) struct Fault {
+    page_addr: u64,
+    kind: AccessKind,
+    /// The posting lane (shown by `Debug`, for diagnosing stuck faults).
+    #[allow(dead_code)]
+    lane: usize,
+    reply: Arc<Reply>,
+}
+
+pub(crate) enum Msg {
+    Fault(Fault),
+    Shutdown,
+}
+
+/// Service times of recent batches (a bounded log).
+#[derive(Debug, Default)]
+struct BatchLog {
+    /// (faults in the batch before merging, microseconds)
+    samples: std::collections::VecDeque<(u32, f64)>,
+    total_faults: u64,
+    busy_us: f64,
+}
+
+const BATCH_LOG: usize = 1 << 16;
+
+/// Fault-service statistics of one device, computed from the recent batches.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct BatchStats {
+    pub batches: u64,
+    pub faults: u64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    /// Batches that held [`MAX_BATCH`] faults, and their median service time.
+    pub full_batches: u64,
+    pub full_p50_us: f64,
+    /// Faults serviced per second of service-thread busy time.
+    pub faults_per_sec: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+/// Per-device runtime state: the fault buffer, batch log, running launches.
+#[derive(Debug)]
+pub(crate) struct DeviceRuntime {
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+    log: Mutex<BatchLog>,
+    running: Mutex<usize>,
+}
+
+impl Default for DeviceRuntime {
+    fn default() -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(BUFFER);
+        DeviceRuntime {
+            tx,
+            rx,
+            log: Mutex::default(),
+            running: Mutex::new(0),
+        }
+    }
+}
+
+/// Marks a launch as running while alive.
+pub(crate) struct Running<'a>(&'a Mutex<usize>);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        *self.0.lock() -= 1;
+    }
+}
+
+impl DeviceRuntime {
+    /// Waits for the queues to run, then counts a launch in.
+    pub fn enter_launch<'a>(&'a self, q: &QueueCtl) -> Running<'a> {
+        q.wait_resumed();
+        *self.running.lock() += 1;
+        Running(&self.running)
+    }
+
+    /// Holds off new launches while no launch runs (mode switches); the
+    /// number running otherwise.
+    pub fn idle_guard(&self) -> Result<parking_lot::MutexGuard<'_, usize>, usize> {
+        let g = self.running.lock();
+        if *g > 0 {
+            return Err(*g);
+        }
+        Ok(g)
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Msg::Shutdown);
+    }
+
+    pub fn batch_stats(&self) -> BatchStats {
+        let log = self.log.lock();
+        let mut all: Vec<f64> = log.samples.iter().map(|s| s.1).collect();
+        let mut full: Vec<f64> = log
+            .samples
+            .iter()
+            .filter(|s| s.0 as usize >= MAX_BATCH)
+            .map(|s| s.1)
+            .collect();
+        all.sort_by(f64::total_cmp);
+        full.sort_by(f64::total_cmp);
+        BatchStats {
+            batches: all.len() as u64,
+            faults: log.total_faults,
+            p50_us: percentile(&all, 0.5),
+            p90_us: percentile(&all, 0.9),
+            p99_us: percentile(&all, 0.99),
+            max_us: all.last().copied().unwrap_or(0.0),
+            full_batches: full.len() as u64,
+            full_p50_us: percentile(&full, 0.5),
+            faults_per_sec: if log.busy_us > 0.0 {
+                log.total_faults as f64 / (log.busy_us / 1e6)
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+/// Posts a fault for the page holding `addr` and sleeps until it is replayed.
+pub(crate) fn post(
+    sh: &Shared,
+    d: DeviceId,
+    addr: u64,
+    kind: AccessKind,
+    lane: usize,
+    reply: &Arc<Reply>,
+) -> FaultOutcome {
+    *reply.slot.lock() = None;
+    let f = Fault {
+        page_addr: addr & !(PAGE_SIZE as u64 - 1),
+        kind,
+        lane,
+        reply: reply.clone(),
+    };
+    if sh.runtime[d.0 as usize].tx.send(Msg::Fault(f)).is_err() {
+        return FaultOutcome::Fatal(FaultReason::Device("fault service is shut down".into()));
+    }
+    let mut slot = reply.slot.lock();
+    loop {
+        if let Some(o) = slot.take() {
+            return o;
+        }
+        reply.cv.wait(&mut slot);
+    }
+}
+
+/// The fault-service thread's body for device `d`.
+pub(crate) fn service_loop(sh: Arc<Shared>, d: DeviceId) {
+    let rx = sh.runtime[d.0 as usize].rx.clone();
+    let mut batch: Vec<Fault> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        match rx.recv() {
+            Ok(Msg::Fault(f)) => batch.push(f),
+            Ok(Msg::Shutdown) | Err(_) => return,
+        }
+        let mut shutdown = false;
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Fault(f)) => batch.push(f),
+                Ok(Msg::Shutdown) => {
+                    shutdown = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let ahead = service_batch(&sh, d, &mut batch);
+        if let Some((r, from)) = ahead {
+            fault_ahead(&sh, d, &r, from, &rx);
+        }
+        if shutdown {
+            return;
+        }
+    }
+}
+
+/// One merged fault: a page, the strongest access, every lane waiting on it.
+struct Merged {
+    idx: usize,
+    kind: AccessKind,
+    replies: Vec<Arc<Reply>>,
+    outcome: Option<(FaultOutcome, FaultResolution)>,
+}
+
+/// Services one batch; returns where a sequential sweep should continue.
+fn service_batch(
+    sh: &Shared,
+    d: DeviceId,
+    batch: &mut Vec<Fault>,
+) -> Option<(Arc<RegionInner>, usize)> {
+    let t0 = Instant::now();
+    let raw = batch.len();
+    let c = &sh.counters;
+    c.add(&c.device_faults, raw as u64);
+    c.add(&c.device_fault_batches, 1);
+    batch.sort_unstable_by_key(|f| f.page_addr);
+    let mut ahead = None;
+    let mut i = 0;
+    while i < batch.len() {
+        // Faults of one region and one 2 MiB block.
+        let Some(r) = sh.region_at(batch[i].page_addr) else {
+            let f = &batch[i];
+            f.reply
+                .complete(FaultOutcome::Fatal(FaultReason::Unmanaged));
+            i += 1;
+            continue;
+        };
+        let b = r.page_of(batch[i].page_addr) / BLOCK_PAGES;
+        let mut merged: Vec<Merged> = Vec::new();
+        while i < batch.len()
+            && r.contains(batch[i].page_addr, 1)
+            && r.page_of(batch[i].page_addr) / BLOCK_PAGES == b
+        {
+            let f = &batch[i];
+            let idx = r.page_of(f.page_addr);
+            match merged.last_mut() {
+                Some(m) if m.idx == idx => {
+                    m.kind = m.kind.max(f.kind);
+                    m.replies.push(f.reply.clone());
+                    c.add(&c.device_fault_duplicates, 1);
+                }
+                _ => merged.push(Merged {
+                    idx,
+                    kind: f.kind,
+                    replies: vec![f.reply.clone()],
+                    outcome: None,
+                }),
+            }
+            i += 1;
+        }
+        if let Some(a) = service_block(sh, d, &r, b, &mut merged) {
+            ahead = Some((r.clone(), a));
+        }
+        for m in merged {
+            let (o, res) = m
+                .outcome
+                .unwrap_or((FaultOutcome::Replay, FaultResolution::Duplicate));
+            sh.notifier.events.emit_with(|| EventKind::PageFaultEnd {
+                dev: d,
+                addr: r.addr_of(m.idx),
+                write: m.kind != AccessKind::Read,
+                resolution: res,
+            });
+            for reply in m.replies {
+                reply.complete(o.clone());
+            }
+        }
+    }
+    batch.clear();
+    let us = t0.elapsed().as_secs_f64() * 1e6;
+    let mut log = sh.runtime[d.0 as usize].log.lock();
+    if log.samples.len() >= BATCH_LOG {
+        log.samples.pop_front();
+    }
+    log.samples.push_back((raw as u32, us));
+    log.total_faults += raw as u64;
+    log.busy_us += us;
+    ahead
+}
+
+/// Where page `k`'s data is, for the policy.
+fn resident(r: &RegionInner, k: usize) -> Location {
+    match r.states[k].load() {
+        PageState::Device { dev, .. } => Location::Device(dev),
+        _ => Location::System,
+    }
+}
+
+/// The granularity-aligned fault window around page `k`.
+fn window(r: &RegionInner, k: usize) -> (usize, usize) {
+    let g = r.blocks[k / BLOCK_PAGES]
+        .granularity
+        .load(Ordering::Relaxed)
+        .min(9);
+    let w = 1usize << g;
+    let lo = k & !(w - 1);
+    (lo, (lo + w).min(r.npages))
+}
+
+fn satisfies(word: u32, kind: AccessKind) -> bool {
+    Pte::decode(word).is_some_and(|p| kind == AccessKind::Read || p.writable())
+}
+
+/// Decides, migrates and maps the faults of block `b`; fills each fault's
+/// outcome. Returns the end of the last window if this continued a
+/// sequential sweep of device memory (fault-ahead starts there).
+fn service_block(
+    sh: &Shared,
+    d: DeviceId,
+    r: &Arc<RegionInner>,
+    b: usize,
+    faults: &mut [Merged],
+) -> Option<usize> {
+    let table = &r.ptes[d.0 as usize];
+    let blk = &r.blocks[b];
+    let xnack = sh.xnack.load(Ordering::Acquire);
+    let policy = sh.policy.read().clone();
+    let reachable = 1u8 << d.0;
+    let mut sweep = None;
+    for m in faults.iter() {
+        sh.notifier.events.emit_with(|| EventKind::PageFaultStart {
+            dev: d,
+            addr: r.addr_of(m.idx),
+            write: m.kind != AccessKind::Read,
+        });
+    }
+    for _attempt in 0..MAX_SERVICE_RETRIES {
+        // 1. decide
+        let recent = sh
+            .notifier
+            .now_ns()
+            .saturating_sub(blk.mapped_at.load(Ordering::Relaxed))
+            < RECENT_NS;
+        let mut plan: Vec<(usize, usize, Decision, bool, AttrFlags)> = Vec::new();
+        for m in faults.iter_mut().filter(|m| m.outcome.is_none()) {
+            let word = table[m.idx].load(Ordering::Acquire);
+            if satisfies(word, m.kind) || (recent && word != 0) {
+                m.outcome = Some((FaultOutcome::Replay, FaultResolution::Duplicate));
+                sh.counters.add(&sh.counters.device_fault_duplicates, 1);
+                continue;
+            }
+            if r.states[m.idx].load() == PageState::Poisoned {
+                m.outcome = Some((
+                    FaultOutcome::Fatal(FaultReason::Poisoned),
+                    FaultResolution::Fatal,
+                ));
+                continue;
+            }
+            let attrs = sh.attrs.read().get(r.addr_of(m.idx).0 / PAGE_SIZE as u64);
+            let input = PolicyInput {
+                dev: d,
+                addr: r.addr_of(m.idx),
+                kind: m.kind,
+                resident: resident(r, m.idx),
+                attrs: &attrs,
+                xnack,
+                region_writable: r.is_writable(),
+                reachable,
+            };
+            let decision = policy.decide(&input);
+            if let Decision::Fail(why) = decision {
+                m.outcome = Some((
+                    FaultOutcome::Fatal(FaultReason::Policy(why)),
+                    FaultResolution::Fatal,
+                ));
+                continue;
+            }
+            let (lo, hi) = window(r, m.idx);
+            let write = m.kind != AccessKind::Read;
+            match plan.last_mut() {
+                Some(p) if p.0 == lo && p.2 == decision => p.3 |= write,
+                _ => plan.push((lo, hi, decision, write, attrs.flags)),
+            }
+        }
+        if plan.is_empty() {
+            return sweep;
+        }
+        // 2. migrate
+        let mut migrated = false;
+        for &(lo, hi, decision, _, _) in &plan {
+            match decision {
+                Decision::MigrateToDevice(x) => {
+                    let rep = migrate::migrate_range(
+                        sh,
+                        r,
+                        lo,
+                        hi - lo,
+                        Location::Device(x),
+                        Trigger::DeviceFault,
+                    );
+                    migrated |= rep.migrated > 0;
+                    if x == d {
+                        let prev = r.dev_sweep_end[d.0 as usize].swap(hi, Ordering::Relaxed);
+                        if prev == lo && hi < r.npages {
+                            sweep = Some(hi);
+                        }
+                    }
+                }
+                Decision::MigrateToSystem => {
+                    let _g = blk.migrate.lock();
+                    let before = (lo..hi)
+                        .filter(|&k| matches!(r.states[k].load(), PageState::Device { .. }))
+                        .count();
+                    migrate::pull_to_system(sh, r, lo..hi, None, Trigger::DeviceFault);
+                    migrated |= before > 0;
+                }
+                Decision::MapInPlace | Decision::Fail(_) => {}
+            }
+        }
+        // 3. map, unless an invalidation overtook us
+        let seq = blk.seq.load(Ordering::Acquire);
+        let guard = blk.migrate.lock();
+        if blk.seq.load(Ordering::Acquire) != seq {
+            drop(guard);
+            sh.counters.add(&sh.counters.device_fault_retries, 1);
+            continue;
+        }
+        for &(lo, hi, _, write, flags) in &plan {
+            map_locked(sh, r, d, lo, hi, write, flags);
+        }
+        drop(guard);
+        let res = if migrated {
+            FaultResolution::Migrated
+        } else {
+            FaultResolution::Mapped
+        };
+        for m in faults.iter_mut().filter(|m| m.outcome.is_none()) {
+            m.outcome = Some((FaultOutcome::Replay, res));
+        }
+        return sweep;
+    }
+    // Still overtaken: let the lanes refault (their retry budget is bounded).
+    sweep
+}
+
+/// Maps pages `[lo, hi)` (inside one block, whose lock the caller holds) for
+/// device `d` where their data is: system pages in place (zero-filling
+/// untouched ones), `d`'s own pages directly. Pages elsewhere are left
+/// unmapped (the caller pulls them first). Returns whether every page of the
+/// window that is not poisoned got a translation.
+pub(crate) fn map_locked(
+    sh: &Shared,
+    r: &RegionInner,
+    d: DeviceId,
+    lo: usize,
+    hi: usize,
+    write: bool,
+    flags: AttrFlags,
+) -> bool {
+    crate::cpu::populate(sh, r, lo, hi, write);
+    let table = &r.ptes[d.0 as usize];
+    let w = r.is_writable() && !flags.contains(AttrFlags::DEVICE_READ_ONLY);
+    let mut all = true;
+    for k in lo..hi {
+        let pte = match r.states[k].load() {
+            PageState::System => Pte::System { write: w },
+            PageState::Device { dev, page, .. } if dev == d => Pte::Device { page, write: w },
+            // Poisoned pages stay unmapped: accesses to them fail, no retry helps.
+            PageState::Poisoned => continue,
+            _ => {
+                all = false;
+                continue;
+            }
+        };
+        table[k].store(pte.encode(), Ordering::Release);
+    }
+    let blk = &r.blocks[lo / BLOCK_PAGES];
+    blk.mapped.fetch_or(1 << d.0, Ordering::AcqRel);
+    blk.mapped_at.store(sh.notifier.now_ns(), Ordering::Relaxed);
+    all
+}
+
+/// Migrates and maps the windows after `from` ahead of a sequential sweep,
+/// two windows per step, stopping as soon as a fault is waiting.
+fn fault_ahead(sh: &Shared, d: DeviceId, r: &RegionInner, from: usize, rx: &Receiver<Msg>) {
+    let (lo0, hi0) = window(r, from);
+    let w = (hi0 - lo0).max(1);
+    let end = (from + w * FAULT_AHEAD).min(r.npages);
+    let mut at = from;
+    while at < end && rx.is_empty() {
+        let step_end = (at + 2 * w).min(end);
+        // Only pages that are not on d yet; attributes must still say "device".
+        let attrs = sh.attrs.read().get(r.addr_of(at).0 / PAGE_SIZE as u64);
+        let xnack = sh.xnack.load(Ordering::Acquire);
+        if attrs.access(d, xnack) == crate::attr::AccessMode::None {
+            return;
+        }
+        let rep = migrate::migrate_range(
+            sh,
+            r,
+            at,
+            step_end - at,
+            Location::Device(d),
+            Trigger::DeviceFault,
+        );
+        sh.counters
+            .add(&sh.counters.device_fault_ahead_pages, rep.migrated);
+        let mut k = at;
+        while k < step_end {
+            let b = k / BLOCK_PAGES;
+            let bhi = step_end.min((b + 1) * BLOCK_PAGES);
+            let _g = r.blocks[b].migrate.lock();
+            map_locked(sh, r, d, k, bhi, false, attrs.flags);
+            k = bhi;
+        }
+        r.dev_sweep_end[d.0 as usize].store(step_end, Ordering::Relaxed);
+        at = step_end;
+    }
+}
+
+/// The restore worker's body for device `d`.
+pub(crate) fn restore_loop(sh: Arc<Shared>, d: DeviceId) {
+    let q = &sh.notifier.queues[d.0 as usize];
+    while let Some(gen) = q.next_restore() {
+        let ok = restore_pass(&sh, d);
+        if let Some(retried) = q.finish_restore(gen, ok) {
+            sh.notifier
+                .events
+                .emit(EventKind::QueueRestore { dev: d, retried });
+        }
+    }
+}
+
+/// Maps, where their data is, every block device `d` must keep mapped.
+/// Returns false if some page could not be mapped (retried later).
+pub(crate) fn restore_pass(sh: &Shared, d: DeviceId) -> bool {
+    let regions: Vec<_> = sh.regions.read().values().cloned().collect();
+    let mut ok = true;
+    for r in regions {
+        for b in 0..r.blocks.len() {
+            if r.blocks[b].keep_mapped.load(Ordering::Acquire) & (1 << d.0) == 0 {
+                continue;
+            }
+            ok &= map_ahead_block(sh, &r, d, b);
+        }
+    }
+    ok
+}
+
+/// Maps the pages of block `b` that device `d` must keep mapped, pulling
+/// pages held by other devices to system memory first.
+pub(crate) fn map_ahead_block(sh: &Shared, r: &RegionInner, d: DeviceId, b: usize) -> bool {
+    let pages = r.block_pages(b);
+    let xnack = sh.xnack.load(Ordering::Acquire);
+    let segs = sh.attrs.read().segments(
+        r.addr_of(pages.start).0 / PAGE_SIZE as u64,
+        r.addr_of(pages.end - 1).0 / PAGE_SIZE as u64 + 1,
+    );
+    let base = r.base() / PAGE_SIZE as u64;
+    let _g = r.blocks[b].migrate.lock();
+    let mut ok = true;
+    for (s, e, attrs) in segs {
+        let keep = attrs.access(d, xnack) != crate::attr::AccessMode::None
+            && (!xnack || attrs.flags.contains(AttrFlags::ALWAYS_MAPPED));
+        if !keep {
+            continue;
+        }
+        let (lo, hi) = ((s - base) as usize, (e - base) as usize);
+        migrate::pull_to_system(sh, r, lo..hi, Some(d), Trigger::DeviceFault);
+        ok &= map_locked(sh, r, d, lo, hi, false, attrs.flags);
+    }
+    ok
+}
+
+/// Recomputes which devices must keep block `b` mapped.
+pub(crate) fn update_keep_mapped(sh: &Shared, r: &RegionInner, b: usize) -> u8 {
+    let pages = r.block_pages(b);
+    let xnack = sh.xnack.load(Ordering::Acquire);
+    let segs = sh.attrs.read().segments(
+        r.addr_of(pages.start).0 / PAGE_SIZE as u64,
+        r.addr_of(pages.end - 1).0 / PAGE_SIZE as u64 + 1,
+    );
+    let mut keep = 0u8;
+    for (_, _, attrs) in &segs {
+        if xnack && !attrs.flags.contains(AttrFlags::ALWAYS_MAPPED) {
+            continue;
+        }
+        for dd in 0..sh.devices.len() {
+            if attrs.access(DeviceId(dd as u8), xnack) != crate::attr::AccessMode::None {
+                keep |= 1 << dd;
+            }
+        }
+    }
+    r.blocks[b].keep_mapped.store(keep, Ordering::Release);
+    keep
+}
