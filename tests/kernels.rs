@@ -1,6 +1,8 @@
 //! Device kernels on the emulated device: retry (XNACK on) and no-retry
 //! (XNACK off) faults, atomics, fatal faults, queue eviction and restore.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
