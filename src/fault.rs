@@ -240,14 +240,52 @@ pub(crate) fn post(
     }
 }
 
-/// The fault-service thread's body for device `d`.
+/// A sequential sweep the service thread is running ahead of: pages
+/// `[at, end)` of `r` are still to migrate and map.
+struct Ahead {
+    r: Arc<RegionInner>,
+    at: usize,
+    end: usize,
+}
+
+/// Where a batch's faults were, for fault-ahead: the region, the end of the
+/// last fault window, and whether that fault continued a sequential sweep.
+struct SweepHint {
+    r: Arc<RegionInner>,
+    hi: usize,
+    sequential: bool,
+}
+
+/// The fault-service thread's body for device `d`. Pending faults always
+/// come first; between batches it runs one step of fault-ahead.
 pub(crate) fn service_loop(sh: Arc<Shared>, d: DeviceId) {
     let rx = sh.runtime[d.0 as usize].rx.clone();
     let mut batch: Vec<Fault> = Vec::with_capacity(MAX_BATCH);
+    let mut ahead: Option<Ahead> = None;
     loop {
-        match rx.recv() {
-            Ok(Msg::Fault(f)) => batch.push(f),
-            Ok(Msg::Shutdown) | Err(_) => return,
+        let first = if ahead.is_some() {
+            match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(crossbeam_channel::TryRecvError::Empty) => None,
+                Err(_) => return,
+            }
+        } else {
+            match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => return,
+            }
+        };
+        match first {
+            Some(Msg::Fault(f)) => batch.push(f),
+            Some(Msg::Shutdown) => return,
+            None => {
+                if let Some(a) = &mut ahead {
+                    if !ahead_step(&sh, d, a) {
+                        ahead = None;
+                    }
+                }
+                continue;
+            }
         }
         let mut shutdown = false;
         while batch.len() < MAX_BATCH {
@@ -260,9 +298,25 @@ pub(crate) fn service_loop(sh: Arc<Shared>, d: DeviceId) {
                 Err(_) => break,
             }
         }
-        let ahead = service_batch(&sh, d, &mut batch);
-        if let Some((r, from)) = ahead {
-            fault_ahead(&sh, d, &r, from, &rx);
+        let hint = service_batch(&sh, d, &mut batch);
+        if let Some(h) = hint {
+            let w = window_len(&h.r, h.hi.saturating_sub(1));
+            let limit = (h.hi + w * FAULT_AHEAD).min(h.r.npages);
+            match &mut ahead {
+                // The sweep goes on inside (or just past) the range being
+                // fetched ahead: keep the same distance in front of it.
+                Some(a) if Arc::ptr_eq(&a.r, &h.r) && h.hi <= a.end + w => {
+                    a.end = a.end.max(limit);
+                }
+                _ if h.sequential && h.hi < h.r.npages => {
+                    ahead = Some(Ahead {
+                        r: h.r,
+                        at: h.hi,
+                        end: limit,
+                    });
+                }
+                _ => {}
+            }
         }
         if shutdown {
             return;
@@ -279,11 +333,7 @@ struct Merged {
 }
 
 /// Services one batch; returns where a sequential sweep should continue.
-fn service_batch(
-    sh: &Shared,
-    d: DeviceId,
-    batch: &mut Vec<Fault>,
-) -> Option<(Arc<RegionInner>, usize)> {
+fn service_batch(sh: &Shared, d: DeviceId, batch: &mut Vec<Fault>) -> Option<SweepHint> {
     let t0 = Instant::now();
     let raw = batch.len();
     let c = &sh.counters;
@@ -324,8 +374,14 @@ fn service_batch(
             }
             i += 1;
         }
-        if let Some(a) = service_block(sh, d, &r, b, &mut merged) {
-            ahead = Some((r.clone(), a));
+        let sequential = service_block(sh, d, &r, b, &mut merged);
+        if let Some(last) = merged.last() {
+            let hi = window(&r, last.idx).1;
+            ahead = Some(SweepHint {
+                r: r.clone(),
+                hi: sequential.unwrap_or(hi).max(hi),
+                sequential: sequential.is_some(),
+            });
         }
         for m in merged {
             let (o, res) = m
@@ -360,6 +416,15 @@ fn resident(r: &RegionInner, k: usize) -> Location {
         PageState::Device { dev, .. } => Location::Device(dev),
         _ => Location::System,
     }
+}
+
+/// Pages in the fault window of page `k`'s block.
+fn window_len(r: &RegionInner, k: usize) -> usize {
+    1usize
+        << r.blocks[k / BLOCK_PAGES]
+            .granularity
+            .load(Ordering::Relaxed)
+            .min(9)
 }
 
 /// The granularity-aligned fault window around page `k`.
@@ -546,42 +611,45 @@ pub(crate) fn map_locked(
     all
 }
 
-/// Migrates and maps the windows after `from` ahead of a sequential sweep,
-/// two windows per step, stopping as soon as a fault is waiting.
-fn fault_ahead(sh: &Shared, d: DeviceId, r: &RegionInner, from: usize, rx: &Receiver<Msg>) {
-    let (lo0, hi0) = window(r, from);
-    let w = (hi0 - lo0).max(1);
-    let end = (from + w * FAULT_AHEAD).min(r.npages);
-    let mut at = from;
-    while at < end && rx.is_empty() {
-        let step_end = (at + 2 * w).min(end);
-        // Only pages that are not on d yet; attributes must still say "device".
-        let attrs = sh.attrs.read().get(r.addr_of(at).0 / PAGE_SIZE as u64);
-        let xnack = sh.xnack.load(Ordering::Acquire);
-        if attrs.access(d, xnack) == crate::attr::AccessMode::None {
-            return;
-        }
-        let rep = migrate::migrate_range(
-            sh,
-            r,
-            at,
-            step_end - at,
-            Location::Device(d),
-            Trigger::DeviceFault,
-        );
-        sh.counters
-            .add(&sh.counters.device_fault_ahead_pages, rep.migrated);
-        let mut k = at;
-        while k < step_end {
-            let b = k / BLOCK_PAGES;
-            let bhi = step_end.min((b + 1) * BLOCK_PAGES);
-            let _g = r.blocks[b].migrate.lock();
-            map_locked(sh, r, d, k, bhi, false, attrs.flags);
-            k = bhi;
-        }
-        r.dev_sweep_end[d.0 as usize].store(step_end, Ordering::Relaxed);
-        at = step_end;
+/// One step of fault-ahead: migrates and maps the next two windows of the
+/// sweep. Returns false when the sweep is done (or no longer allowed).
+fn ahead_step(sh: &Shared, d: DeviceId, a: &mut Ahead) -> bool {
+    let r = &a.r;
+    if a.at >= a.end || !sh.regions.read().contains_key(&r.base()) {
+        return false;
     }
+    let w = window_len(r, a.at);
+    let step_end = (a.at + 2 * w).min(a.end);
+    // The attributes must still let the device have the pages.
+    let attrs = sh.attrs.read().get(r.addr_of(a.at).0 / PAGE_SIZE as u64);
+    let xnack = sh.xnack.load(Ordering::Acquire);
+    let wants_device = attrs.access(d, xnack) == crate::attr::AccessMode::Access
+        || attrs.preferred == Some(Location::Device(d));
+    if !wants_device || attrs.preferred == Some(Location::System) {
+        return false;
+    }
+    let rep = migrate::migrate_range(
+        sh,
+        r,
+        a.at,
+        step_end - a.at,
+        Location::Device(d),
+        Trigger::DeviceFault,
+    );
+    sh.counters
+        .add(&sh.counters.device_fault_ahead_pages, rep.migrated);
+    let mut k = a.at;
+    while k < step_end {
+        let b = k / BLOCK_PAGES;
+        let bhi = step_end.min((b + 1) * BLOCK_PAGES);
+        let _g = r.blocks[b].migrate.lock();
+        map_locked(sh, r, d, k, bhi, false, attrs.flags);
+        k = bhi;
+    }
+    r.dev_sweep_end[d.0 as usize].store(step_end, Ordering::Relaxed);
+    a.at = step_end;
+    // Out of device memory: stop fetching ahead.
+    rep.skipped_no_device_memory == 0 && a.at < a.end
 }
 
 /// The restore worker's body for device `d`.

@@ -37,6 +37,7 @@ pub mod access;
 pub mod addr;
 pub mod attr;
 pub mod bench;
+pub mod bench_faults;
 mod cpu;
 pub mod device;
 pub mod error;
@@ -52,6 +53,7 @@ pub mod stats;
 mod svm;
 mod sync;
 pub mod sys;
+pub mod workloads;
 
 pub use access::{AccessReport, PageView};
 pub use addr::{DevPage, DeviceId, Location, VirtAddr, BLOCK_SIZE, PAGE_SIZE};

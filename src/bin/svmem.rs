@@ -1,11 +1,15 @@
-//! The `svmem` command line: an end-to-end demo on the emulated device, and
-//! migration benchmarks.
+//! The `svmem` command line: an end-to-end demo on the emulated device,
+//! workloads driven by device kernels, and benchmarks.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::builder::TypedValueParser;
+use clap::{Parser, Subcommand, ValueEnum};
 use svmem::bench::{self, BenchError, Machine, MigrateBench};
+use svmem::bench_faults::{self, FaultsBench};
+use svmem::workloads::{self, RunConfig, RunError, RunReport, Workload};
 use svmem::{DeviceId, EmulatedConfig, Location, MemoryType, Stats, Svm};
 
 #[derive(Parser)]
@@ -39,6 +43,63 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a workload on an emulated device: CPU and device kernels share
+    /// managed memory, every result is verified
+    ///
+    /// Workloads (each array is --size bytes):
+    ///   stream    the CPU writes b and c (f64); a kernel computes a = b + 3·c in
+    ///             64 KiB work items; the CPU checks every element of a
+    ///   gather    the CPU writes table[i] = f(i) (u64); each work item sums 32
+    ///             random elements into out[item]; the CPU recomputes every sum
+    ///   pingpong  per round a kernel adds 1 to every element of x (u64), then
+    ///             the CPU does; at the end every element must be 2·rounds
+    ///
+    /// Prints what moved (bytes each way, faults, fault batches, migrations,
+    /// queue evictions) as a table, or with --json as one JSON object on one
+    /// line. Exits non-zero if any element is wrong or a kernel stops on a
+    /// fatal device fault.
+    ///
+    /// With --events, every event of the run (migrations, device faults,
+    /// queue evictions and restores, device unmaps) is printed on stdout as one
+    /// JSON object per line, after the run and before the report; the report
+    /// then says how many events were printed and how many were dropped (a
+    /// subscriber that falls 65536 events behind loses the newest). With --json
+    /// too, stdout is JSON Lines: the events, then the report as the last line
+    /// (the only line without an "event" field).
+    #[command(verbatim_doc_comment)]
+    Run {
+        /// The workload.
+        #[arg(value_name = "WORKLOAD", value_parser = workload_parser())]
+        workload: Workload,
+        /// Bytes per array (suffixes K, M, G: KiB, MiB, GiB).
+        #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_size)]
+        size: u64,
+        /// Retry device faults (on), or map every array ahead and treat a
+        /// device access without a translation as fatal (off).
+        #[arg(long, value_name = "MODE", default_value = "on")]
+        xnack: OnOff,
+        /// Preferred location of every array (default: none).
+        #[arg(long, value_name = "WHERE")]
+        preferred: Option<Place>,
+        /// Fault and migration granularity, log2 pages: 0 (4 KiB) to 9 (2 MiB).
+        #[arg(long, value_name = "N", default_value_t = 9,
+              value_parser = clap::value_parser!(u8).range(0..=9))]
+        granularity: u8,
+        /// pingpong rounds (the other workloads run once).
+        #[arg(long, value_name = "N", default_value_t = 4,
+              value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        rounds: u32,
+        /// Bytes of emulated device memory (suffixes K, M, G) [default: the
+        /// workload's arrays + 64M, so everything fits].
+        #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+        device_memory: Option<u64>,
+        /// Print the report as one JSON object (one line) instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Print every event of the run as a JSON line (see above).
+        #[arg(long)]
+        events: bool,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -66,6 +127,51 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Device-fault-driven migration vs. memcpy; fault batch service times
+    ///
+    /// In one process, per run on fresh regions: a single-thread memcpy of
+    /// --size bytes; a kernel reading the same CPU-written bytes (preferred
+    /// location device 0, XNACK on) in 2 MiB items, so every page reaches the
+    /// device through device faults (ratio to memcpy: target >= 0.50); the
+    /// time of migrating one 2 MiB block; and a kernel on a 256-lane device
+    /// whose lanes all fault on different pages of one block, block after
+    /// block, so batches of 256 faults form (their median service time:
+    /// target < block migrate + 100 µs). Reports medians, min and max.
+    /// Device memory is --size + 64M.
+    Faults {
+        /// Bytes of the sweep region (suffixes K, M, G: KiB, MiB, GiB).
+        #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_size)]
+        size: u64,
+        /// Measured runs (the median is reported).
+        #[arg(long, value_name = "N", default_value_t = 5,
+              value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        runs: u32,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// A preferred location.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Place {
+    /// System memory.
+    System,
+    /// Device 0's memory.
+    Device,
+}
+
+/// Parses a workload name; the help and errors list the names.
+fn workload_parser() -> impl TypedValueParser<Value = Workload> {
+    clap::builder::PossibleValuesParser::new(Workload::ALL.map(Workload::name))
+        .try_map(|s| s.parse::<Workload>())
 }
 
 /// Parses `4096`, `64K`, `512M`, `1G` (also `KiB`/`MiB`/`GiB`/`KB`/…, any case;
@@ -121,9 +227,35 @@ fn main() -> ExitCode {
             device_memory,
             json,
         } => demo(size, device_memory, json),
+        Command::Run {
+            workload,
+            size,
+            xnack,
+            preferred,
+            granularity,
+            rounds,
+            device_memory,
+            json,
+            events,
+        } => {
+            let cfg = RunConfig {
+                bytes: size,
+                xnack: xnack == OnOff::On,
+                preferred: preferred.map(|p| match p {
+                    Place::System => Location::System,
+                    Place::Device => Location::Device(DeviceId(0)),
+                }),
+                granularity,
+                rounds,
+            };
+            run(workload, &cfg, device_memory, json, events)
+        }
         Command::Bench {
             which: BenchCommand::Migrate { size, runs, json },
         } => bench_migrate(size, runs as usize, json),
+        Command::Bench {
+            which: BenchCommand::Faults { size, runs, json },
+        } => bench_faults(size, runs as usize, json),
     };
     match result {
         Ok(code) => code,
@@ -146,6 +278,8 @@ enum CliError {
     Svm(#[from] svmem::Error),
     #[error(transparent)]
     Bench(#[from] BenchError),
+    #[error(transparent)]
+    Run(#[from] RunError),
     #[error("{0}")]
     Other(String),
 }
@@ -250,6 +384,297 @@ fn print_counters(s: &Stats) {
             println!("  {:<26} {v}", k.trim_matches('"'));
         }
     }
+}
+
+fn bench_faults(size: u64, runs: usize, json: bool) -> Result<ExitCode, CliError> {
+    let b = bench_faults::bench_faults(size, runs)?;
+    if json {
+        print_json(&b)?;
+    } else {
+        print_faults_bench(&b);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_faults_bench(b: &FaultsBench) {
+    println!(
+        "svmem bench faults: {} sweep region, {} run(s), emulated device {} with {} copy engine(s), {} lane(s); \
+         fault service: {} lanes over {} blocks of 2 MiB",
+        human_bytes(b.size),
+        b.runs,
+        human_bytes(b.device_memory_bytes),
+        b.copy_engines,
+        b.sweep_lanes,
+        b.service_lanes,
+        b.service_blocks,
+    );
+    println!("machine: {}", b.machine);
+    println!();
+    println!(
+        "{:<30} {:>10} {:>10} {:>10}   {:>16}",
+        "operation", "median", "min", "max", "÷ memcpy (median)"
+    );
+    let s = &b.spread;
+    let r = &s.device_fault_sweep_ratio;
+    let full = b
+        .full_batch_service_us_p50
+        .map(|_| s.full_batch_service_us_p50);
+    let rows = [
+        (
+            "memcpy (1 thread), GB/s",
+            Some(s.memcpy_gbps),
+            String::new(),
+        ),
+        (
+            "device fault sweep, GB/s",
+            Some(s.device_fault_sweep_gbps),
+            format!("{:.3} [{:.3}–{:.3}]", r.median, r.min, r.max),
+        ),
+        (
+            "block migrate (2 MiB), µs",
+            Some(s.block_migrate_us),
+            String::new(),
+        ),
+        (
+            "batch service p50, µs",
+            Some(s.batch_service_us_p50),
+            String::new(),
+        ),
+        // No spread when no batch held 256 faults.
+        ("full batch (256) p50, µs", full, String::new()),
+        (
+            "faults per second (busy)",
+            Some(s.faults_per_sec),
+            String::new(),
+        ),
+    ];
+    for (name, v, ratio) in rows {
+        match v {
+            Some(v) => println!(
+                "{name:<30} {:>10.2} {:>10.2} {:>10.2}   {ratio:>16}",
+                v.median, v.min, v.max
+            ),
+            None => println!("{name:<30} {:>10}", "none"),
+        }
+    }
+    println!();
+    println!(
+        "device fault sweep ÷ memcpy: {:.3} (target >= 0.50: {})",
+        b.device_fault_sweep_ratio,
+        if b.device_fault_sweep_ratio >= 0.5 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    match b.full_batch_service_us_p50 {
+        Some(p) => println!(
+            "full batch p50 {p:.1} µs vs. block migrate + 100 µs = {:.1} µs: {}",
+            b.full_batch_target_us,
+            if b.full_batch_within_target {
+                "within target"
+            } else {
+                "NOT within target"
+            }
+        ),
+        None => println!("no batch held 256 faults: full-batch target not measurable"),
+    }
+    println!();
+    println!("per run:");
+    println!(
+        "{:>4} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10} {:>8} {:>6} {:>8} {:>6} {:>9} {:>9}",
+        "run",
+        "memcpy ms",
+        "sweep ms",
+        "ratio",
+        "swp flts",
+        "swp ahead",
+        "migr µs",
+        "batches",
+        "full",
+        "faults",
+        "dups",
+        "p50 µs",
+        "full p50"
+    );
+    for (i, r) in b.samples.iter().enumerate() {
+        println!(
+            "{:>4} {:>10.2} {:>10.2} {:>8.3} {:>9} {:>9} {:>10.1} {:>8} {:>6} {:>8} {:>6} {:>9.1} {:>9}",
+            i,
+            r.memcpy_ms,
+            r.device_fault_sweep_ms,
+            r.device_fault_sweep_ratio,
+            r.sweep_faults,
+            r.sweep_ahead_pages,
+            r.block_migrate_us,
+            r.batches,
+            r.full_batches,
+            r.faults,
+            r.duplicates,
+            r.batch_service_us_p50,
+            r.full_batch_service_us_p50
+                .map_or("-".to_string(), |p| format!("{p:.1}")),
+        );
+    }
+    println!();
+    println!(
+        "fault service totals: {} faults ({} duplicates) in {} batches, {} of them full",
+        b.faults, b.duplicates, b.batches, b.full_batches
+    );
+    println!("data verified: checksum of every sweep and of every fault-service kernel");
+}
+
+// ---------------------------------------------------------------- run
+
+/// Events a subscriber may fall behind by before it loses the newest.
+const EVENT_CAPACITY: usize = 1 << 16;
+
+/// `svmem run --json` output: the report, plus the event counts with --events.
+#[derive(serde::Serialize)]
+struct RunOutput<'a> {
+    #[serde(flatten)]
+    report: &'a RunReport,
+    device_memory_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events_dropped: Option<u64>,
+}
+
+fn run(
+    w: Workload,
+    cfg: &RunConfig,
+    device_memory: Option<u64>,
+    json: bool,
+    events: bool,
+) -> Result<ExitCode, CliError> {
+    let device_memory = device_memory.unwrap_or(w.working_set(cfg.bytes) + (64 << 20));
+    let svm = Svm::builder()
+        .emulated(EmulatedConfig {
+            name: "emulated0".into(),
+            memory_bytes: device_memory,
+            ..EmulatedConfig::default()
+        })?
+        .xnack(cfg.xnack)
+        .build()?;
+    // Collect events on a thread of their own while the run goes, so the
+    // stream never falls far behind; print them once the run is over.
+    let stream = events.then(|| svm.subscribe(EVENT_CAPACITY));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (result, lines, dropped) = std::thread::scope(|s| {
+        let collector = stream.as_ref().map(|stream| {
+            let done = &done;
+            s.spawn(move || {
+                let mut lines = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    if let Some(e) = stream.recv_timeout(Duration::from_millis(20)) {
+                        lines.push(e.to_json_line());
+                    }
+                }
+                lines.extend(stream.drain().iter().map(|e| e.to_json_line()));
+                lines
+            })
+        });
+        let result = workloads::run(&svm, w, cfg);
+        done.store(true, std::sync::atomic::Ordering::Release);
+        let lines = collector.map(|h| h.join().unwrap_or_default());
+        (result, lines, stream.as_ref().map(|s| s.dropped()))
+    });
+    if let Some(lines) = &lines {
+        let mut out = std::io::stdout().lock();
+        for l in lines {
+            // A closed stdout (e.g. `| head`) ends the listing, not the run.
+            if writeln!(out, "{l}").is_err() {
+                break;
+            }
+        }
+    }
+    let report = result?;
+    let out = RunOutput {
+        report: &report,
+        device_memory_bytes: device_memory,
+        events: lines.as_ref().map(|l| l.len() as u64),
+        events_dropped: dropped,
+    };
+    if json {
+        let s = serde_json::to_string(&out).map_err(|e| CliError::Other(e.to_string()))?;
+        println!("{s}");
+    } else {
+        print_run(&out);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_run(o: &RunOutput<'_>) {
+    let r = o.report;
+    let arrays = match r.workload {
+        Workload::Stream => format!("3 arrays of {}", human_bytes(r.bytes)),
+        Workload::Gather => format!(
+            "table of {} + out of {}",
+            human_bytes(r.bytes),
+            human_bytes(r.working_set_bytes - r.bytes)
+        ),
+        Workload::Pingpong => format!("1 array of {}, {} round(s)", human_bytes(r.bytes), r.rounds),
+    };
+    println!(
+        "svmem run {}: {arrays}; XNACK {}, preferred location {}, granularity {} ({}); emulated device {}, {} lane(s)",
+        r.workload,
+        if r.xnack { "on" } else { "off" },
+        r.preferred.map_or("none".to_string(), |l| l.to_string()),
+        r.granularity,
+        human_bytes((svmem::PAGE_SIZE as u64) << r.granularity),
+        human_bytes(o.device_memory_bytes),
+        r.lanes,
+    );
+    println!("machine: {}", Machine::detect());
+    println!();
+    let row = |k: &str, v: String| println!("  {k:<24} {v}");
+    row(
+        "time",
+        format!(
+            "{:.2} ms ({:.2} ms in {} kernel launch(es))",
+            r.wall_ms, r.kernel_ms, r.kernel_launches
+        ),
+    );
+    row(
+        "moved to device",
+        format!(
+            "{} ({} pages migrated)",
+            human_bytes(r.bytes_to_device),
+            r.pages_to_device
+        ),
+    );
+    row(
+        "moved to system",
+        format!(
+            "{} ({} pages migrated)",
+            human_bytes(r.bytes_to_system),
+            r.pages_to_system
+        ),
+    );
+    row(
+        "device faults",
+        format!(
+            "{} ({} duplicates) in {} batches, batch p50 {:.1} µs",
+            r.device_faults, r.device_fault_duplicates, r.device_fault_batches, r.batch_p50_us
+        ),
+    );
+    row("CPU faults", r.cpu_faults.to_string());
+    row(
+        "queue evictions",
+        format!("{} ({} restores)", r.queue_evictions, r.queue_restores),
+    );
+    if let (Some(n), Some(d)) = (o.events, o.events_dropped) {
+        row("events", format!("{n} printed, {d} dropped"));
+    }
+    row(
+        "verified",
+        if r.verified {
+            "yes, every element".to_string()
+        } else {
+            "NO".to_string()
+        },
+    );
 }
 
 // ---------------------------------------------------------------- demo
