@@ -13,8 +13,9 @@
 //! 3. **block migrate**: `Svm::migrate` of one 2 MiB block of fresh
 //!    CPU-written data to the device, [`MIGRATE_BLOCKS`] times (median);
 //! 4. **fault service**: on a device with [`SERVICE_LANES`] lanes, work item
-//!    `i` reads page `(i % 256) * 2` of block `i / 256`, so all lanes fault on
-//!    different pages of one block at about the same time, block after block:
+//!    `i` reads page `(i % 256) * 2` of block `(i / 256) * 37 mod blocks`, so
+//!    all lanes fault on different pages of one block at about the same time,
+//!    block after block, in an order fault-ahead cannot predict:
 //!    the fault buffer fills while the service thread migrates the previous
 //!    block, and batches of 256 faults of one block follow. Its batch times
 //!    come from [`crate::BatchStats`] of a device built for the run.
@@ -340,8 +341,12 @@ fn service(run: usize, s: &mut FaultsRun) -> Result<(), BenchError> {
     )?;
     let lanes = SERVICE_LANES as u64;
     let stride = (BLOCK_PAGES as u64 / lanes).max(1);
-    // Word index of the first word of the page item `i` reads.
-    let word_of = |i: u64| ((i / lanes) * BLOCK_PAGES as u64 + (i % lanes) * stride) * 512;
+    // Word index of the first word of the page item `i` reads. Blocks are
+    // visited in a scrambled order (37 is coprime to the block count), so
+    // no fault continues a sequential sweep: every full batch pays for its
+    // own block's migration instead of finding it fetched ahead.
+    let block_of = |i: u64| (i / lanes * 37) % SERVICE_BLOCKS;
+    let word_of = |i: u64| (block_of(i) * BLOCK_PAGES as u64 + (i % lanes) * stride) * 512;
     let grid = SERVICE_BLOCKS * lanes;
     let base = region.addr();
     let total = AtomicU64::new(0);

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::addr::{DeviceId, Location, BLOCK_PAGES, PAGE_SIZE};
 use crate::attr::AttrFlags;
@@ -53,7 +53,10 @@ const BUFFER: usize = 4096;
 /// A block mapped this recently counts its valid-entry faults as duplicates.
 const RECENT_NS: u64 = 2_000_000;
 /// Windows migrated ahead of a sequential device sweep.
-const FAULT_AHEAD: usize = 8;
+const FAULT_AHEAD: usize = 16;
+/// Windows one fault-ahead step migrates (pipelined) before pending faults
+/// are looked at again.
+const AHEAD_STEP: usize = 4;
 /// Attempts of the decide → migrate → map loop before giving up.
 const MAX_SERVICE_RETRIES: usize = 8;
 
@@ -66,17 +69,31 @@ pub(crate) enum FaultOutcome {
     Fatal(FaultReason),
 }
 
-/// Where a lane sleeps until its fault is replayed.
+/// A lane's fault slot: the service thread fills it, then wakes every lane
+/// of the device at once through the device's replay word.
 #[derive(Debug, Default)]
 pub(crate) struct Reply {
-    slot: Mutex<Option<FaultOutcome>>,
-    cv: Condvar,
+    /// 0: pending, 1: replay, 2: fatal (reason in `fatal`).
+    state: std::sync::atomic::AtomicU32,
+    fatal: Mutex<Option<FaultReason>>,
 }
 
+const PENDING: u32 = 0;
+const REPLAY: u32 = 1;
+const FATAL: u32 = 2;
+
 impl Reply {
+    /// Records the outcome; the caller wakes the lanes afterwards.
     fn complete(&self, o: FaultOutcome) {
-        *self.slot.lock() = Some(o);
-        self.cv.notify_one();
+        let state = match o {
+            FaultOutcome::Replay => REPLAY,
+            FaultOutcome::Fatal(why) => {
+                *self.fatal.lock() = Some(why);
+                FATAL
+            }
+        };
+        self.state
+            .store(state, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -134,6 +151,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Per-device runtime state: the fault buffer, batch log, running launches.
 #[derive(Debug)]
 pub(crate) struct DeviceRuntime {
+    /// Replay word: bumped (and futex-woken) after every serviced batch.
+    replay: std::sync::atomic::AtomicU32,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
     log: Mutex<BatchLog>,
@@ -144,6 +163,7 @@ impl Default for DeviceRuntime {
     fn default() -> Self {
         let (tx, rx) = crossbeam_channel::bounded(BUFFER);
         DeviceRuntime {
+            replay: Default::default(),
             tx,
             rx,
             log: Mutex::default(),
@@ -221,23 +241,45 @@ pub(crate) fn post(
     lane: usize,
     reply: &Arc<Reply>,
 ) -> FaultOutcome {
-    *reply.slot.lock() = None;
+    use std::sync::atomic::Ordering as O;
+    let rt = &sh.runtime[d.0 as usize];
+    reply.state.store(PENDING, O::Release);
+    // Read before posting: a replay after this point changes it, so the
+    // wait below cannot miss it.
+    let mut epoch = rt.replay.load(O::Acquire);
     let f = Fault {
         page_addr: addr & !(PAGE_SIZE as u64 - 1),
         kind,
         lane,
         reply: reply.clone(),
     };
-    if sh.runtime[d.0 as usize].tx.send(Msg::Fault(f)).is_err() {
+    if rt.tx.send(Msg::Fault(f)).is_err() {
         return FaultOutcome::Fatal(FaultReason::Device("fault service is shut down".into()));
     }
-    let mut slot = reply.slot.lock();
     loop {
-        if let Some(o) = slot.take() {
-            return o;
+        match reply.state.load(O::Acquire) {
+            REPLAY => return FaultOutcome::Replay,
+            FATAL => {
+                let why = reply.fatal.lock().take();
+                return FaultOutcome::Fatal(why.unwrap_or(FaultReason::NotConverged));
+            }
+            _ => {
+                crate::sys::futex::wait(&rt.replay, epoch, Some(REPLAY_WAIT));
+                epoch = rt.replay.load(O::Acquire);
+            }
         }
-        reply.cv.wait(&mut slot);
     }
+}
+
+/// Longest a lane sleeps between checks of its slot (a safety net: every
+/// replay wakes it anyway).
+const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Wakes every lane of device `d` that waits for a replay.
+fn replay_all(sh: &Shared, d: DeviceId) {
+    let rt = &sh.runtime[d.0 as usize];
+    rt.replay.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    crate::sys::futex::wake_all(&rt.replay);
 }
 
 /// A sequential sweep the service thread is running ahead of: pages
@@ -256,71 +298,108 @@ struct SweepHint {
     sequential: bool,
 }
 
-/// The fault-service thread's body for device `d`. Pending faults always
-/// come first; between batches it runs one step of fault-ahead.
+/// The fault-service thread's body for device `d`.
+///
+/// While a sweep is being fetched ahead, faults inside the range still to be
+/// fetched are *deferred*: the next ahead step (two windows, pipelined)
+/// migrates their pages anyway, after which they are serviced (as the
+/// duplicates they have become). Other faults are serviced at once.
 pub(crate) fn service_loop(sh: Arc<Shared>, d: DeviceId) {
     let rx = sh.runtime[d.0 as usize].rx.clone();
     let mut batch: Vec<Fault> = Vec::with_capacity(MAX_BATCH);
+    let mut deferred: Vec<Fault> = Vec::new();
     let mut ahead: Option<Ahead> = None;
     loop {
-        let first = if ahead.is_some() {
-            match rx.try_recv() {
-                Ok(m) => Some(m),
-                Err(crossbeam_channel::TryRecvError::Empty) => None,
-                Err(_) => return,
-            }
-        } else {
+        // Gather: block only when there is nothing else to do.
+        if ahead.is_none() {
             match rx.recv() {
-                Ok(m) => Some(m),
-                Err(_) => return,
-            }
-        };
-        match first {
-            Some(Msg::Fault(f)) => batch.push(f),
-            Some(Msg::Shutdown) => return,
-            None => {
-                if let Some(a) = &mut ahead {
-                    if !ahead_step(&sh, d, a) {
-                        ahead = None;
-                    }
-                }
-                continue;
+                Ok(Msg::Fault(f)) => batch.push(f),
+                Ok(Msg::Shutdown) | Err(_) => return,
             }
         }
-        let mut shutdown = false;
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(Msg::Fault(f)) => batch.push(f),
-                Ok(Msg::Shutdown) => {
-                    shutdown = true;
-                    break;
-                }
-                Err(_) => break,
+                Ok(Msg::Shutdown) => return,
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(_) => return,
             }
         }
-        let hint = service_batch(&sh, d, &mut batch);
-        if let Some(h) = hint {
-            let w = window_len(&h.r, h.hi.saturating_sub(1));
-            let limit = (h.hi + w * FAULT_AHEAD).min(h.r.npages);
-            match &mut ahead {
-                // The sweep goes on inside (or just past) the range being
-                // fetched ahead: keep the same distance in front of it.
-                Some(a) if Arc::ptr_eq(&a.r, &h.r) && h.hi <= a.end + w => {
-                    a.end = a.end.max(limit);
-                }
-                _ if h.sequential && h.hi < h.r.npages => {
-                    ahead = Some(Ahead {
-                        r: h.r,
-                        at: h.hi,
-                        end: limit,
+        if let Some(a) = &mut ahead {
+            let before = deferred.len();
+            let (r, at, w) = (a.r.clone(), a.at, window_len(&a.r, a.at));
+            batch.retain(|f| {
+                let inside = r.contains(f.page_addr, 1) && r.page_of(f.page_addr) >= at;
+                let near = inside && r.page_of(f.page_addr) < a.end + w;
+                if near {
+                    deferred.push(Fault {
+                        page_addr: f.page_addr,
+                        kind: f.kind,
+                        lane: f.lane,
+                        reply: f.reply.clone(),
                     });
                 }
-                _ => {}
+                !near
+            });
+            // The sweep moved on: keep the same distance in front of it.
+            if let Some(hi) = deferred[before..]
+                .iter()
+                .map(|f| r.page_of(f.page_addr) + 1)
+                .max()
+            {
+                a.end = a.end.max((hi + w * FAULT_AHEAD).min(r.npages));
             }
         }
-        if shutdown {
-            return;
+        if !batch.is_empty() {
+            let hint = service_batch(&sh, d, &mut batch);
+            replay_all(&sh, d);
+            if let Some(h) = hint {
+                start_or_extend(&mut ahead, h);
+            }
         }
+        if let Some(a) = &mut ahead {
+            let go_on = ahead_step(&sh, d, a);
+            // Deferred faults now behind the sweep (or all, if it ended).
+            let (r, at) = (a.r.clone(), a.at);
+            let mut ready: Vec<Fault> = Vec::new();
+            deferred.retain(|f| {
+                let behind = !go_on || r.page_of(f.page_addr) < at;
+                if behind {
+                    ready.push(Fault {
+                        page_addr: f.page_addr,
+                        kind: f.kind,
+                        lane: f.lane,
+                        reply: f.reply.clone(),
+                    });
+                }
+                !behind
+            });
+            if !go_on {
+                ahead = None;
+            }
+            if !ready.is_empty() {
+                service_batch(&sh, d, &mut ready);
+                replay_all(&sh, d);
+            }
+        }
+    }
+}
+
+/// Starts fault-ahead after a fault that continued a sequential sweep, or
+/// pushes the end of the running one further.
+fn start_or_extend(ahead: &mut Option<Ahead>, h: SweepHint) {
+    let w = window_len(&h.r, h.hi.saturating_sub(1));
+    let limit = (h.hi + w * FAULT_AHEAD).min(h.r.npages);
+    match ahead {
+        Some(a) if Arc::ptr_eq(&a.r, &h.r) && h.hi <= a.end + w => a.end = a.end.max(limit),
+        _ if h.sequential && h.hi < h.r.npages => {
+            *ahead = Some(Ahead {
+                r: h.r,
+                at: h.hi,
+                end: limit,
+            });
+        }
+        _ => {}
     }
 }
 
@@ -619,7 +698,7 @@ fn ahead_step(sh: &Shared, d: DeviceId, a: &mut Ahead) -> bool {
         return false;
     }
     let w = window_len(r, a.at);
-    let step_end = (a.at + 2 * w).min(a.end);
+    let step_end = (a.at + AHEAD_STEP * w).min(a.end);
     // The attributes must still let the device have the pages.
     let attrs = sh.attrs.read().get(r.addr_of(a.at).0 / PAGE_SIZE as u64);
     let xnack = sh.xnack.load(Ordering::Acquire);

@@ -3,6 +3,7 @@
 //! Nothing outside this module calls the kernel directly.
 
 mod eventfd;
+pub mod futex;
 mod mapping;
 mod pagemap;
 pub mod uffd;
