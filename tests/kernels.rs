@@ -260,3 +260,43 @@ fn queue_eviction_and_restore_while_cpu_touches_pages() {
     assert!(st.queue_evictions > 0, "{st:?}");
     assert!(st.queue_restores > 0, "{st:?}");
 }
+
+/// Retry mode with the always-mapped flag: the range is mapped ahead (no
+/// faults), and an invalidation evicts the queues until the restore worker
+/// maps it again, exactly as with XNACK off.
+#[test]
+fn always_mapped_in_retry_mode_maps_ahead_and_restores() {
+    let svm = svm(true, 16);
+    let mut r = svm.alloc(2 << 20).unwrap();
+    r.as_mut_slice::<u64>().fill(1);
+    svm.set_attributes(
+        r.addr(),
+        r.len(),
+        &[Attr::SetFlags(AttrFlags::ALWAYS_MAPPED)],
+    )
+    .unwrap();
+    let dev = svm.device(D0).unwrap();
+    let rep = dev
+        .launch(512, |lane, p| lane.load::<u64>(r.at(p * 4096)).map(|_| ()))
+        .unwrap()
+        .check()
+        .unwrap();
+    assert_eq!(rep.faults, 0, "mapped ahead");
+    // Migrating the range invalidates its system-memory mappings: eviction,
+    // then a restore that maps the new (device) location.
+    svm.migrate(r.addr(), r.len(), Location::Device(D0))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while svm.stats().queue_restores == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let st = svm.stats();
+    assert!(st.queue_evictions >= 1 && st.queue_restores >= 1, "{st:?}");
+    let rep = dev
+        .launch(512, |lane, p| lane.store::<u64>(r.at(p * 4096), 2))
+        .unwrap()
+        .check()
+        .unwrap();
+    assert_eq!(rep.faults, 0);
+    assert_eq!(r.as_slice::<u64>()[512], 2);
+}
