@@ -153,7 +153,8 @@ fn a_device_without_access_faults_fatally_and_others_go_on() {
         .unwrap();
     let f = rep.fatal.unwrap();
     assert_eq!(f.dev, D1);
-    assert_eq!(f.addr, r.addr());
+    // Whichever lane reported first: an address of the first page.
+    assert_eq!(f.addr.align_down(), r.addr());
     // Device 0 and the CPU are unaffected.
     assert_eq!(read_all(&svm, D0, &r), 5 * 512);
     assert_eq!(r.as_slice::<u64>()[7], 5);
