@@ -82,17 +82,6 @@ pub(crate) fn populate(sh: &Shared, r: &RegionInner, lo: usize, hi: usize, write
 /// Windows migrated back ahead of a sequential CPU sweep.
 const FAULT_AHEAD: usize = 16;
 
-/// The fault window around page `idx`: the block's granularity, aligned.
-fn window(r: &RegionInner, idx: usize) -> (usize, usize) {
-    let g = r.blocks[idx / BLOCK_PAGES]
-        .granularity
-        .load(Ordering::Relaxed)
-        .min(9);
-    let w = 1usize << g;
-    let lo = idx & !(w - 1);
-    (lo, (lo + w).min(r.npages))
-}
-
 /// Resolves a CPU fault on page `idx` of `r`.
 ///
 /// When the window starts where the previous one resolved in this region
@@ -101,7 +90,7 @@ fn window(r: &RegionInner, idx: usize) -> (usize, usize) {
 /// woken: it consumes one window while this thread brings the next, instead of
 /// paying a fault round trip per window.
 pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
-    let (lo, hi) = window(r, idx);
+    let (lo, hi) = r.fault_window(idx);
     let needs_work = (lo..hi).any(|i| {
         matches!(
             r.states[i].load(),

@@ -35,7 +35,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::addr::{DeviceId, Location, BLOCK_PAGES, PAGE_SIZE};
-use crate::attr::AttrFlags;
+use crate::attr::{AccessMode, AttrFlags, RangeAttrs};
 use crate::events::{EventKind, FaultResolution};
 use crate::kernel::FaultReason;
 use crate::migrate::{self, Trigger};
@@ -290,6 +290,23 @@ struct Ahead {
     end: usize,
 }
 
+impl Ahead {
+    /// Whether a fault at `addr` lies in what the sweep will fetch next
+    /// (up to one window past its current end).
+    fn covers(&self, addr: u64) -> bool {
+        self.r.contains(addr, 1) && {
+            let k = self.r.page_of(addr);
+            k >= self.at && k < self.end + self.r.window_len(self.at)
+        }
+    }
+
+    /// Keeps the end [`FAULT_AHEAD`] windows in front of page `hi`.
+    fn extend_past(&mut self, hi: usize) {
+        let w = self.r.window_len(hi.saturating_sub(1));
+        self.end = self.end.max((hi + w * FAULT_AHEAD).min(self.r.npages));
+    }
+}
+
 /// Where a batch's faults were, for fault-ahead: the region, the end of the
 /// last fault window, and whether that fault continued a sequential sweep.
 struct SweepHint {
@@ -326,29 +343,14 @@ pub(crate) fn service_loop(sh: Arc<Shared>, d: DeviceId) {
             }
         }
         if let Some(a) = &mut ahead {
-            let before = deferred.len();
-            let (r, at, w) = (a.r.clone(), a.at, window_len(&a.r, a.at));
-            batch.retain(|f| {
-                let inside = r.contains(f.page_addr, 1) && r.page_of(f.page_addr) >= at;
-                let near = inside && r.page_of(f.page_addr) < a.end + w;
-                if near {
-                    deferred.push(Fault {
-                        page_addr: f.page_addr,
-                        kind: f.kind,
-                        lane: f.lane,
-                        reply: f.reply.clone(),
-                    });
-                }
-                !near
-            });
+            let (near, rest): (Vec<Fault>, Vec<Fault>) =
+                batch.drain(..).partition(|f| a.covers(f.page_addr));
+            batch = rest;
             // The sweep moved on: keep the same distance in front of it.
-            if let Some(hi) = deferred[before..]
-                .iter()
-                .map(|f| r.page_of(f.page_addr) + 1)
-                .max()
-            {
-                a.end = a.end.max((hi + w * FAULT_AHEAD).min(r.npages));
+            if let Some(hi) = near.iter().map(|f| a.r.page_of(f.page_addr) + 1).max() {
+                a.extend_past(hi);
             }
+            deferred.extend(near);
         }
         if !batch.is_empty() {
             let hint = service_batch(&sh, d, &mut batch);
@@ -360,20 +362,10 @@ pub(crate) fn service_loop(sh: Arc<Shared>, d: DeviceId) {
         if let Some(a) = &mut ahead {
             let go_on = ahead_step(&sh, d, a);
             // Deferred faults now behind the sweep (or all, if it ended).
-            let (r, at) = (a.r.clone(), a.at);
-            let mut ready: Vec<Fault> = Vec::new();
-            deferred.retain(|f| {
-                let behind = !go_on || r.page_of(f.page_addr) < at;
-                if behind {
-                    ready.push(Fault {
-                        page_addr: f.page_addr,
-                        kind: f.kind,
-                        lane: f.lane,
-                        reply: f.reply.clone(),
-                    });
-                }
-                !behind
-            });
+            let (mut ready, wait): (Vec<Fault>, Vec<Fault>) = deferred
+                .drain(..)
+                .partition(|f| !go_on || a.r.page_of(f.page_addr) < a.at);
+            deferred = wait;
             if !go_on {
                 ahead = None;
             }
@@ -388,16 +380,18 @@ pub(crate) fn service_loop(sh: Arc<Shared>, d: DeviceId) {
 /// Starts fault-ahead after a fault that continued a sequential sweep, or
 /// pushes the end of the running one further.
 fn start_or_extend(ahead: &mut Option<Ahead>, h: SweepHint) {
-    let w = window_len(&h.r, h.hi.saturating_sub(1));
-    let limit = (h.hi + w * FAULT_AHEAD).min(h.r.npages);
     match ahead {
-        Some(a) if Arc::ptr_eq(&a.r, &h.r) && h.hi <= a.end + w => a.end = a.end.max(limit),
+        Some(a) if Arc::ptr_eq(&a.r, &h.r) && h.hi <= a.end + a.r.window_len(a.at) => {
+            a.extend_past(h.hi)
+        }
         _ if h.sequential && h.hi < h.r.npages => {
-            *ahead = Some(Ahead {
-                r: h.r,
+            let mut a = Ahead {
                 at: h.hi,
-                end: limit,
-            });
+                end: h.hi,
+                r: h.r,
+            };
+            a.extend_past(a.at);
+            *ahead = Some(a);
         }
         _ => {}
     }
@@ -455,7 +449,7 @@ fn service_batch(sh: &Shared, d: DeviceId, batch: &mut Vec<Fault>) -> Option<Swe
         }
         let sequential = service_block(sh, d, &r, b, &mut merged);
         if let Some(last) = merged.last() {
-            let hi = window(&r, last.idx).1;
+            let hi = r.fault_window(last.idx).1;
             ahead = Some(SweepHint {
                 r: r.clone(),
                 hi: sequential.unwrap_or(hi).max(hi),
@@ -497,30 +491,6 @@ fn resident(r: &RegionInner, k: usize) -> Location {
     }
 }
 
-/// Pages in the fault window of page `k`'s block.
-fn window_len(r: &RegionInner, k: usize) -> usize {
-    1usize
-        << r.blocks[k / BLOCK_PAGES]
-            .granularity
-            .load(Ordering::Relaxed)
-            .min(9)
-}
-
-/// The granularity-aligned fault window around page `k`.
-fn window(r: &RegionInner, k: usize) -> (usize, usize) {
-    let g = r.blocks[k / BLOCK_PAGES]
-        .granularity
-        .load(Ordering::Relaxed)
-        .min(9);
-    let w = 1usize << g;
-    let lo = k & !(w - 1);
-    (lo, (lo + w).min(r.npages))
-}
-
-fn satisfies(word: u32, kind: AccessKind) -> bool {
-    Pte::decode(word).is_some_and(|p| kind == AccessKind::Read || p.writable())
-}
-
 /// Decides, migrates and maps the faults of block `b`; fills each fault's
 /// outcome. Returns the end of the last window if this continued a
 /// sequential sweep of device memory (fault-ahead starts there).
@@ -554,7 +524,7 @@ fn service_block(
         let mut plan: Vec<(usize, usize, Decision, bool, AttrFlags)> = Vec::new();
         for m in faults.iter_mut().filter(|m| m.outcome.is_none()) {
             let word = table[m.idx].load(Ordering::Acquire);
-            if satisfies(word, m.kind) || (recent && word != 0) {
+            if Pte::decode(word).is_some_and(|p| p.allows(m.kind)) || (recent && word != 0) {
                 m.outcome = Some((FaultOutcome::Replay, FaultResolution::Duplicate));
                 sh.counters.add(&sh.counters.device_fault_duplicates, 1);
                 continue;
@@ -585,7 +555,7 @@ fn service_block(
                 ));
                 continue;
             }
-            let (lo, hi) = window(r, m.idx);
+            let (lo, hi) = r.fault_window(m.idx);
             let write = m.kind != AccessKind::Read;
             match plan.last_mut() {
                 Some(p) if p.0 == lo && p.2 == decision => p.3 |= write,
@@ -697,12 +667,12 @@ fn ahead_step(sh: &Shared, d: DeviceId, a: &mut Ahead) -> bool {
     if a.at >= a.end || !sh.regions.read().contains_key(&r.base()) {
         return false;
     }
-    let w = window_len(r, a.at);
+    let w = r.window_len(a.at);
     let step_end = (a.at + AHEAD_STEP * w).min(a.end);
     // The attributes must still let the device have the pages.
     let attrs = sh.attrs.read().get(r.addr_of(a.at).0 / PAGE_SIZE as u64);
     let xnack = sh.xnack.load(Ordering::Acquire);
-    let wants_device = attrs.access(d, xnack) == crate::attr::AccessMode::Access
+    let wants_device = attrs.access(d, xnack) == AccessMode::Access
         || attrs.preferred == Some(Location::Device(d));
     if !wants_device || attrs.preferred == Some(Location::System) {
         return false;
@@ -760,50 +730,59 @@ pub(crate) fn restore_pass(sh: &Shared, d: DeviceId) -> bool {
     ok
 }
 
+/// The attribute segments of block `b`, as page ranges of `r`.
+fn block_segments(sh: &Shared, r: &RegionInner, b: usize) -> Vec<(usize, usize, RangeAttrs)> {
+    let pages = r.block_pages(b);
+    let base = r.base() / PAGE_SIZE as u64;
+    sh.attrs
+        .read()
+        .segments(base + pages.start as u64, base + pages.end as u64)
+        .into_iter()
+        .map(|(s, e, a)| ((s - base) as usize, (e - base) as usize, a))
+        .collect()
+}
+
+/// Whether device `d` must keep a range with `attrs` mapped: it has access,
+/// and either faults are not retried or the range is always mapped.
+fn keeps_mapped(attrs: &RangeAttrs, d: DeviceId, xnack: bool) -> bool {
+    attrs.access(d, xnack) != AccessMode::None
+        && (!xnack || attrs.flags.contains(AttrFlags::ALWAYS_MAPPED))
+}
+
 /// Maps the pages of block `b` that device `d` must keep mapped, pulling
 /// pages held by other devices to system memory first.
 pub(crate) fn map_ahead_block(sh: &Shared, r: &RegionInner, d: DeviceId, b: usize) -> bool {
-    let pages = r.block_pages(b);
     let xnack = sh.xnack.load(Ordering::Acquire);
-    let segs = sh.attrs.read().segments(
-        r.addr_of(pages.start).0 / PAGE_SIZE as u64,
-        r.addr_of(pages.end - 1).0 / PAGE_SIZE as u64 + 1,
-    );
-    let base = r.base() / PAGE_SIZE as u64;
+    let segs = block_segments(sh, r, b);
     let _g = r.blocks[b].migrate.lock();
     let mut ok = true;
-    for (s, e, attrs) in segs {
-        let keep = attrs.access(d, xnack) != crate::attr::AccessMode::None
-            && (!xnack || attrs.flags.contains(AttrFlags::ALWAYS_MAPPED));
-        if !keep {
-            continue;
-        }
-        let (lo, hi) = ((s - base) as usize, (e - base) as usize);
-        migrate::pull_to_system(sh, r, lo..hi, Some(d), Trigger::DeviceFault);
-        ok &= map_locked(sh, r, d, lo, hi, false, attrs.flags);
+    for (lo, hi, attrs) in segs.iter().filter(|s| keeps_mapped(&s.2, d, xnack)) {
+        migrate::pull_to_system(sh, r, *lo..*hi, Some(d), Trigger::DeviceFault);
+        ok &= map_locked(sh, r, d, *lo, *hi, false, attrs.flags);
     }
     ok
 }
 
-/// Recomputes which devices must keep block `b` mapped.
-pub(crate) fn update_keep_mapped(sh: &Shared, r: &RegionInner, b: usize) -> u8 {
-    let pages = r.block_pages(b);
+/// Recomputes block `b`'s derived attributes: its fault granularity (the
+/// smallest of its ranges) and which devices must keep it mapped.
+pub(crate) fn refresh_block(sh: &Shared, r: &RegionInner, b: usize) {
     let xnack = sh.xnack.load(Ordering::Acquire);
-    let segs = sh.attrs.read().segments(
-        r.addr_of(pages.start).0 / PAGE_SIZE as u64,
-        r.addr_of(pages.end - 1).0 / PAGE_SIZE as u64 + 1,
-    );
+    let segs = block_segments(sh, r, b);
     let mut keep = 0u8;
-    for (_, _, attrs) in &segs {
-        if xnack && !attrs.flags.contains(AttrFlags::ALWAYS_MAPPED) {
-            continue;
-        }
-        for dd in 0..sh.devices.len() {
-            if attrs.access(DeviceId(dd as u8), xnack) != crate::attr::AccessMode::None {
-                keep |= 1 << dd;
-            }
+    for dd in 0..sh.devices.len() {
+        if segs
+            .iter()
+            .any(|s| keeps_mapped(&s.2, DeviceId(dd as u8), xnack))
+        {
+            keep |= 1 << dd;
         }
     }
-    r.blocks[b].keep_mapped.store(keep, Ordering::Release);
-    keep
+    let g = segs
+        .iter()
+        .map(|s| s.2.granularity)
+        .min()
+        .unwrap_or(sh.granularity);
+    let blk = &r.blocks[b];
+    blk.granularity.store(g, Ordering::Relaxed);
+    blk.keep_mapped.store(keep, Ordering::Release);
 }

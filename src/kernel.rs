@@ -178,16 +178,19 @@ impl<'a> Lane<'a> {
         }
     }
 
-    fn region(&mut self, addr: u64) -> Option<Arc<RegionInner>> {
-        if let Some(r) = self.regions.iter().find(|r| r.contains(addr, 1)) {
-            return Some(r.clone());
+    /// Index in the lane's region cache of the region holding `addr`
+    /// (looked up, and cached, on a miss). Borrowing from the cache keeps the
+    /// hot path free of reference-count traffic shared between lanes.
+    fn region_index(&mut self, addr: u64) -> Option<usize> {
+        if let Some(i) = self.regions.iter().position(|r| r.contains(addr, 1)) {
+            return Some(i);
         }
         let r = self.sh.region_at(addr)?;
         if self.regions.len() >= 8 {
             self.regions.remove(0);
         }
-        self.regions.push(r.clone());
-        Some(r)
+        self.regions.push(r);
+        Some(self.regions.len() - 1)
     }
 
     /// Runs `op` on every page piece of `[addr, addr+len)` with the translation
@@ -212,9 +215,10 @@ impl<'a> Lane<'a> {
                 self.queue_waits += 1;
             }
             let at = addr + pos as u64;
-            let Some(r) = self.region(at) else {
+            let Some(ri) = self.region_index(at) else {
                 return Err(self.fault(at, kind, FaultReason::Unmanaged));
             };
+            let r: &RegionInner = &self.regions[ri];
             let gen = q.generation();
             let b = r.page_of(at) / BLOCK_PAGES;
             let blk = &r.blocks[b];
@@ -249,8 +253,7 @@ impl<'a> Lane<'a> {
                         }
                         w
                     };
-                    let pte =
-                        Pte::decode(word).filter(|p| kind == AccessKind::Read || p.writable());
+                    let pte = Pte::decode(word).filter(|p| p.allows(kind));
                     let Some(pte) = pte else {
                         // An entry too weak for this access may be upgraded
                         // by the fault: walk the table next time.
@@ -262,7 +265,7 @@ impl<'a> Lane<'a> {
                     let n = (PAGE_SIZE - off).min(len - pos);
                     let target = match pte {
                         Pte::System { .. } => Target::System {
-                            r: &r,
+                            r,
                             off: (at - r.base()) as usize,
                         },
                         Pte::Device { page, .. } => Target::Device { page, off },

@@ -208,11 +208,12 @@ pub(crate) fn isolate_to_device<'a>(
     sh: &Shared,
     r: &'a RegionInner,
     b: usize,
-    lo: usize,
-    hi: usize,
+    pages: std::ops::Range<usize>,
     d: DeviceId,
+    trigger: Trigger,
     rep: &mut MigrateReport,
 ) -> Option<ToDevicePlan<'a>> {
+    let (lo, hi) = (pages.start, pages.end);
     let guard = r.blocks[b].migrate.lock();
     let dev = &sh.devices[d.0 as usize];
     if !r.is_writable() {
@@ -226,7 +227,7 @@ pub(crate) fn isolate_to_device<'a>(
     }
     // Pages on another device come back to system memory first; any that
     // cannot move stay there and are counted busy below.
-    pull_to_system(sh, r, lo..hi, Some(d), Trigger::Explicit);
+    pull_to_system(sh, r, lo..hi, Some(d), trigger);
     let mut cands: Vec<(usize, Kind)> = Vec::with_capacity(hi - lo);
     for i in lo..hi {
         match r.states[i].load() {
@@ -741,7 +742,7 @@ pub(crate) fn migrate_range(
         let hi = end.min((b + 1) * BLOCK_PAGES);
         let plan = match to {
             Location::Device(d) => {
-                isolate_to_device(sh, r, b, i, hi, d, &mut rep).map(Plan::ToDevice)
+                isolate_to_device(sh, r, b, i..hi, d, trigger, &mut rep).map(Plan::ToDevice)
             }
             Location::System => {
                 let guard = r.blocks[b].migrate.lock();

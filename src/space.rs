@@ -76,6 +76,10 @@ impl Pte {
             })
         }
     }
+    /// Whether this translation is good for an access of `kind`.
+    pub fn allows(self, kind: crate::policy::AccessKind) -> bool {
+        kind == crate::policy::AccessKind::Read || self.writable()
+    }
     pub fn writable(self) -> bool {
         matches!(
             self,
@@ -159,6 +163,22 @@ impl RegionInner {
     pub fn block_pages(&self, b: usize) -> std::ops::Range<usize> {
         b * BLOCK_PAGES..((b + 1) * BLOCK_PAGES).min(self.npages)
     }
+    /// Pages in the fault window of page `k` (its block's granularity).
+    pub fn window_len(&self, k: usize) -> usize {
+        1usize
+            << self.blocks[k / BLOCK_PAGES]
+                .granularity
+                .load(Ordering::Relaxed)
+                .min(9)
+    }
+
+    /// The granularity-aligned fault window `[lo, hi)` around page `k`.
+    pub fn fault_window(&self, k: usize) -> (usize, usize) {
+        let w = self.window_len(k);
+        let lo = k & !(w - 1);
+        (lo, (lo + w).min(self.npages))
+    }
+
     pub fn is_writable(&self) -> bool {
         self.writable.load(std::sync::atomic::Ordering::Acquire)
     }

@@ -434,19 +434,8 @@ impl Svm {
                 i = bhi;
             }
         }
-        blocks.dedup();
         for &b in &blocks {
-            let pages = r.block_pages(b);
-            let g = sh
-                .attrs
-                .read()
-                .segments(base + pages.start as u64, base + pages.end as u64)
-                .iter()
-                .map(|s| s.2.granularity)
-                .min()
-                .unwrap_or(sh.granularity);
-            r.blocks[b].granularity.store(g, Ordering::Relaxed);
-            crate::fault::update_keep_mapped(sh, &r, b);
+            crate::fault::refresh_block(sh, &r, b);
         }
         let prefetch = attrs.iter().rev().find_map(|a| match a {
             Attr::PrefetchLocation(Some(loc)) => Some(*loc),
@@ -542,7 +531,7 @@ impl Svm {
         let regions: Vec<_> = sh.regions.read().values().cloned().collect();
         for r in &regions {
             for b in 0..r.blocks.len() {
-                crate::fault::update_keep_mapped(sh, r, b);
+                crate::fault::refresh_block(sh, r, b);
             }
             if !r.blocks.is_empty() {
                 self.map_kept(r, 0..=r.blocks.len() - 1);

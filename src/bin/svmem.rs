@@ -252,10 +252,14 @@ fn main() -> ExitCode {
         }
         Command::Bench {
             which: BenchCommand::Migrate { size, runs, json },
-        } => bench_migrate(size, runs as usize, json),
+        } => bench::bench_migrate(size, runs as usize)
+            .map_err(CliError::from)
+            .and_then(|b| show(&b, json, print_bench)),
         Command::Bench {
             which: BenchCommand::Faults { size, runs, json },
-        } => bench_faults(size, runs as usize, json),
+        } => bench_faults::bench_faults(size, runs as usize)
+            .map_err(CliError::from)
+            .and_then(|b| show(&b, json, print_faults_bench)),
     };
     match result {
         Ok(code) => code,
@@ -264,6 +268,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints a benchmark's result as pretty JSON or as its table.
+fn show<T: serde::Serialize>(v: &T, json: bool, table: fn(&T)) -> Result<ExitCode, CliError> {
+    if json {
+        print_json(v)?;
+    } else {
+        table(v);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
@@ -285,16 +299,6 @@ enum CliError {
 }
 
 // ---------------------------------------------------------------- bench
-
-fn bench_migrate(size: u64, runs: usize, json: bool) -> Result<ExitCode, CliError> {
-    let b = bench::bench_migrate(size, runs)?;
-    if json {
-        print_json(&b)?;
-    } else {
-        print_bench(&b);
-    }
-    Ok(ExitCode::SUCCESS)
-}
 
 fn print_bench(b: &MigrateBench) {
     println!(
@@ -384,16 +388,6 @@ fn print_counters(s: &Stats) {
             println!("  {:<26} {v}", k.trim_matches('"'));
         }
     }
-}
-
-fn bench_faults(size: u64, runs: usize, json: bool) -> Result<ExitCode, CliError> {
-    let b = bench_faults::bench_faults(size, runs)?;
-    if json {
-        print_json(&b)?;
-    } else {
-        print_faults_bench(&b);
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn print_faults_bench(b: &FaultsBench) {

@@ -165,46 +165,36 @@ impl Mapping {
         Ok(())
     }
 
+    /// The address of the naturally aligned `size`-byte word at `off`.
+    fn word(&self, off: usize, size: usize) -> io::Result<*mut u8> {
+        self.check(off, size)?;
+        if off % size != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("offset {off:#x} is not {size}-byte aligned"),
+            ));
+        }
+        // SAFETY: `off` is inside the mapping (checked), so the pointer stays
+        // within the same allocation.
+        Ok(unsafe { self.ptr.as_ptr().add(off) })
+    }
+
     /// The aligned 64-bit word at `off`, as an atomic (device atomics on
     /// system memory and on the emulated device's arena).
     pub fn atomic_u64(&self, off: usize) -> io::Result<&std::sync::atomic::AtomicU64> {
-        self.check(off, 8)?;
-        if off % 8 != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("offset {off:#x} is not 8-byte aligned"),
-            ));
-        }
-        // SAFETY: `off..off+8` is inside the live mapping (checked) and 8-byte
-        // aligned (the mapping is page aligned); AtomicU64 has u64's layout and
-        // every access through it is atomic, so concurrent use is sound. The
-        // reference lives no longer than `&self`.
-        Ok(unsafe {
-            &*self
-                .ptr
-                .as_ptr()
-                .add(off)
-                .cast::<std::sync::atomic::AtomicU64>()
-        })
+        let p = self.word(off, 8)?;
+        // SAFETY: `p` is an 8-byte aligned word inside the live mapping (the
+        // mapping is page aligned and `word` checked the offset); AtomicU64
+        // has u64's layout and every access through it is atomic, so
+        // concurrent use is sound. The reference lives no longer than `&self`.
+        Ok(unsafe { &*p.cast::<std::sync::atomic::AtomicU64>() })
     }
 
     /// The aligned 32-bit word at `off`, as an atomic.
     pub fn atomic_u32(&self, off: usize) -> io::Result<&std::sync::atomic::AtomicU32> {
-        self.check(off, 4)?;
-        if off % 4 != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("offset {off:#x} is not 4-byte aligned"),
-            ));
-        }
+        let p = self.word(off, 4)?;
         // SAFETY: as in `atomic_u64`, for a 4-byte aligned word inside the mapping.
-        Ok(unsafe {
-            &*self
-                .ptr
-                .as_ptr()
-                .add(off)
-                .cast::<std::sync::atomic::AtomicU32>()
-        })
+        Ok(unsafe { &*p.cast::<std::sync::atomic::AtomicU32>() })
     }
 
     /// A shared byte view of the whole mapping.
