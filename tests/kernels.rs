@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use svmem::{
@@ -223,8 +223,10 @@ fn queue_eviction_and_restore_while_cpu_touches_pages() {
     svm.set_attributes(r.addr(), r.len(), &[Attr::Access(D0, AccessMode::Access)])
         .unwrap();
     let words = 64u64;
-    let rounds = 400u64;
+    let rounds = 40u64;
     let stop = AtomicBool::new(false);
+    let cycles = AtomicU64::new(0);
+    let mut launches = 0u64;
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut k = 0u64;
@@ -234,25 +236,32 @@ fn queue_eviction_and_restore_while_cpu_touches_pages() {
                 let v = r.as_atomic_u64();
                 let _ = v[((k % words) * 512 + 3) as usize].load(Ordering::Relaxed);
                 k += 1;
+                cycles.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_micros(300));
             }
         });
-        let rep = svm
-            .device(D0)
-            .unwrap()
-            .launch(words * rounds, |lane, i| {
-                let w = i % words;
-                lane.atomic_add_u64(r.at(w * 4096 * 8), 1).map(|_| ())
-            })
-            .unwrap();
+        // Keep launching until the migrator has invalidated the range many
+        // times: on a loaded machine one launch can finish before the
+        // migrator thread is first scheduled.
+        while cycles.load(Ordering::Relaxed) < 20 || launches < 4 {
+            let rep = svm
+                .device(D0)
+                .unwrap()
+                .launch(words * rounds, |lane, i| {
+                    let w = i % words;
+                    lane.atomic_add_u64(r.at(w * 4096 * 8), 1).map(|_| ())
+                })
+                .unwrap();
+            assert!(rep.fatal.is_none(), "{:?}", rep.fatal);
+            launches += 1;
+        }
         stop.store(true, Ordering::Relaxed);
-        assert!(rep.fatal.is_none(), "{:?}", rep.fatal);
     });
     let v = r.as_atomic_u64();
     for w in 0..words {
         assert_eq!(
             v[(w * 4096) as usize].load(Ordering::Relaxed),
-            rounds,
+            rounds * launches,
             "word {w}"
         );
     }
