@@ -64,6 +64,55 @@ pub enum Error {
         dev: DeviceId,
         running: usize,
     },
+
+    #[error(
+        "system memory limit: {requested} bytes requested, {in_use} bytes in use, limit {limit} bytes"
+    )]
+    MemoryLimit {
+        requested: u64,
+        in_use: u64,
+        limit: u64,
+    },
+
+    #[error("memory limit of {limit} bytes is below the {in_use} bytes already in use")]
+    LimitBelowUsage { limit: u64, in_use: u64 },
+
+    #[error(
+        "device {dev} memory: {requested} bytes requested but the device has {capacity} bytes, \
+         {evictable} of them evictable"
+    )]
+    DeviceMemory {
+        dev: DeviceId,
+        requested: u64,
+        capacity: u64,
+        evictable: u64,
+    },
+
+    #[error("pin limit: {requested} bytes requested, {pinned} bytes pinned, limit {limit} bytes")]
+    PinLimit {
+        requested: u64,
+        pinned: u64,
+        limit: u64,
+    },
+
+    #[error("page at {addr} is not pinned")]
+    NotPinned { addr: VirtAddr },
+
+    #[error("page at {addr} is pinned {count} times, the most one page may be")]
+    PinOverflow { addr: VirtAddr, count: u32 },
+
+    #[error("{len:#x} bytes at {addr} could not be pinned: {busy} page(s) stayed on a device")]
+    PinBusy { addr: VirtAddr, len: u64, busy: u64 },
+
+    #[error("fault injection: {what} = {value} is out of range ({allowed})")]
+    Injection {
+        what: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
+
+    #[error("device {dev} is lost; reset it to use it again")]
+    DeviceLost { dev: DeviceId },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

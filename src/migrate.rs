@@ -45,6 +45,8 @@ pub struct MigrateReport {
     pub skipped_not_migratable: u64,
     /// Pages left in place because the target device had no free memory.
     pub skipped_no_device_memory: u64,
+    /// Pages left in system memory because they are pinned there.
+    pub skipped_pinned: u64,
     /// Pages already at the requested location.
     pub already_there: u64,
     /// Pages whose copy failed and that were rolled back untouched.
@@ -57,6 +59,7 @@ impl MigrateReport {
         self.skipped_busy
             + self.skipped_not_migratable
             + self.skipped_no_device_memory
+            + self.skipped_pinned
             + self.rolled_back
     }
 }
@@ -689,6 +692,7 @@ pub(crate) fn count_skips(sh: &Shared, rep: &MigrateReport) {
     c.add(&c.skipped_busy, rep.skipped_busy);
     c.add(&c.skipped_not_migratable, rep.skipped_not_migratable);
     c.add(&c.skipped_no_device_memory, rep.skipped_no_device_memory);
+    c.add(&c.skipped_pinned, rep.skipped_pinned);
     c.add(&c.skipped_already_there, rep.already_there);
 }
 

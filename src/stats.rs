@@ -85,6 +85,19 @@ counters! {
     device_fault_ahead_pages,
     /// Launches stopped by a fatal device fault.
     device_faults_fatal,
+    /// Pages skipped because they are pinned to system memory.
+    skipped_pinned,
+    /// 2 MiB device blocks evicted to system memory under device-memory pressure.
+    evictions,
+    /// Pages those evictions moved back to system memory.
+    evicted_pages,
+    /// Pages poisoned: their data was lost in a device failure or a failed
+    /// back-migration.
+    poisoned_pages,
+    /// Devices lost without warning.
+    devices_lost,
+    /// Graceful device resets.
+    device_resets,
 }
 
 impl Counters {
