@@ -128,6 +128,7 @@ pub(crate) fn access(
     'outer: while pos < len {
         let b = r.page_of(addr.0 + pos) / BLOCK_PAGES;
         let guard = r.blocks[b].access.read();
+        crate::evict::touch(&r, b, d);
         while pos < len {
             let at = addr.0 + pos;
             let k = r.page_of(at);

@@ -657,6 +657,7 @@ pub(crate) fn map_locked(
     let blk = &r.blocks[lo / BLOCK_PAGES];
     blk.mapped.fetch_or(1 << d.0, Ordering::AcqRel);
     blk.mapped_at.store(sh.notifier.now_ns(), Ordering::Relaxed);
+    crate::evict::touch(r, lo / BLOCK_PAGES, d);
     all
 }
 

@@ -225,6 +225,7 @@ impl<'a> Lane<'a> {
             let mut missed = false;
             {
                 let _guard = blk.access.read();
+                crate::evict::touch(r, b, self.d);
                 let seq = blk.seq.load(Ordering::Acquire);
                 let table = &r.ptes[self.d.0 as usize];
                 while pos < len {

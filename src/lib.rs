@@ -42,6 +42,7 @@ mod cpu;
 pub mod device;
 pub mod error;
 pub mod events;
+mod evict;
 mod fault;
 pub mod kernel;
 pub mod migrate;

@@ -245,7 +245,12 @@ pub(crate) fn isolate_to_device<'a>(
         return None;
     }
     let mut runs_out = Vec::new();
-    let got = dev.alloc(cands.len(), &mut runs_out);
+    let mut got = dev.alloc(cands.len(), &mut runs_out);
+    // Under pressure, evict other blocks (never this one: its lock is ours)
+    // and allocate again.
+    while got < cands.len() && crate::evict::make_room(sh, d, (cands.len() - got) as u64) {
+        got += dev.alloc(cands.len() - got, &mut runs_out);
+    }
     if got < cands.len() {
         rep.skipped_no_device_memory += (cands.len() - got) as u64;
         cands.truncate(got);
@@ -384,6 +389,7 @@ pub(crate) fn finish_to_device(
             r.blocks[plan.b]
                 .mapped
                 .fetch_or(1 << plan.d.0, Ordering::AcqRel);
+            crate::evict::note_resident(sh, r, plan.b, plan.d);
             let n = plan.pages.len() as u64;
             rep.migrated += n;
             c.add(&c.to_device_pages, n);

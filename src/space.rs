@@ -47,6 +47,11 @@ pub(crate) struct Block {
     /// When a device fault or a restore last mapped this block (ns on the
     /// notifier's clock); faults within 2 ms of it count as duplicates.
     pub mapped_at: AtomicU64,
+    /// Bit `d`: device `d` used a translation here since the eviction clock
+    /// last looked (see [`crate::evict`]).
+    pub accessed: AtomicU8,
+    /// Bit `d`: the block is on device `d`'s eviction ring.
+    pub listed: AtomicU8,
 }
 
 /// A device PTE: one `AtomicU32` per managed page per device.

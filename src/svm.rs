@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub xnack: AtomicBool,
     /// Per device: fault buffer, batch log, running launches.
     pub runtime: Box<[DeviceRuntime]>,
+    /// Per device: the eviction clock over blocks holding its pages.
+    pub residency: Box<[crate::evict::Residency]>,
 }
 
 impl Shared {
@@ -115,6 +117,11 @@ impl Shared {
         regions
             + self.devices.iter().map(|d| d.metadata_bytes()).sum::<u64>()
             + self.attrs.read().metadata_bytes()
+            + self
+                .residency
+                .iter()
+                .map(|r| r.metadata_bytes())
+                .sum::<u64>()
     }
 }
 
@@ -237,6 +244,7 @@ impl SvmBuilder {
             policy: RwLock::new(self.policy),
             xnack: AtomicBool::new(self.xnack),
             runtime: (0..ndev).map(|_| DeviceRuntime::default()).collect(),
+            residency: (0..ndev).map(|_| Default::default()).collect(),
         });
         let shutdown = Arc::new(EventFd::new().map_err(|e| Error::os("eventfd", e))?);
         let mut svm = Svm {
@@ -381,6 +389,9 @@ impl Svm {
             self.shared.device(d)?;
         }
         let (r, first, n) = self.check_range(addr, len)?;
+        if let Location::Device(d) = to {
+            crate::evict::admit(&self.shared, &r, first, n, d)?;
+        }
         let rep = migrate::migrate_range(&self.shared, &r, first, n, to, Trigger::Explicit);
         migrate::count_skips(&self.shared, &rep);
         Ok(rep)
@@ -413,6 +424,13 @@ impl Svm {
     ) -> Result<Option<MigrateReport>> {
         let (r, first, n) = self.check_range(addr, len)?;
         let sh = &self.shared;
+        for a in attrs {
+            if let Attr::PrefetchLocation(Some(Location::Device(d))) = a {
+                if (d.0 as usize) < sh.devices.len() {
+                    crate::evict::admit(sh, &r, first, n, *d)?;
+                }
+            }
+        }
         let base = r.base() / PAGE_SIZE as u64;
         let start = base + first as u64;
         let changed = sh
@@ -606,6 +624,7 @@ impl Svm {
                 }
             }
         }
+        crate::evict::forget_region(sh, r);
         let first = r.base() / PAGE_SIZE as u64;
         sh.attrs.write().remove(first, first + r.npages as u64);
         // Unregister before the mappings go, so munmap sends no UNMAP event.

@@ -411,34 +411,49 @@ fn bad_device_configs() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn device_memory_exhausted() {
+fn migration_larger_than_device_memory_is_refused_before_it_starts() {
     let svm = svm(1 << 20); // 256 pages
     let mut region = svm.alloc(4 * MIB).unwrap(); // 1024 pages
     fill(&mut region);
-    let rep = svm
+    let e = svm
         .migrate(region.addr(), region.len(), Location::Device(DEV0))
-        .expect("best effort, not an error");
-    assert_eq!(rep.requested, 1024);
+        .expect_err("4 MiB cannot fit in 1 MiB");
+    match &e {
+        Error::DeviceMemory {
+            dev,
+            requested,
+            capacity,
+            ..
+        } => {
+            assert_eq!(*dev, DEV0);
+            assert_eq!(*requested, 4 * MIB as u64);
+            assert_eq!(*capacity, MIB as u64);
+        }
+        other => panic!("{other:?}"),
+    }
+    mentions(&e, "4194304");
+    // Nothing moved; the same refusal through a prefetch attribute.
+    assert_eq!(svm.stats().to_device_pages, 0);
+    let e = svm
+        .prefetch(region.addr(), region.len(), Location::Device(DEV0))
+        .expect_err("prefetch too");
+    assert!(matches!(e, Error::DeviceMemory { .. }), "{e:?}");
+    assert_eq!(svm.stats().to_device_pages, 0);
+
+    // What fits still migrates, and the device reads everything (resident
+    // or remote).
+    let rep = svm
+        .migrate(region.addr(), MIB as u64, Location::Device(DEV0))
+        .unwrap();
     assert_eq!(rep.migrated, 256);
-    assert_eq!(rep.skipped_no_device_memory, 768);
-    assert_eq!(rep.skipped(), 768);
-    assert_eq!(svm.stats().skipped_no_device_memory, 768);
     let info = svm.device(DEV0).unwrap().info();
     assert_eq!(info.free_bytes, 0);
-
-    let on_device = (0..region.npages() as u64)
-        .filter(|&k| svm.location(region.at(k * PG)) == Some(Location::Device(DEV0)))
-        .count();
-    assert_eq!(on_device, 256);
-
-    // The device reads everything (resident or remote).
     let mut buf = vec![0u8; 4 * MIB];
     svm.device(DEV0)
         .unwrap()
         .read(region.addr(), &mut buf)
         .unwrap();
     assert_eq!(buf, region_expected(4 * MIB));
-    // Every byte is still correct from the CPU.
     check(&region);
     drop(region);
     let info = svm.device(DEV0).unwrap().info();
@@ -452,7 +467,7 @@ fn region_expected(len: usize) -> Vec<u8> {
 }
 
 #[test]
-fn device_full_then_second_region_skips_all() {
+fn device_full_then_second_region_evicts_the_first() {
     let svm = svm(1 << 20);
     let mut a = svm.alloc(MIB).unwrap();
     fill(&mut a);
@@ -467,8 +482,15 @@ fn device_full_then_second_region_skips_all() {
     let rep = svm
         .migrate(b.addr(), b.len(), Location::Device(DEV0))
         .unwrap();
-    assert_eq!(rep.migrated, 0);
-    assert_eq!(rep.skipped_no_device_memory, 256);
+    assert_eq!(rep.migrated, 256, "{rep:?}");
+    assert_eq!(rep.skipped_no_device_memory, 0);
+    let st = svm.stats();
+    assert_eq!(st.evictions, 1, "{st:?}");
+    assert_eq!(st.evicted_pages, 256);
+    for k in 0..256u64 {
+        assert_eq!(svm.location(a.at(k * PG)), Some(Location::System));
+        assert_eq!(svm.location(b.at(k * PG)), Some(Location::Device(DEV0)));
+    }
     check(&a);
     check(&b);
 }
