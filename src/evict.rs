@@ -11,8 +11,8 @@
 //! - Per block, `Block::listed` (bit `d`: the block is on device `d`'s ring)
 //!   and `Block::accessed` (bit `d`: device `d` used a translation in this
 //!   block since the hand last passed; set by kernel lanes, device reads and
-//!   writes, fault service and migrations in, the way an MMU sets a page
-//!   table's accessed bit).
+//!   writes and the fault service, the way an MMU sets a page table's
+//!   accessed bit).
 //!
 //! ## Who does what
 //! - A migration that commits pages to device `d` puts the block on `d`'s
@@ -87,7 +87,9 @@ pub(crate) fn touch(r: &RegionInner, b: usize, d: DeviceId) {
 pub(crate) fn note_resident(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId) {
     let bit = 1u8 << d.0;
     let blk = &r.blocks[b];
-    touch(r, b, d);
+    // New entries go to the back of the ring, the furthest from the hand:
+    // that protects them until the device had a chance to use them, without
+    // an accessed bit it did not earn.
     if blk.listed.load(Ordering::Acquire) & bit != 0 {
         return;
     }
