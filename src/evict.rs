@@ -132,9 +132,7 @@ pub(crate) fn evict_one(sh: &Shared, d: DeviceId) -> Option<u64> {
     let res = &sh.residency[d.0 as usize];
     let turn = 2 * res.len() + 1;
     for _ in 0..turn {
-        let Some(e) = res.ring.lock().pop_front() else {
-            return None;
-        };
+        let e = res.ring.lock().pop_front()?;
         let Some(r) = e.region.upgrade() else {
             continue;
         };
@@ -184,9 +182,18 @@ fn step(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId) -> (Step, bool) {
         requested: idxs.len() as u64,
         ..Default::default()
     };
-    if let Some(p) = migrate::isolate_to_system(sh, r, b, &idxs, true, Some(guard), &mut rep) {
+    if let Some(p) = migrate::isolate_to_system(sh, r, b, &idxs, true, None, &mut rep) {
         migrate::finish_to_system(sh, r, p, Trigger::Eviction, &mut rep);
     }
+    // Still under the block lock: a block left with no page on `d` leaves
+    // the ring now, so its next migration in lists it again.
+    let left = idxs
+        .iter()
+        .any(|&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if dev == d));
+    if !left {
+        blk.listed.fetch_and(!bit, Ordering::AcqRel);
+    }
+    drop(guard);
     events.emit_with(|| EventKind::MigrateEnd {
         start: r.addr_of(first),
         pages: idxs.len() as u64,
@@ -200,14 +207,11 @@ fn step(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId) -> (Step, bool) {
     if rep.migrated == 0 {
         return (Step::Skipped, true); // could not move (copy failed): stays listed
     }
+    blk.evicted_from.fetch_or(bit, Ordering::AcqRel);
+    blk.evicted_at.store(r.notifier.now_ns(), Ordering::Relaxed);
     c.add(&c.evictions, 1);
     c.add(&c.evicted_pages, rep.migrated);
-    // Pages that could not move keep the block listed; `listed` clears when
-    // the hand next finds the block empty.
-    (
-        Step::Evicted(rep.migrated),
-        rep.migrated < idxs.len() as u64,
-    )
+    (Step::Evicted(rep.migrated), left)
 }
 
 /// Makes room on device `d` for `need` more pages: evicts blocks until the
@@ -257,4 +261,15 @@ pub(crate) fn admit(
         capacity: capacity * page,
         evictable: (capacity - dev.free_pages()) * page,
     })
+}
+
+/// Whether device `d` evicted block `b` recently enough that faulting it in
+/// again counts as thrashing (policy rule 9).
+pub(crate) fn thrashing(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId) -> bool {
+    let blk = &r.blocks[b];
+    blk.evicted_from.load(Ordering::Acquire) & (1 << d.0) != 0
+        && r.notifier
+            .now_ns()
+            .saturating_sub(blk.evicted_at.load(Ordering::Relaxed))
+            < sh.thrash_window_ns
 }

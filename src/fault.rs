@@ -521,6 +521,7 @@ fn service_block(
             .now_ns()
             .saturating_sub(blk.mapped_at.load(Ordering::Relaxed))
             < RECENT_NS;
+        let thrashing = crate::evict::thrashing(sh, r, b, d);
         let mut plan: Vec<(usize, usize, Decision, bool, AttrFlags)> = Vec::new();
         for m in faults.iter_mut().filter(|m| m.outcome.is_none()) {
             let word = table[m.idx].load(Ordering::Acquire);
@@ -546,6 +547,7 @@ fn service_block(
                 xnack,
                 region_writable: r.is_writable(),
                 reachable,
+                thrashing,
             };
             let decision = policy.decide(&input);
             if let Decision::Fail(why) = decision {
@@ -676,6 +678,13 @@ fn ahead_step(sh: &Shared, d: DeviceId, a: &mut Ahead) -> bool {
     let wants_device = attrs.access(d, xnack) == AccessMode::Access
         || attrs.preferred == Some(Location::Device(d));
     if !wants_device || attrs.preferred == Some(Location::System) {
+        return false;
+    }
+    // Blocks the device is thrashing on are served in place by the policy;
+    // fetching them ahead would evict what the device still uses.
+    if (a.at / BLOCK_PAGES..=(step_end - 1) / BLOCK_PAGES)
+        .any(|b| crate::evict::thrashing(sh, r, b, d))
+    {
         return false;
     }
     let rep = migrate::migrate_range(

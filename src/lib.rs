@@ -38,6 +38,7 @@ pub mod addr;
 pub mod attr;
 pub mod bench;
 pub mod bench_faults;
+pub mod bench_oversub;
 mod cpu;
 pub mod device;
 pub mod error;

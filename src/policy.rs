@@ -44,6 +44,15 @@
 //!    of a device the faulting device can reach, is mapped in place; data in
 //!    unreachable device memory migrates to system memory.
 //!
+//! 9. **Thrashing.** When rules 5–7 would migrate data from system memory to
+//!    the faulting device, but the device evicted that block less than
+//!    [`THRASH_WINDOW_MS`] ago ([`PolicyInput::thrashing`]), the data is
+//!    mapped in place instead: a working set larger than device memory keeps
+//!    a stable resident part on the device and reaches the rest remotely,
+//!    rather than evicting and refetching every block on every pass. This
+//!    is svmem's rule, after NVIDIA UVM's thrashing mitigation (which pins
+//!    thrashing pages where they are and maps them remotely); KFD has none.
+//!
 //! KFD runs this path only with XNACK (retry faults) on; svmem consults the
 //! policy on every device fault and uses `xnack` only to resolve default
 //! access modes.
@@ -87,7 +96,15 @@ pub struct PolicyInput<'a> {
     /// Bitmask of the devices whose memory `dev` can access directly; its own
     /// bit is always set.
     pub reachable: u8,
+    /// The block holding `addr` was evicted from `dev`'s memory less than
+    /// [`THRASH_WINDOW_MS`] ago: migrating it back would likely evict
+    /// another block the device is still using.
+    pub thrashing: bool,
 }
+
+/// How recent an eviction makes a fault on the evicted block count as
+/// thrashing (rule 9).
+pub const THRASH_WINDOW_MS: u64 = 1000;
 
 impl PolicyInput<'_> {
     /// Whether `dev` can access device `d`'s memory directly.
@@ -165,6 +182,21 @@ impl PlacementPolicy for KfdPolicy {
     }
 
     fn decide(&self, i: &PolicyInput<'_>) -> Decision {
+        match self.decide_placement(i) {
+            // 9. Thrashing.
+            Decision::MigrateToDevice(d)
+                if d == i.dev && i.thrashing && i.resident == Location::System =>
+            {
+                Decision::MapInPlace
+            }
+            other => other,
+        }
+    }
+}
+
+impl KfdPolicy {
+    /// Rules 1-8.
+    fn decide_placement(&self, i: &PolicyInput<'_>) -> Decision {
         // 1. Read-only.
         let read_only = !i.region_writable || i.attrs.flags.contains(AttrFlags::DEVICE_READ_ONLY);
         if i.kind >= AccessKind::Write && read_only {
@@ -239,6 +271,7 @@ mod tests {
             xnack,
             region_writable,
             reachable: 0b011,
+            thrashing: false,
         })
     }
 
@@ -416,8 +449,25 @@ mod tests {
             xnack: true,
             region_writable: true,
             reachable: 0b010,
+            thrashing: false,
         };
         assert_eq!(p.decide(&input), MigrateToDevice(DEV1));
+        // Rule 9: the same fault on a block the device just evicted.
+        let thrashing = PolicyInput {
+            thrashing: true,
+            ..input
+        };
+        assert_eq!(p.decide(&thrashing), MapInPlace);
+        let on_other = PolicyInput {
+            resident: Location::Device(DEV0),
+            reachable: 0b011,
+            ..thrashing
+        };
+        assert_eq!(
+            p.decide(&on_other),
+            MigrateToDevice(DEV1),
+            "rule 9 only keeps data in system memory"
+        );
         let shared: std::sync::Arc<dyn PlacementPolicy> = std::sync::Arc::new(KfdPolicy);
         assert!(format!("{shared:?}").contains("KfdPolicy"));
     }

@@ -52,6 +52,10 @@ pub(crate) struct Block {
     pub accessed: AtomicU8,
     /// Bit `d`: the block is on device `d`'s eviction ring.
     pub listed: AtomicU8,
+    /// Bit `d`: device `d` evicted pages of this block, last at `evicted_at`
+    /// (ns on the notifier's clock); faults soon after count as thrashing.
+    pub evicted_from: AtomicU8,
+    pub evicted_at: AtomicU64,
 }
 
 /// A device PTE: one `AtomicU32` per managed page per device.

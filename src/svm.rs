@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub runtime: Box<[DeviceRuntime]>,
     /// Per device: the eviction clock over blocks holding its pages.
     pub residency: Box<[crate::evict::Residency]>,
+    /// Evictions younger than this make faults count as thrashing (ns; 0: never).
+    pub thrash_window_ns: u64,
 }
 
 impl Shared {
@@ -132,6 +134,7 @@ pub struct SvmBuilder {
     pipeline_depth: usize,
     xnack: bool,
     policy: Arc<dyn PlacementPolicy>,
+    thrash_window: std::time::Duration,
 }
 
 impl std::fmt::Debug for SvmBuilder {
@@ -157,6 +160,7 @@ impl Default for SvmBuilder {
             pipeline_depth: 2,
             xnack: true,
             policy: Arc::new(KfdPolicy),
+            thrash_window: std::time::Duration::from_millis(crate::policy::THRASH_WINDOW_MS),
         }
     }
 }
@@ -190,6 +194,15 @@ impl SvmBuilder {
     /// access are mapped ahead.
     pub fn xnack(mut self, on: bool) -> Self {
         self.xnack = on;
+        self
+    }
+
+    /// How recent an eviction from a device makes a fault on the evicted
+    /// block count as thrashing (placement rule 9: served in place instead
+    /// of evicting another block). Default [`crate::policy::THRASH_WINDOW_MS`];
+    /// zero turns the mitigation off.
+    pub fn thrash_window(mut self, window: std::time::Duration) -> Self {
+        self.thrash_window = window;
         self
     }
 
@@ -245,6 +258,7 @@ impl SvmBuilder {
             xnack: AtomicBool::new(self.xnack),
             runtime: (0..ndev).map(|_| DeviceRuntime::default()).collect(),
             residency: (0..ndev).map(|_| Default::default()).collect(),
+            thrash_window_ns: self.thrash_window.as_nanos().min(u64::MAX as u128) as u64,
         });
         let shutdown = Arc::new(EventFd::new().map_err(|e| Error::os("eventfd", e))?);
         let mut svm = Svm {

@@ -159,6 +159,42 @@ fn bench_faults_json_has_the_required_fields() {
 }
 
 #[test]
+fn bench_oversub_json_reports_every_working_set() {
+    let stdout = ok(&[
+        "bench",
+        "oversub",
+        "--device-memory",
+        "16M",
+        "--passes",
+        "1",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    let b: Value = serde_json::from_str(&stdout).expect("one JSON object");
+    let points = b["points"].as_array().expect("points");
+    // 0.5x once; 1.25x, 1.5x and 2x with and without the mitigation.
+    assert_eq!(points.len(), 7, "{b}");
+    for p in points {
+        assert!(num(p, "wall_ms") > 0.0, "{p}");
+        assert!(num(p, "slowdown_vs_fit") > 0.0, "{p}");
+        assert!(p["evictions"].is_u64(), "{p}");
+        assert!(p["bytes_to_device"].is_u64(), "{p}");
+    }
+    let fit = &points[0];
+    assert_eq!(num(fit, "ratio"), 0.5);
+    assert_eq!(num(fit, "slowdown_vs_fit"), 1.0);
+    // Without the mitigation, a 2x set evicts on every pass.
+    let unmitigated = points
+        .iter()
+        .find(|p| num(p, "ratio") == 2.0 && p["thrash_mitigation"] == false)
+        .expect("2x without mitigation");
+    assert!(num(unmitigated, "evictions") > 0.0, "{unmitigated}");
+    assert!(num(&b, "slowdown_2x") > 0.0);
+    assert!(b["within_target"].is_boolean());
+}
+
+#[test]
 fn bad_input_is_refused_naming_the_value() {
     for (args, value) in [
         (&["run", "stream", "--granularity", "12"][..], "12"),
@@ -166,6 +202,7 @@ fn bad_input_is_refused_naming_the_value() {
         (&["run", "frobnicate"][..], "frobnicate"),
         (&["run", "stream", "--size", "4Q"][..], "4Q"),
         (&["run", "pingpong", "--rounds", "0"][..], "0"),
+        (&["bench", "oversub", "--passes", "0"][..], "0"),
     ] {
         let out = svmem(args);
         let err = text(&out.stderr);

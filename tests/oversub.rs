@@ -3,6 +3,8 @@
 //! by use; eviction races CPU faults and device faults on the same blocks
 //! without losing a write.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use svmem::workloads::{self, RunConfig, Workload};
@@ -202,4 +204,55 @@ fn eviction_races_cpu_and_device_faults_without_losing_writes() {
     let st = svm.stats();
     assert!(st.evictions > 0, "{st:?}");
     assert!(migrations.load(Ordering::Relaxed) > 0);
+}
+
+/// Rule 9: with a working set twice the device's memory streamed over and
+/// over, blocks refaulted soon after their eviction are served in place, so
+/// the passes after the first settle with no evictions at all; without the
+/// mitigation every pass evicts and refetches.
+#[test]
+fn thrashing_blocks_are_served_in_place_once_detected() {
+    for (window, settles) in [
+        (std::time::Duration::from_secs(60), true),
+        (std::time::Duration::ZERO, false),
+    ] {
+        let svm = Svm::builder()
+            .emulated(EmulatedConfig::with_memory(DEV_MIB << 20))
+            .unwrap()
+            .thrash_window(window)
+            .build()
+            .unwrap();
+        let len = 2 * (DEV_MIB << 20);
+        let mut r = svm.alloc(len as usize).unwrap();
+        for (i, w) in r.as_mut_slice::<u64>().iter_mut().enumerate() {
+            *w = i as u64;
+        }
+        let dev = svm.device(D0).unwrap();
+        let pass = || {
+            let sum = AtomicU64::new(0);
+            dev.launch(len / 4096, |lane, p| {
+                let v = lane.load::<u64>(r.at(p * 4096))?;
+                sum.fetch_add(v, Ordering::Relaxed);
+                Ok(())
+            })
+            .unwrap()
+            .check()
+            .unwrap();
+            let want: u64 = (0..len / 4096).map(|p| p * 512).sum();
+            assert_eq!(sum.into_inner(), want);
+            svm.stats().evictions
+        };
+        let first = pass();
+        let second = pass();
+        let third = pass();
+        assert!(first > 0, "the first pass overflows the device");
+        if settles {
+            assert_eq!(
+                third, second,
+                "a settled pass evicts nothing (window {window:?})"
+            );
+        } else {
+            assert!(third > second, "without mitigation every pass evicts");
+        }
+    }
 }

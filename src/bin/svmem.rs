@@ -9,6 +9,7 @@ use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand, ValueEnum};
 use svmem::bench::{self, BenchError, Machine, MigrateBench};
 use svmem::bench_faults::{self, FaultsBench};
+use svmem::bench_oversub::{self, OversubBench};
 use svmem::workloads::{self, RunConfig, RunError, RunReport, Workload};
 use svmem::{DeviceId, EmulatedConfig, Location, MemoryType, Stats, Svm};
 
@@ -150,6 +151,29 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A device kernel streaming over working sets larger than device memory
+    ///
+    /// Per run, on a fresh Svm each (XNACK on, preferred location device 0):
+    /// working sets of 0.5x, 1.25x, 1.5x and 2x device memory, one untimed
+    /// warm-up pass, then --passes timed passes reading every byte. Reports
+    /// wall time, slowdown_vs_fit (time per byte over the 0.5x case; target
+    /// at 2x: <= 3), evictions and bytes moved each way.
+    Oversub {
+        /// Device memory (suffixes K, M, G: KiB, MiB, GiB).
+        #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_size)]
+        device_memory: u64,
+        /// Timed passes over each working set.
+        #[arg(long, value_name = "N", default_value_t = 3,
+              value_parser = clap::value_parser!(u32).range(1..=1_000))]
+        passes: u32,
+        /// Measured runs (the median is reported).
+        #[arg(long, value_name = "N", default_value_t = 3,
+              value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        runs: u32,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `on` or `off`.
@@ -260,6 +284,17 @@ fn main() -> ExitCode {
         } => bench_faults::bench_faults(size, runs as usize)
             .map_err(CliError::from)
             .and_then(|b| show(&b, json, print_faults_bench)),
+        Command::Bench {
+            which:
+                BenchCommand::Oversub {
+                    device_memory,
+                    passes,
+                    runs,
+                    json,
+                },
+        } => bench_oversub::bench_oversub(device_memory, passes, runs as usize)
+            .map_err(CliError::from)
+            .and_then(|b| show(&b, json, print_oversub_bench)),
     };
     match result {
         Ok(code) => code,
@@ -388,6 +423,57 @@ fn print_counters(s: &Stats) {
             println!("  {:<26} {v}", k.trim_matches('"'));
         }
     }
+}
+
+fn print_oversub_bench(b: &OversubBench) {
+    println!(
+        "svmem bench oversub: emulated device {}, {} lane(s), {} timed pass(es) per working set, {} run(s)",
+        human_bytes(b.device_memory_bytes),
+        b.lanes,
+        b.passes,
+        b.runs
+    );
+    println!(
+        "  {:>6} {:>10} {:>11} {:>10} {:>8} {:>22} {:>10} {:>12} {:>12}",
+        "set",
+        "mitigation",
+        "bytes",
+        "wall ms",
+        "GB/s",
+        "slowdown (min..max)",
+        "evictions",
+        "to device",
+        "to system"
+    );
+    for p in &b.points {
+        println!(
+            "  {:>5.2}x {:>10} {:>11} {:>10.1} {:>8.2} {:>8.2} ({:.2}..{:.2}) {:>10} {:>12} {:>12}",
+            p.ratio,
+            if p.ratio <= 1.0 {
+                "-"
+            } else if p.thrash_mitigation {
+                "on"
+            } else {
+                "off"
+            },
+            human_bytes(p.working_set_bytes),
+            p.wall_ms,
+            p.gbps,
+            p.slowdown_vs_fit,
+            p.slowdown_spread.min,
+            p.slowdown_spread.max,
+            p.evictions,
+            human_bytes(p.bytes_to_device),
+            human_bytes(p.bytes_to_system)
+        );
+    }
+    println!(
+        "  slowdown at 2x: {:.2} (target <= {:.1}): {}; without the thrashing mitigation: {:.2}",
+        b.slowdown_2x,
+        b.target_slowdown_2x,
+        if b.within_target { "met" } else { "NOT met" },
+        b.slowdown_2x_without_mitigation
+    );
 }
 
 fn print_faults_bench(b: &FaultsBench) {

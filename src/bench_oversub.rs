@@ -1,0 +1,266 @@
+//! `svmem bench oversub`: a device kernel streaming repeatedly over a working
+//! set of 0.5×, 1.25×, 1.5× and 2× device memory (XNACK on, preferred
+//! location the device), so every pass of an oversubscribed set migrates in
+//! through device faults and evicts under pressure.
+//!
+//! Per working set, on a fresh `Svm`: the CPU writes a pattern; one untimed
+//! pass brings the set to its steady state (for 0.5×: all of it on the
+//! device); then `passes` timed passes read every byte in
+//! [`ITEM_BYTES`] work items, each pass's sum checked against the pattern.
+//! `slowdown_vs_fit` is the time per byte over the 0.5× case's time per byte,
+//! measured in the same process (ratio per run, then the median).
+//!
+//! Each oversubscribed set runs twice: with the thrashing mitigation
+//! (placement rule 9, the default: blocks refaulted soon after their
+//! eviction are served in place) and without it (every pass evicts and
+//! refetches, CLOCK only). The emulated device reaches system memory as fast
+//! as its own, so the mitigated figure shows the cost of the policy's
+//! bookkeeping, not of remote access over a real bus; the unmitigated one is
+//! the cost of eviction itself.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::addr::{DeviceId, Location, PAGE_SIZE};
+use crate::attr::Attr;
+use crate::bench::{fill_pattern, gbps, BenchError, Machine, Spread};
+use crate::device::EmulatedConfig;
+use crate::svm::Svm;
+use crate::workloads::with_scratch;
+
+/// Working sets, as multiples of device memory.
+pub const RATIOS: [f64; 4] = [0.5, 1.25, 1.5, 2.0];
+/// Bytes one work item reads in bulk.
+pub const ITEM_BYTES: u64 = 2 << 20;
+/// Default device memory.
+pub const DEFAULT_DEVICE_MEMORY: u64 = 256 << 20;
+/// Target for `slowdown_vs_fit` at 2×.
+pub const TARGET_SLOWDOWN_2X: f64 = 3.0;
+
+const DEV: DeviceId = DeviceId(0);
+const SEED: u64 = 0x5356_4d45_4d00_0a51;
+
+/// One working set in one run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct OversubRun {
+    pub ratio: f64,
+    pub thrash_mitigation: bool,
+    pub working_set_bytes: u64,
+    /// Timed passes, in all.
+    pub wall_ms: f64,
+    pub gbps: f64,
+    pub ns_per_byte: f64,
+    pub slowdown_vs_fit: f64,
+    /// Over the timed passes.
+    pub evictions: u64,
+    pub bytes_to_device: u64,
+    pub bytes_to_system: u64,
+    pub device_faults: u64,
+}
+
+/// One working set over all runs (medians; counts from the median run's
+/// neighbours are not mixed: they are the first run's).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct OversubPoint {
+    pub ratio: f64,
+    pub thrash_mitigation: bool,
+    pub working_set_bytes: u64,
+    pub wall_ms: f64,
+    pub gbps: f64,
+    pub slowdown_vs_fit: f64,
+    pub slowdown_spread: Spread,
+    pub evictions: u64,
+    pub bytes_to_device: u64,
+    pub bytes_to_system: u64,
+    pub device_faults: u64,
+}
+
+/// The result of [`bench_oversub`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OversubBench {
+    pub device_memory_bytes: u64,
+    pub passes: u32,
+    pub runs: usize,
+    pub lanes: usize,
+    pub item_bytes: u64,
+    pub points: Vec<OversubPoint>,
+    /// `slowdown_vs_fit` at 2× with the default configuration (target ≤ 3).
+    pub slowdown_2x: f64,
+    /// The same without the thrashing mitigation.
+    pub slowdown_2x_without_mitigation: f64,
+    pub target_slowdown_2x: f64,
+    pub within_target: bool,
+    pub samples: Vec<OversubRun>,
+    pub machine: Machine,
+}
+
+/// Measures; see the module docs.
+pub fn bench_oversub(
+    device_memory: u64,
+    passes: u32,
+    runs: usize,
+) -> Result<OversubBench, BenchError> {
+    if device_memory < 4 * ITEM_BYTES {
+        return Err(BenchError::Params(format!(
+            "device memory of {device_memory} bytes: use at least {} (four work items)",
+            4 * ITEM_BYTES
+        )));
+    }
+    if passes == 0 || runs == 0 {
+        return Err(BenchError::Params(format!(
+            "passes {passes} and runs {runs} must both be at least 1"
+        )));
+    }
+    let device_memory = device_memory.next_multiple_of(PAGE_SIZE as u64);
+    let lanes = EmulatedConfig::default().compute_units;
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let mut fit_ns = None;
+        for ratio in RATIOS {
+            for mitigation in [true, false] {
+                if ratio <= 1.0 && !mitigation {
+                    continue; // nothing is evicted: one measurement serves both
+                }
+                let mut s = one(device_memory, ratio, passes, mitigation)?;
+                let fit = *fit_ns.get_or_insert(s.ns_per_byte);
+                s.slowdown_vs_fit = s.ns_per_byte / fit;
+                samples.push(s);
+            }
+        }
+    }
+    let mut points: Vec<OversubPoint> = Vec::new();
+    for ratio in RATIOS {
+        for mitigation in [true, false] {
+            let of: Vec<&OversubRun> = samples
+                .iter()
+                .filter(|s| s.ratio == ratio && s.thrash_mitigation == mitigation)
+                .collect();
+            let Some(first) = of.first() else { continue };
+            let col = |f: fn(&OversubRun) -> f64| {
+                Spread::of(&of.iter().map(|s| f(s)).collect::<Vec<_>>())
+            };
+            let slow = col(|s| s.slowdown_vs_fit);
+            points.push(OversubPoint {
+                ratio,
+                thrash_mitigation: mitigation,
+                working_set_bytes: first.working_set_bytes,
+                wall_ms: col(|s| s.wall_ms).median,
+                gbps: col(|s| s.gbps).median,
+                slowdown_vs_fit: slow.median,
+                slowdown_spread: slow,
+                evictions: first.evictions,
+                bytes_to_device: first.bytes_to_device,
+                bytes_to_system: first.bytes_to_system,
+                device_faults: first.device_faults,
+            });
+        }
+    }
+    let at_2x = |mitigation: bool| {
+        points
+            .iter()
+            .find(|p| p.ratio == 2.0 && p.thrash_mitigation == mitigation)
+            .map_or(f64::NAN, |p| p.slowdown_vs_fit)
+    };
+    let slowdown_2x = at_2x(true);
+    let slowdown_2x_without_mitigation = at_2x(false);
+    Ok(OversubBench {
+        device_memory_bytes: device_memory,
+        passes,
+        runs,
+        lanes,
+        item_bytes: ITEM_BYTES,
+        points,
+        slowdown_2x,
+        slowdown_2x_without_mitigation,
+        target_slowdown_2x: TARGET_SLOWDOWN_2X,
+        within_target: slowdown_2x <= TARGET_SLOWDOWN_2X,
+        samples,
+        machine: Machine::detect(),
+    })
+}
+
+/// One working set on a fresh `Svm`.
+fn one(
+    device_memory: u64,
+    ratio: f64,
+    passes: u32,
+    mitigation: bool,
+) -> Result<OversubRun, BenchError> {
+    let window = if mitigation {
+        Duration::from_millis(crate::policy::THRASH_WINDOW_MS)
+    } else {
+        Duration::ZERO
+    };
+    let svm = Svm::builder()
+        .emulated(EmulatedConfig {
+            name: "oversub".into(),
+            memory_bytes: device_memory,
+            ..EmulatedConfig::default()
+        })?
+        .xnack(true)
+        .thrash_window(window)
+        .build()?;
+    let len = ((device_memory as f64 * ratio) as u64).next_multiple_of(ITEM_BYTES);
+    let mut region = svm.alloc(len as usize)?;
+    let expected = fill_pattern(region.as_mut_slice::<u64>(), SEED, 0);
+    svm.set_attributes(
+        region.addr(),
+        len,
+        &[Attr::PreferredLocation(Some(Location::Device(DEV)))],
+    )?;
+    let base = region.addr();
+    let words = len / 8;
+    let per_item = ITEM_BYTES / 8;
+    let dev = svm.device(DEV)?;
+    let pass = |which: &str| -> Result<(), BenchError> {
+        let total = AtomicU64::new(0);
+        dev.launch(words / per_item, |lane, item| {
+            with_scratch(per_item as usize, |buf| {
+                lane.read_slice(base.offset(item * ITEM_BYTES), buf)?;
+                let sum = black_box(&*buf)
+                    .iter()
+                    .fold(0u64, |a, &w| a.wrapping_add(w));
+                total.fetch_add(sum, Ordering::Relaxed);
+                Ok(())
+            })
+        })?
+        .check()?;
+        let sum = total.into_inner();
+        if sum != expected {
+            return Err(BenchError::Verify {
+                when: format!(
+                    "{ratio}x working set, {which}: checksum {sum:#x}, expected {expected:#x}"
+                ),
+                words,
+                mismatches: 0,
+                first_offset: 0,
+                expected,
+                found: sum,
+            });
+        }
+        Ok(())
+    };
+    pass("warm-up pass")?;
+    let before = svm.stats();
+    let t = Instant::now();
+    for p in 0..passes {
+        pass(&format!("pass {p}"))?;
+    }
+    let el = t.elapsed();
+    let after = svm.stats();
+    let bytes = len * passes as u64;
+    Ok(OversubRun {
+        ratio,
+        thrash_mitigation: mitigation,
+        working_set_bytes: len,
+        wall_ms: el.as_secs_f64() * 1e3,
+        gbps: gbps(bytes, el),
+        ns_per_byte: el.as_secs_f64() * 1e9 / bytes as f64,
+        slowdown_vs_fit: 0.0,
+        evictions: after.evictions - before.evictions,
+        bytes_to_device: after.to_device_bytes - before.to_device_bytes,
+        bytes_to_system: after.to_system_bytes - before.to_system_bytes,
+        device_faults: after.device_faults - before.device_faults,
+    })
+}
