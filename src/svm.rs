@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub xnack: AtomicBool,
     /// Per device: fault buffer, batch log, running launches.
     pub runtime: Box<[DeviceRuntime]>,
+    /// Which device losses have been handled (`crate::failure`).
+    pub failure: crate::failure::FailureState,
 }
 
 impl Shared {
@@ -237,6 +239,7 @@ impl SvmBuilder {
             policy: RwLock::new(self.policy),
             xnack: AtomicBool::new(self.xnack),
             runtime: (0..ndev).map(|_| DeviceRuntime::default()).collect(),
+            failure: Default::default(),
         });
         let shutdown = Arc::new(EventFd::new().map_err(|e| Error::os("eventfd", e))?);
         let mut svm = Svm {
@@ -378,12 +381,27 @@ impl Svm {
     /// per page; the report says what moved and why the rest did not.
     pub fn migrate(&self, addr: VirtAddr, len: u64, to: Location) -> Result<MigrateReport> {
         if let Location::Device(d) = to {
-            self.shared.device(d)?;
+            self.shared.check_device_alive(d)?;
         }
         let (r, first, n) = self.check_range(addr, len)?;
         let rep = migrate::migrate_range(&self.shared, &r, first, n, to, Trigger::Explicit);
         migrate::count_skips(&self.shared, &rep);
+        if self.shared.check_lost() {
+            if let Location::Device(d) = to {
+                self.shared.check_device_alive(d)?;
+            }
+        }
         Ok(rep)
+    }
+
+    /// Resets device `d` gracefully: every page on it is evicted to system
+    /// memory first (failed pages retried, nothing lost; a lost device's
+    /// pages were poisoned when the loss was found), then fault injection
+    /// and the lost state are cleared and the device's memory is checked
+    /// empty. Refused while kernels run on it (`Error::Busy`), or if pages
+    /// stay on it after the retries (`Error::Device`, data kept).
+    pub fn reset_device(&self, d: DeviceId) -> Result<crate::failure::ResetReport> {
+        crate::failure::reset_device(&self.shared, d)
     }
 
     /// Sets the fault granularity (log2 pages, 0..=9) of every 2 MiB block the
@@ -796,12 +814,49 @@ impl DeviceHandle<'_> {
 
     /// Reads `buf.len()` bytes at `addr` through the device's page table.
     pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<AccessReport> {
-        access::access(&self.svm.shared, self.id, addr, Op::Read(buf))
+        let sh = &self.svm.shared;
+        sh.check_device_alive(self.id)?;
+        let res = access::access(sh, self.id, addr, Op::Read(buf));
+        crate::failure::after_access(sh, self.id, res)
     }
 
     /// Writes `buf` at `addr` through the device's page table.
     pub fn write(&self, addr: VirtAddr, buf: &[u8]) -> Result<AccessReport> {
-        access::access(&self.svm.shared, self.id, addr, Op::Write(buf))
+        let sh = &self.svm.shared;
+        sh.check_device_alive(self.id)?;
+        let res = access::access(sh, self.id, addr, Op::Write(buf));
+        crate::failure::after_access(sh, self.id, res)
+    }
+
+    /// Applies fault-injection settings to this device (validated as a
+    /// whole first: refused settings change nothing). Devices without fault
+    /// injection refuse.
+    pub fn inject(&self, inj: crate::device::Injection) -> Result<()> {
+        self.svm.shared.devices[self.id.0 as usize].inject(inj)
+    }
+
+    /// The fault-injection settings in force (`None`: not supported).
+    pub fn injection(&self) -> Option<crate::device::Injection> {
+        self.svm.shared.devices[self.id.0 as usize].injection()
+    }
+
+    /// Clears injected copy and allocation failures.
+    pub fn clear_injection(&self) -> Result<()> {
+        self.svm.shared.devices[self.id.0 as usize].clear_injection()
+    }
+
+    /// Simulates losing the device without warning: from now on every copy,
+    /// load, store, atomic and allocation on it fails. svmem finds out at
+    /// the next operation that touches the device, poisons the pages whose
+    /// data was on it, and refuses further use until
+    /// [`Svm::reset_device`].
+    pub fn lose(&self) -> Result<()> {
+        self.svm.shared.devices[self.id.0 as usize].lose()
+    }
+
+    /// Whether the device is lost (and not reset since).
+    pub fn is_lost(&self) -> bool {
+        self.svm.shared.devices[self.id.0 as usize].is_lost()
     }
 
     /// What the device would see of `npages` pages from `addr`, faulting nothing.
@@ -817,7 +872,11 @@ impl DeviceHandle<'_> {
     where
         F: Fn(&mut Lane<'_>, u64) -> std::result::Result<(), DeviceFault> + Sync,
     {
-        crate::kernel::launch(&self.svm.shared, self.id, grid, kernel)
+        let sh = &self.svm.shared;
+        sh.check_device_alive(self.id)?;
+        let rep = crate::kernel::launch(sh, self.id, grid, kernel);
+        sh.check_lost();
+        rep
     }
 
     /// Fault-service statistics of this device (recent batches).
@@ -845,6 +904,7 @@ impl DeviceHandle<'_> {
                 }
             }
         }
+        sh.check_lost();
         rep
     }
 }
