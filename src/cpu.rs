@@ -114,6 +114,8 @@ pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
         return;
     }
     sh.counters.add(&sh.counters.cpu_fault_windows, 1);
+    // A lost device's pages are poisoned before anything waits on them.
+    sh.check_lost();
     {
         let _guard = r.blocks[lo / BLOCK_PAGES].migrate.lock();
         migrate::pull_for_cpu_fault(sh, r, lo..hi);

@@ -83,11 +83,12 @@ pub(crate) fn poison_isolated(sh: &Shared, r: &RegionInner, pages: &[(usize, Pag
     for (s, n) in migrate::runs(staged.into_iter()) {
         sh.drop_staged(r, s, n);
     }
+    // Counted before the markers wake anyone: a woken thread sees it.
+    let n = pages.len() as u64;
+    sh.counters.add(&sh.counters.poisoned_pages, n);
     for (s, n) in migrate::runs(pages.iter().map(|p| p.0)) {
         poison_cpu_view(sh, r, s, n);
     }
-    let n = pages.len() as u64;
-    sh.counters.add(&sh.counters.poisoned_pages, n);
     n
 }
 
@@ -142,6 +143,8 @@ impl Shared {
         if *handled & bit != 0 {
             return Error::DeviceLost { dev: d };
         }
+        // Counted first: threads woken by the walk below see it.
+        self.counters.add(&self.counters.devices_lost, 1);
         let regions: Vec<_> = self.regions.read().values().cloned().collect();
         let mut poisoned = 0;
         for r in &regions {
@@ -167,7 +170,6 @@ impl Shared {
             }
         }
         self.failure.poisoned_at_loss[d.0 as usize].store(poisoned, Ordering::Relaxed);
-        self.counters.add(&self.counters.devices_lost, 1);
         *handled |= bit;
         Error::DeviceLost { dev: d }
     }

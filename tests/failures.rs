@@ -341,10 +341,14 @@ fn failed_cpu_fault_back_migration_poisons_one_page() {
     assert_eq!(e.raw_os_error(), Some(libc::EFAULT), "{e}");
     assert_eq!(svm.stats().poisoned_pages, 1);
     assert_eq!(svm.location(region.at(k as u64 * PG)), None);
+    // The reader thread emits the event after it woke the toucher.
     let mut eio = false;
-    while let Some(ev) = events.recv_timeout(Duration::from_millis(200)) {
+    while let Some(ev) = events.recv_timeout(Duration::from_secs(5)) {
         if let EventKind::MigrateEnd { error, start, .. } = ev.kind {
-            eio |= error == libc::EIO && start == region.at(k as u64 * PG);
+            if error == libc::EIO && start == region.at(k as u64 * PG) {
+                eio = true;
+                break;
+            }
         }
     }
     assert!(eio, "a migrate-end event with EIO for the poisoned page");
