@@ -650,6 +650,10 @@ pub(crate) fn map_locked(
     write: bool,
     flags: AttrFlags,
 ) -> bool {
+    if sh.devices[d.0 as usize].is_lost() {
+        // A lost device gets no translations (its table was cleared).
+        return false;
+    }
     crate::cpu::populate(sh, r, lo, hi, write);
     let table = &r.ptes[d.0 as usize];
     let w = r.is_writable() && !flags.contains(AttrFlags::DEVICE_READ_ONLY);

@@ -431,6 +431,14 @@ impl Svm {
     ) -> Result<Option<MigrateReport>> {
         let (r, first, n) = self.check_range(addr, len)?;
         let sh = &self.shared;
+        // Prefetching to a lost device is refused before anything changes.
+        for a in attrs {
+            if let Attr::PrefetchLocation(Some(Location::Device(d))) = a {
+                if sh.device(*d).is_ok() {
+                    sh.check_device_alive(*d)?;
+                }
+            }
+        }
         let base = r.base() / PAGE_SIZE as u64;
         let start = base + first as u64;
         let changed = sh

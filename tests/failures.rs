@@ -496,6 +496,10 @@ fn device_loss_poisons_its_pages_and_spares_everything_else() {
         dev0.launch(1, |_, _| Ok(())),
         Err(Error::DeviceLost { .. })
     ));
+    assert!(matches!(
+        svm.prefetch(sys.addr(), sys.len(), Location::Device(DEV0)),
+        Err(Error::DeviceLost { .. })
+    ));
     assert_eq!(svm.stats().devices_lost, 1);
     assert_eq!(svm.stats().poisoned_pages, n);
     // Pages that were on the lost device: gone, and every access errors.
