@@ -53,7 +53,7 @@ impl Injection {
             CopyFailure::EveryNth(0) => Err(Error::Injection {
                 what: "copy failure period N",
                 value: "0".into(),
-                allowed: "N >= 1 (1 fails every job)",
+                allowed: "at least 1; 1 fails every job",
             }),
             CopyFailure::Probability { p, .. } if !(0.0..=1.0).contains(&p) => {
                 Err(Error::Injection {
