@@ -121,7 +121,7 @@ pub(crate) fn access(
     let table = &r.ptes[d.0 as usize];
     let dev_err = |e: DeviceError| Error::Device {
         dev: d,
-        reason: e.0,
+        reason: e.reason,
     };
     let mut pos = 0u64;
     let mut passes = 0u64;
@@ -150,6 +150,9 @@ pub(crate) fn access(
                 }
                 fault_pass(sh, &r, d, k, last + 1, write)?;
                 passes += 1;
+                // A device found lost by the pass: its pages become poisoned
+                // (no lock is held here), so the next pass reports them.
+                sh.check_lost();
                 continue 'outer;
             };
             let off = (at % PAGE_SIZE as u64) as usize;

@@ -97,6 +97,13 @@ pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
             PageState::Unpopulated | PageState::Device { .. } | PageState::Migrating
         )
     });
+    if r.states[idx].load() == PageState::Poisoned {
+        // Its data is lost: make sure the poison marker is there (SIGBUS),
+        // and let the thread take it.
+        crate::failure::poison_cpu_view(sh, r, idx, 1);
+        let _ = sh.uffd.wake(r.addr_of(idx).0, PAGE_SIZE as u64);
+        return;
+    }
     if !needs_work {
         // Resolved meanwhile (fetched ahead, or a racing commit): only wake.
         // A `System` page can also be a hole if the application discarded it
@@ -107,11 +114,15 @@ pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
         return;
     }
     sh.counters.add(&sh.counters.cpu_fault_windows, 1);
+    // A lost device's pages are poisoned before anything waits on them.
+    sh.check_lost();
     {
         let _guard = r.blocks[lo / BLOCK_PAGES].migrate.lock();
-        migrate::pull_to_system(sh, r, lo..hi, None, Trigger::CpuFault);
+        migrate::pull_for_cpu_fault(sh, r, lo..hi);
         populate(sh, r, lo, hi, write);
     }
+    // A device found lost meanwhile: poison what it held (no lock held here).
+    sh.check_lost();
     // The fault may have raced with a commit that already woke everyone.
     let _ = sh.uffd.wake(r.addr_of(idx).0, PAGE_SIZE as u64);
     let sequential = r.cpu_sweep_end.swap(hi, Ordering::Relaxed) == lo;

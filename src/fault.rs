@@ -412,6 +412,16 @@ fn service_batch(sh: &Shared, d: DeviceId, batch: &mut Vec<Fault>) -> Option<Swe
     let c = &sh.counters;
     c.add(&c.device_faults, raw as u64);
     c.add(&c.device_fault_batches, 1);
+    if sh.devices[d.0 as usize].is_lost() {
+        // A lost device's faults are fatal; its pages are poisoned first.
+        sh.check_lost();
+        for f in batch.drain(..) {
+            f.reply.complete(FaultOutcome::Fatal(FaultReason::Device(
+                "the device is lost".into(),
+            )));
+        }
+        return None;
+    }
     batch.sort_unstable_by_key(|f| f.page_addr);
     let mut ahead = None;
     let mut i = 0;
@@ -472,6 +482,9 @@ fn service_batch(sh: &Shared, d: DeviceId, batch: &mut Vec<Fault>) -> Option<Swe
         }
     }
     batch.clear();
+    // Pulls may have found another device lost: its pages are poisoned now,
+    // so refaults on them end (no lock is held here).
+    sh.check_lost();
     let us = t0.elapsed().as_secs_f64() * 1e6;
     let mut log = sh.runtime[d.0 as usize].log.lock();
     if log.samples.len() >= BATCH_LOG {
@@ -639,6 +652,10 @@ pub(crate) fn map_locked(
     write: bool,
     flags: AttrFlags,
 ) -> bool {
+    if sh.devices[d.0 as usize].is_lost() {
+        // A lost device gets no translations (its table was cleared).
+        return false;
+    }
     crate::cpu::populate(sh, r, lo, hi, write);
     let table = &r.ptes[d.0 as usize];
     let w = r.is_writable() && !flags.contains(AttrFlags::DEVICE_READ_ONLY);

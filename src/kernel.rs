@@ -272,7 +272,7 @@ impl<'a> Lane<'a> {
                         Pte::Device { page, .. } => Target::Device { page, off },
                     };
                     if let Err(e) = op(target, pos, n) {
-                        return Err(self.fault(at, kind, FaultReason::Device(e.0)));
+                        return Err(self.fault(at, kind, FaultReason::Device(e.reason)));
                     }
                     pos += n;
                 }
@@ -284,6 +284,10 @@ impl<'a> Lane<'a> {
             retries += 1;
             if retries > MAX_RETRIES {
                 return Err(self.fault(at, kind, FaultReason::NotConverged));
+            }
+            if self.dev.is_lost() {
+                let reason = FaultReason::Device("the device is lost".into());
+                return Err(self.fault(at, kind, reason));
             }
             if xnack {
                 self.faults += 1;
@@ -308,7 +312,7 @@ impl<'a> Lane<'a> {
             Target::System { r, off } => r
                 .managed
                 .read_at(off, &mut buf[pos..pos + n])
-                .map_err(|e| DeviceError(e.to_string())),
+                .map_err(|e| DeviceError::new(e.to_string())),
             Target::Device { page, off } => dev.load(page, off, &mut buf[pos..pos + n]),
         })
     }
@@ -320,7 +324,7 @@ impl<'a> Lane<'a> {
             Target::System { r, off } => r
                 .managed
                 .write_at(off, &buf[pos..pos + n])
-                .map_err(|e| DeviceError(e.to_string())),
+                .map_err(|e| DeviceError::new(e.to_string())),
             Target::Device { page, off } => dev.store(page, off, &buf[pos..pos + n]),
         })
     }
@@ -372,7 +376,7 @@ impl<'a> Lane<'a> {
             old = match t {
                 Target::System { r, off } => op
                     .apply(&r.managed, off)
-                    .map_err(|e| DeviceError(e.to_string()))?,
+                    .map_err(|e| DeviceError::new(e.to_string()))?,
                 Target::Device { page, off } => dev.atomic(page, off, op)?,
             };
             Ok(())

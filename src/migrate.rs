@@ -51,6 +51,9 @@ pub struct MigrateReport {
     pub already_there: u64,
     /// Pages whose copy failed and that were rolled back untouched.
     pub rolled_back: u64,
+    /// Pages whose data was lost: their copy back from a device failed on a
+    /// CPU fault (retried page by page), so they are poisoned now.
+    pub poisoned: u64,
 }
 
 impl MigrateReport {
@@ -118,6 +121,9 @@ pub(crate) struct ToSystemPlan<'a> {
     jobs: Vec<(DeviceId, CopyJob)>,
     fence: Fence,
     bounce: Option<Arc<Mapping>>,
+    /// On a failed copy, retry page by page and poison the pages that still
+    /// fail (the CPU-fault path), instead of rolling every page back.
+    poison_on_failure: bool,
 }
 
 /// The outcome of moving one page out of the CPU view.
@@ -550,6 +556,7 @@ pub(crate) fn isolate_to_system<'a>(
         jobs,
         fence,
         bounce,
+        poison_on_failure: false,
     })
 }
 
@@ -557,7 +564,7 @@ pub(crate) fn isolate_to_system<'a>(
 pub(crate) fn finish_to_system(
     sh: &Shared,
     r: &RegionInner,
-    plan: ToSystemPlan<'_>,
+    mut plan: ToSystemPlan<'_>,
     _trigger: Trigger,
     rep: &mut MigrateReport,
 ) {
@@ -567,6 +574,21 @@ pub(crate) fn finish_to_system(
         result = result.and(sh.devices[d.0 as usize].copy_now(job));
     }
     result = result.and(plan.fence.wait());
+    if result.is_err() && plan.poison_on_failure {
+        // Page by page, each its own job: only the pages that still fail
+        // lose their data; the others migrate below.
+        let mut lost = Vec::new();
+        plan.pages.retain(|p| {
+            let ok = copy_one_back(sh, r, p, plan.bounce.as_ref()).is_ok();
+            if !ok {
+                lost.push((p.idx, p.prev));
+            }
+            ok
+        });
+        let n = crate::failure::poison_isolated(sh, r, &lost);
+        rep.poisoned += n;
+        result = Ok(());
+    }
     if result.is_err() {
         // The data is still on the device: nothing moved in the CPU view.
         for p in &plan.pages {
@@ -621,6 +643,37 @@ pub(crate) fn finish_to_system(
     wake_runs(sh, r, plan.pages.iter().map(|p| p.idx));
 }
 
+/// Copies one isolated device page back into its staged page or bounce slot.
+fn copy_one_back(
+    sh: &Shared,
+    r: &RegionInner,
+    p: &ToSystemPage,
+    bounce: Option<&Arc<Mapping>>,
+) -> Result<(), DeviceError> {
+    let PageState::Device { dev, page, staged } = p.prev else {
+        return Ok(());
+    };
+    let dst = match (staged, p.bounce, bounce) {
+        (true, _, _) => HostRef {
+            map: r.staging.clone(),
+            off: p.idx * PAGE_SIZE,
+        },
+        (false, Some(slot), Some(bm)) => HostRef {
+            map: bm.clone(),
+            off: slot * PAGE_SIZE,
+        },
+        _ => return Err(DeviceError::new("no bounce buffer for the page")),
+    };
+    let job = CopyJob {
+        ops: vec![CopyOp::ToHost {
+            src: page,
+            dst,
+            npages: 1,
+        }],
+    };
+    sh.devices[dev.0 as usize].copy_now(&job)
+}
+
 /// Wakes CPU threads waiting on faults in the given pages, one call per run.
 fn wake_runs(sh: &Shared, r: &RegionInner, idx: impl Iterator<Item = usize>) {
     for (s, n) in runs(idx) {
@@ -638,6 +691,25 @@ pub(crate) fn pull_to_system(
     pages: std::ops::Range<usize>,
     except: Option<DeviceId>,
     trigger: Trigger,
+) {
+    pull(sh, r, pages, except, trigger, false);
+}
+
+/// [`pull_to_system`] for a CPU fault window: a page whose copy back fails
+/// (retried alone) is poisoned instead of left on its device, so the
+/// faulting thread gets SIGBUS rather than faulting forever; every other
+/// page of the window migrates.
+pub(crate) fn pull_for_cpu_fault(sh: &Shared, r: &RegionInner, pages: std::ops::Range<usize>) {
+    pull(sh, r, pages, None, Trigger::CpuFault, true);
+}
+
+fn pull(
+    sh: &Shared,
+    r: &RegionInner,
+    pages: std::ops::Range<usize>,
+    except: Option<DeviceId>,
+    trigger: Trigger,
+    poison_on_failure: bool,
 ) {
     let b = pages.start / BLOCK_PAGES;
     let idxs: Vec<usize> = pages
@@ -657,7 +729,8 @@ pub(crate) fn pull_to_system(
     });
     // A scratch report: this is not the migration any caller asked for.
     let mut rep = MigrateReport::default();
-    if let Some(p) = isolate_to_system(sh, r, b, &idxs, true, None, &mut rep) {
+    if let Some(mut p) = isolate_to_system(sh, r, b, &idxs, true, None, &mut rep) {
+        p.poison_on_failure = poison_on_failure;
         finish_to_system(sh, r, p, trigger, &mut rep);
     }
     events.emit_with(|| EventKind::MigrateEnd {
@@ -681,7 +754,7 @@ fn location_of(r: &RegionInner, k: usize) -> Location {
 
 /// The errno-style code a migration-end event carries: 0 when nothing failed.
 pub(crate) fn error_code(rep: &MigrateReport) -> i32 {
-    if rep.rolled_back > 0 {
+    if rep.rolled_back > 0 || rep.poisoned > 0 {
         libc::EIO
     } else if rep.skipped_no_device_memory > 0 {
         libc::ENOMEM

@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     pub residency: Box<[crate::evict::Residency]>,
     /// Evictions younger than this make faults count as thrashing (ns; 0: never).
     pub thrash_window_ns: u64,
+    /// Which device losses have been handled (`crate::failure`).
+    pub failure: crate::failure::FailureState,
 }
 
 impl Shared {
@@ -259,6 +261,7 @@ impl SvmBuilder {
             runtime: (0..ndev).map(|_| DeviceRuntime::default()).collect(),
             residency: (0..ndev).map(|_| Default::default()).collect(),
             thrash_window_ns: self.thrash_window.as_nanos().min(u64::MAX as u128) as u64,
+            failure: Default::default(),
         });
         let shutdown = Arc::new(EventFd::new().map_err(|e| Error::os("eventfd", e))?);
         let mut svm = Svm {
@@ -400,7 +403,7 @@ impl Svm {
     /// per page; the report says what moved and why the rest did not.
     pub fn migrate(&self, addr: VirtAddr, len: u64, to: Location) -> Result<MigrateReport> {
         if let Location::Device(d) = to {
-            self.shared.device(d)?;
+            self.shared.check_device_alive(d)?;
         }
         let (r, first, n) = self.check_range(addr, len)?;
         if let Location::Device(d) = to {
@@ -408,7 +411,22 @@ impl Svm {
         }
         let rep = migrate::migrate_range(&self.shared, &r, first, n, to, Trigger::Explicit);
         migrate::count_skips(&self.shared, &rep);
+        if self.shared.check_lost() {
+            if let Location::Device(d) = to {
+                self.shared.check_device_alive(d)?;
+            }
+        }
         Ok(rep)
+    }
+
+    /// Resets device `d` gracefully: every page on it is evicted to system
+    /// memory first (failed pages retried, nothing lost; a lost device's
+    /// pages were poisoned when the loss was found), then fault injection
+    /// and the lost state are cleared and the device's memory is checked
+    /// empty. Refused while kernels run on it (`Error::Busy`), or if pages
+    /// stay on it after the retries (`Error::Device`, data kept).
+    pub fn reset_device(&self, d: DeviceId) -> Result<crate::failure::ResetReport> {
+        crate::failure::reset_device(&self.shared, d)
     }
 
     /// Sets the fault granularity (log2 pages, 0..=9) of every 2 MiB block the
@@ -438,9 +456,12 @@ impl Svm {
     ) -> Result<Option<MigrateReport>> {
         let (r, first, n) = self.check_range(addr, len)?;
         let sh = &self.shared;
+        // Prefetching to a lost device, or more than the device can hold, is
+        // refused before anything changes.
         for a in attrs {
             if let Attr::PrefetchLocation(Some(Location::Device(d))) = a {
-                if (d.0 as usize) < sh.devices.len() {
+                if sh.device(*d).is_ok() {
+                    sh.check_device_alive(*d)?;
                     crate::evict::admit(sh, &r, first, n, *d)?;
                 }
             }
@@ -829,12 +850,49 @@ impl DeviceHandle<'_> {
 
     /// Reads `buf.len()` bytes at `addr` through the device's page table.
     pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<AccessReport> {
-        access::access(&self.svm.shared, self.id, addr, Op::Read(buf))
+        let sh = &self.svm.shared;
+        sh.check_device_alive(self.id)?;
+        let res = access::access(sh, self.id, addr, Op::Read(buf));
+        crate::failure::after_access(sh, self.id, res)
     }
 
     /// Writes `buf` at `addr` through the device's page table.
     pub fn write(&self, addr: VirtAddr, buf: &[u8]) -> Result<AccessReport> {
-        access::access(&self.svm.shared, self.id, addr, Op::Write(buf))
+        let sh = &self.svm.shared;
+        sh.check_device_alive(self.id)?;
+        let res = access::access(sh, self.id, addr, Op::Write(buf));
+        crate::failure::after_access(sh, self.id, res)
+    }
+
+    /// Applies fault-injection settings to this device (validated as a
+    /// whole first: refused settings change nothing). Devices without fault
+    /// injection refuse.
+    pub fn inject(&self, inj: crate::device::Injection) -> Result<()> {
+        self.svm.shared.devices[self.id.0 as usize].inject(inj)
+    }
+
+    /// The fault-injection settings in force (`None`: not supported).
+    pub fn injection(&self) -> Option<crate::device::Injection> {
+        self.svm.shared.devices[self.id.0 as usize].injection()
+    }
+
+    /// Clears injected copy and allocation failures.
+    pub fn clear_injection(&self) -> Result<()> {
+        self.svm.shared.devices[self.id.0 as usize].clear_injection()
+    }
+
+    /// Simulates losing the device without warning: from now on every copy,
+    /// load, store, atomic and allocation on it fails. svmem finds out at
+    /// the next operation that touches the device, poisons the pages whose
+    /// data was on it, and refuses further use until
+    /// [`Svm::reset_device`].
+    pub fn lose(&self) -> Result<()> {
+        self.svm.shared.devices[self.id.0 as usize].lose()
+    }
+
+    /// Whether the device is lost (and not reset since).
+    pub fn is_lost(&self) -> bool {
+        self.svm.shared.devices[self.id.0 as usize].is_lost()
     }
 
     /// What the device would see of `npages` pages from `addr`, faulting nothing.
@@ -850,7 +908,11 @@ impl DeviceHandle<'_> {
     where
         F: Fn(&mut Lane<'_>, u64) -> std::result::Result<(), DeviceFault> + Sync,
     {
-        crate::kernel::launch(&self.svm.shared, self.id, grid, kernel)
+        let sh = &self.svm.shared;
+        sh.check_device_alive(self.id)?;
+        let rep = crate::kernel::launch(sh, self.id, grid, kernel);
+        sh.check_lost();
+        rep
     }
 
     /// Fault-service statistics of this device (recent batches).
@@ -878,6 +940,7 @@ impl DeviceHandle<'_> {
                 }
             }
         }
+        sh.check_lost();
         rep
     }
 }

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::inject::{Injection, Injector};
 use super::{AtomicOp, Buddy, CopyJob, CopyOp, DevRun, Device, DeviceError, Fence, MemoryType};
 use crate::addr::{DevPage, PAGE_SIZE};
 use crate::error::{Error, Result};
@@ -54,6 +55,8 @@ pub struct EmulatedDevice {
     buddy: Buddy,
     jobs: Option<Sender<(CopyJob, Fence)>>,
     engines: Vec<JoinHandle<()>>,
+    /// Fault injection, shared with the copy engines.
+    inject: Arc<Injector>,
 }
 
 impl std::fmt::Debug for EmulatedDevice {
@@ -64,8 +67,14 @@ impl std::fmt::Debug for EmulatedDevice {
     }
 }
 
-fn run_job(arena: &Mapping, job: &CopyJob) -> std::result::Result<(), DeviceError> {
-    let err = |e: std::io::Error| DeviceError(format!("copy engine: {e}"));
+/// Runs one job unless injection fails it (a failed job touches nothing).
+fn run_job(
+    arena: &Mapping,
+    inject: &Injector,
+    job: &CopyJob,
+) -> std::result::Result<(), DeviceError> {
+    inject.copy_job()?;
+    let err = |e: std::io::Error| DeviceError::new(format!("copy engine: {e}"));
     for op in &job.ops {
         match op {
             CopyOp::ToDevice { src, dst, npages } => {
@@ -90,9 +99,9 @@ fn run_job(arena: &Mapping, job: &CopyJob) -> std::result::Result<(), DeviceErro
     Ok(())
 }
 
-fn engine_loop(arena: Arc<Mapping>, rx: Receiver<(CopyJob, Fence)>) {
+fn engine_loop(arena: Arc<Mapping>, inject: Arc<Injector>, rx: Receiver<(CopyJob, Fence)>) {
     while let Ok((job, fence)) = rx.recv() {
-        fence.complete(run_job(&arena, &job));
+        fence.complete(run_job(&arena, &inject, &job));
     }
 }
 
@@ -135,12 +144,13 @@ impl EmulatedDevice {
             })?;
         let arena = Arc::new(arena);
         let (tx, rx) = crossbeam_channel::unbounded();
+        let inject = Arc::new(Injector::new());
         let engines = (0..config.copy_engines)
             .map(|i| {
-                let (a, r) = (arena.clone(), rx.clone());
+                let (a, r, inj) = (arena.clone(), rx.clone(), inject.clone());
                 std::thread::Builder::new()
                     .name(format!("svmem-ce{i}-{}", config.name))
-                    .spawn(move || engine_loop(a, r))
+                    .spawn(move || engine_loop(a, inj, r))
                     .map_err(|e| Error::os("spawn copy engine", e))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -150,6 +160,7 @@ impl EmulatedDevice {
             arena,
             jobs: Some(tx),
             engines,
+            inject,
         })
     }
 
@@ -159,8 +170,9 @@ impl EmulatedDevice {
         off: usize,
         len: usize,
     ) -> std::result::Result<usize, DeviceError> {
+        self.inject.check_lost("device memory access")?;
         if page.0 as u64 >= self.buddy.total_pages() || off + len > PAGE_SIZE {
-            return Err(DeviceError(format!(
+            return Err(DeviceError::new(format!(
                 "access outside device memory: page {} offset {off} len {len}",
                 page.0
             )));
@@ -183,6 +195,9 @@ impl Device for EmulatedDevice {
         self.buddy.free_pages()
     }
     fn alloc(&self, npages: usize, out: &mut Vec<DevRun>) -> usize {
+        if self.inject.alloc_fails() {
+            return 0;
+        }
         self.buddy.alloc(npages, out)
     }
     fn free(&self, run: DevRun) {
@@ -192,11 +207,11 @@ impl Device for EmulatedDevice {
         fence.add();
         let sent = self.jobs.as_ref().map(|tx| tx.send((job, fence.clone())));
         if !matches!(sent, Some(Ok(()))) {
-            fence.complete(Err(DeviceError("copy engines are shut down".into())));
+            fence.complete(Err(DeviceError::new("copy engines are shut down")));
         }
     }
     fn copy_now(&self, job: &CopyJob) -> std::result::Result<(), DeviceError> {
-        run_job(&self.arena, job)
+        run_job(&self.arena, &self.inject, job)
     }
     fn load(
         &self,
@@ -207,13 +222,13 @@ impl Device for EmulatedDevice {
         let at = self.page_off(page, off, buf.len())?;
         self.arena
             .read_at(at, buf)
-            .map_err(|e| DeviceError(e.to_string()))
+            .map_err(|e| DeviceError::new(e.to_string()))
     }
     fn store(&self, page: DevPage, off: usize, buf: &[u8]) -> std::result::Result<(), DeviceError> {
         let at = self.page_off(page, off, buf.len())?;
         self.arena
             .write_at(at, buf)
-            .map_err(|e| DeviceError(e.to_string()))
+            .map_err(|e| DeviceError::new(e.to_string()))
     }
     fn atomic(
         &self,
@@ -223,13 +238,34 @@ impl Device for EmulatedDevice {
     ) -> std::result::Result<u64, DeviceError> {
         let at = self.page_off(page, off, op.width())?;
         op.apply(&self.arena, at)
-            .map_err(|e| DeviceError(format!("atomic at device page {}: {e}", page.0)))
+            .map_err(|e| DeviceError::new(format!("atomic at device page {}: {e}", page.0)))
     }
     fn compute_units(&self) -> usize {
         self.config.compute_units
     }
     fn metadata_bytes(&self) -> u64 {
         self.buddy.metadata_bytes()
+    }
+    fn inject(&self, inj: Injection) -> Result<()> {
+        self.inject.set(inj)
+    }
+    fn injection(&self) -> Option<Injection> {
+        Some(self.inject.settings())
+    }
+    fn clear_injection(&self) -> Result<()> {
+        self.inject.clear();
+        Ok(())
+    }
+    fn lose(&self) -> Result<()> {
+        self.inject.lose();
+        Ok(())
+    }
+    fn is_lost(&self) -> bool {
+        self.inject.is_lost()
+    }
+    fn reset(&self) -> Result<()> {
+        self.inject.restore();
+        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod buddy;
 pub mod emulated;
+pub mod inject;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use parking_lot::{Condvar, Mutex};
 
 pub use buddy::Buddy;
 pub use emulated::{EmulatedConfig, EmulatedDevice};
+pub use inject::{CopyFailure, Injection};
 
 use crate::addr::{DevPage, DeviceId};
 use crate::sys::Mapping;
@@ -86,10 +88,34 @@ impl CopyJob {
     }
 }
 
-/// A device-side failure, with the device's own words.
+/// A device-side failure, with the device's own words, and whether the
+/// device is lost (every later operation fails too) or the failure was
+/// transient (a failed copy job: retrying may succeed).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct DeviceError(pub String);
+#[error("{reason}")]
+pub struct DeviceError {
+    pub reason: String,
+    /// The device is gone until it is reset.
+    pub lost: bool,
+}
+
+impl DeviceError {
+    /// A transient failure.
+    pub fn new(reason: impl Into<String>) -> DeviceError {
+        DeviceError {
+            reason: reason.into(),
+            lost: false,
+        }
+    }
+
+    /// The device is lost.
+    pub fn lost(reason: impl Into<String>) -> DeviceError {
+        DeviceError {
+            reason: reason.into(),
+            lost: true,
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct FenceState {
@@ -187,7 +213,7 @@ pub trait Device: Send + Sync {
     /// the value the word held before.
     fn atomic(&self, page: DevPage, off: usize, op: AtomicOp) -> Result<u64, DeviceError> {
         let _ = (page, off, op);
-        Err(DeviceError(format!(
+        Err(DeviceError::new(format!(
             "{} does not implement atomics",
             self.name()
         )))
@@ -198,6 +224,39 @@ pub trait Device: Send + Sync {
     }
     /// Host bytes the device's own bookkeeping uses (allocator state).
     fn metadata_bytes(&self) -> u64;
+
+    /// Applies fault-injection settings (validated first: refused settings
+    /// change nothing). Devices without fault injection refuse.
+    fn inject(&self, inj: Injection) -> crate::error::Result<()> {
+        let _ = inj;
+        Err(no_injection(self.name()))
+    }
+    /// The fault-injection settings in force (`None`: not supported).
+    fn injection(&self) -> Option<Injection> {
+        None
+    }
+    /// Clears injected copy and allocation failures (not a loss: see `reset`).
+    fn clear_injection(&self) -> crate::error::Result<()> {
+        Err(no_injection(self.name()))
+    }
+    /// Simulates the loss of the device, without warning: every copy, load,
+    /// store, atomic and allocation fails from now on, with errors marked lost.
+    fn lose(&self) -> crate::error::Result<()> {
+        Err(no_injection(self.name()))
+    }
+    /// Whether the device is lost.
+    fn is_lost(&self) -> bool {
+        false
+    }
+    /// Resets the device: injection cleared, a loss forgotten. svmem calls it
+    /// only once no page lives in the device's memory.
+    fn reset(&self) -> crate::error::Result<()> {
+        Ok(())
+    }
+}
+
+fn no_injection(name: &str) -> crate::error::Error {
+    crate::error::Error::Config(format!("device {name} does not support fault injection"))
 }
 
 /// An atomic read-modify-write a device kernel may issue.
