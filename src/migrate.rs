@@ -118,6 +118,8 @@ pub(crate) struct ToSystemPlan<'a> {
     jobs: Vec<(DeviceId, CopyJob)>,
     fence: Fence,
     bounce: Option<Arc<Mapping>>,
+    /// The bounce buffer's charge against the memory limit, while it lives.
+    _bounce_charge: Option<crate::account::BounceCharge>,
 }
 
 /// The outcome of moving one page out of the CPU view.
@@ -233,6 +235,10 @@ pub(crate) fn isolate_to_device<'a>(
     pull_to_system(sh, r, lo..hi, Some(d), trigger);
     let mut cands: Vec<(usize, Kind)> = Vec::with_capacity(hi - lo);
     for i in lo..hi {
+        if r.pins.pinned(b, i) {
+            rep.skipped_pinned += 1;
+            continue;
+        }
         match r.states[i].load() {
             PageState::Device { dev, .. } if dev == d => rep.already_there += 1,
             PageState::System => cands.push((i, Kind::Copy)),
@@ -467,11 +473,19 @@ pub(crate) fn isolate_to_system<'a>(
         .iter()
         .filter(|p| matches!(p.prev, PageState::Device { staged: false, .. }))
         .count();
+    let bounce_charge = match unstaged {
+        0 => None,
+        n => sh.account.charge_bounce(sh, (n * PAGE_SIZE) as u64),
+    };
     let bounce = if unstaged > 0 {
-        match Mapping::anonymous(unstaged * PAGE_SIZE, Prot::ReadWrite, false) {
-            Ok(m) => Some(Arc::new(m)),
-            Err(_) => {
-                // No memory for a bounce buffer: leave those pages on the device.
+        let map = bounce_charge
+            .as_ref()
+            .and_then(|_| Mapping::anonymous(unstaged * PAGE_SIZE, Prot::ReadWrite, false).ok());
+        match map {
+            Some(m) => Some(Arc::new(m)),
+            None => {
+                // No memory for a bounce buffer (or no room for it under the
+                // memory limit): leave those pages on the device.
                 pages.retain(|p| {
                     let keep = matches!(p.prev, PageState::Device { staged: true, .. });
                     if !keep {
@@ -543,6 +557,7 @@ pub(crate) fn isolate_to_system<'a>(
         pages,
         jobs,
         fence,
+        _bounce_charge: bounce_charge.filter(|_| bounce.is_some()),
         bounce,
     })
 }

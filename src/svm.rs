@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub xnack: AtomicBool,
     /// Per device: fault buffer, batch log, running launches.
     pub runtime: Box<[DeviceRuntime]>,
+    /// System-memory limit, charges and pin totals (see [`crate::account`]).
+    pub account: Arc<crate::account::Accountant>,
 }
 
 impl Shared {
@@ -105,7 +107,7 @@ impl Shared {
         }
     }
 
-    fn metadata_bytes(&self) -> u64 {
+    pub(crate) fn metadata_bytes(&self) -> u64 {
         let regions: u64 = self
             .regions
             .read()
@@ -125,6 +127,8 @@ pub struct SvmBuilder {
     pipeline_depth: usize,
     xnack: bool,
     policy: Arc<dyn PlacementPolicy>,
+    memory_limit: Option<u64>,
+    pin_limit: Option<u64>,
 }
 
 impl std::fmt::Debug for SvmBuilder {
@@ -138,6 +142,8 @@ impl std::fmt::Debug for SvmBuilder {
             .field("pipeline_depth", &self.pipeline_depth)
             .field("xnack", &self.xnack)
             .field("policy", &self.policy.name())
+            .field("memory_limit", &self.memory_limit)
+            .field("pin_limit", &self.pin_limit)
             .finish()
     }
 }
@@ -150,6 +156,8 @@ impl Default for SvmBuilder {
             pipeline_depth: 2,
             xnack: true,
             policy: Arc::new(KfdPolicy),
+            memory_limit: None,
+            pin_limit: None,
         }
     }
 }
@@ -189,6 +197,20 @@ impl SvmBuilder {
     /// The placement policy device faults consult (default [`KfdPolicy`]).
     pub fn policy(mut self, p: impl PlacementPolicy + 'static) -> Self {
         self.policy = Arc::new(p);
+        self
+    }
+
+    /// The system-memory limit in bytes (default: derived from the machine's
+    /// RAM, see [`crate::account`]).
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The most bytes of pages that may be pinned (default and maximum: the
+    /// memory limit); see [`Svm::pin`].
+    pub fn pin_limit(mut self, bytes: u64) -> Self {
+        self.pin_limit = Some(bytes);
         self
     }
 
@@ -237,6 +259,11 @@ impl SvmBuilder {
             policy: RwLock::new(self.policy),
             xnack: AtomicBool::new(self.xnack),
             runtime: (0..ndev).map(|_| DeviceRuntime::default()).collect(),
+            account: Arc::new(crate::account::Accountant::new(
+                self.memory_limit
+                    .unwrap_or_else(crate::account::default_limit),
+                self.pin_limit,
+            )),
         });
         let shutdown = Arc::new(EventFd::new().map_err(|e| Error::os("eventfd", e))?);
         let mut svm = Svm {
@@ -275,7 +302,7 @@ impl SvmBuilder {
 
 /// One shared virtual address space. See the crate docs.
 pub struct Svm {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     shutdown: Arc<EventFd>,
     reader: Option<JoinHandle<()>>,
     /// Fault-service and restore threads, one each per device.
@@ -321,6 +348,9 @@ impl Svm {
             });
         }
         let bytes = pages * PAGE_SIZE;
+        let sh = &self.shared;
+        let metadata = RegionInner::metadata_bytes_for(pages, sh.devices.len());
+        let charge = sh.account.admit_region(sh, bytes as u64, metadata)?;
         let map = |what: &str| {
             Mapping::anonymous(bytes, Prot::ReadWrite, false).map_err(|e| Error::AllocTooLarge {
                 requested: bytes as u64,
@@ -334,7 +364,6 @@ impl Svm {
             m.madvise(0, bytes, Advice::NoHugePage)
                 .map_err(|e| Error::os("madvise(NOHUGEPAGE)", e))?;
         }
-        let sh = &self.shared;
         sh.uffd
             .register(managed.addr(), bytes as u64, true)
             .map_err(|e| Error::os("UFFDIO_REGISTER (managed)", e))?;
@@ -350,10 +379,15 @@ impl Svm {
             sh.notifier.clone(),
         ));
         sh.regions.write().insert(inner.base(), inner.clone());
+        charge.commit();
         Ok(Region { svm: self, inner })
     }
 
-    fn check_range(&self, addr: VirtAddr, len: u64) -> Result<(Arc<RegionInner>, usize, usize)> {
+    pub(crate) fn check_range(
+        &self,
+        addr: VirtAddr,
+        len: u64,
+    ) -> Result<(Arc<RegionInner>, usize, usize)> {
         if !addr.is_page_aligned() {
             return Err(Error::Unaligned {
                 what: "address",
@@ -608,6 +642,8 @@ impl Svm {
         }
         let first = r.base() / PAGE_SIZE as u64;
         sh.attrs.write().remove(first, first + r.npages as u64);
+        crate::pin::release_region(sh, r);
+        sh.account.uncharge_region(r.len());
         // Unregister before the mappings go, so munmap sends no UNMAP event.
         if let Err(e) = sh.uffd.unregister(r.base(), r.len()) {
             eprintln!(
