@@ -31,7 +31,11 @@
 //!   (it was zero-filled on the device) has no staged page to come back to;
 //!   migrating it to system memory copies through a transient buffer,
 //!   charged while it lives. If the charge does not fit, those pages stay on
-//!   their device and are reported busy.
+//!   their device and are reported busy. The one exception is a CPU fault:
+//!   the faulting thread cannot be handed an error and would only fault
+//!   again, so the window it needs is charged even past the limit
+//!   ([`past_limit`]); `in use` then exceeds the limit by at most that
+//!   window's bounce buffer, for the duration of its copy.
 //!
 //! Device memory (the emulated device's arena) is the device's own and is not
 //! charged here.
@@ -68,6 +72,23 @@ pub fn default_limit_for(mem_total: u64) -> u64 {
 /// no limit (`u64::MAX`) if its RAM cannot be read.
 pub fn default_limit() -> u64 {
     crate::sys::meminfo::mem_total().map_or(u64::MAX, default_limit_for)
+}
+
+thread_local! {
+    static PAST_LIMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's bounce-buffer charges allowed past the limit
+/// (for CPU faults, which must be served).
+pub(crate) fn past_limit<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PAST_LIMIT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(PAST_LIMIT.with(|c| c.replace(true)));
+    f()
 }
 
 /// The live accounting state of one `Svm`.
@@ -170,7 +191,10 @@ impl Accountant {
     /// Charges a bounce buffer of `bytes`; `None` if it does not fit. The
     /// charge lasts as long as the returned value.
     pub fn charge_bounce(self: &Arc<Self>, sh: &Shared, bytes: u64) -> Option<BounceCharge> {
-        let _g = self.admit(sh, bytes).ok()?;
+        let _g = match PAST_LIMIT.with(|c| c.get()) {
+            true => self.lock.lock(),
+            false => self.admit(sh, bytes).ok()?,
+        };
         self.bounce.fetch_add(bytes, Ordering::AcqRel);
         Some(BounceCharge {
             acct: self.clone(),

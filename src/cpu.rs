@@ -109,7 +109,10 @@ pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
     sh.counters.add(&sh.counters.cpu_fault_windows, 1);
     {
         let _guard = r.blocks[lo / BLOCK_PAGES].migrate.lock();
-        migrate::pull_to_system(sh, r, lo..hi, None, Trigger::CpuFault);
+        // The faulting thread must be served: its bounce buffer may pass the limit.
+        crate::account::past_limit(|| {
+            migrate::pull_to_system(sh, r, lo..hi, None, Trigger::CpuFault)
+        });
         populate(sh, r, lo, hi, write);
     }
     // The fault may have raced with a commit that already woke everyone.

@@ -119,7 +119,7 @@ pub(crate) struct ToSystemPlan<'a> {
     fence: Fence,
     bounce: Option<Arc<Mapping>>,
     /// The bounce buffer's charge against the memory limit, while it lives.
-    _bounce_charge: Option<crate::account::BounceCharge>,
+    bounce_charge: Option<crate::account::BounceCharge>,
 }
 
 /// The outcome of moving one page out of the CPU view.
@@ -557,7 +557,7 @@ pub(crate) fn isolate_to_system<'a>(
         pages,
         jobs,
         fence,
-        _bounce_charge: bounce_charge.filter(|_| bounce.is_some()),
+        bounce_charge: bounce_charge.filter(|_| bounce.is_some()),
         bounce,
     })
 }
@@ -624,6 +624,8 @@ pub(crate) fn finish_to_system(
         moved += 1;
     }
     freed.flush();
+    // The bounce buffer is spent: free it, and its charge, before anyone wakes.
+    drop((plan.bounce, plan.bounce_charge));
     rep.migrated += moved;
     c.add(&c.to_system_pages, moved);
     c.add(&c.to_system_bytes, moved * PAGE_SIZE as u64);
