@@ -293,3 +293,32 @@ fn pages_that_stay_on_the_device_make_the_pin_fail_undone() {
     assert!(all_system(&svm, r.at(PAGE), 8));
     assert_eq!(svm.memory_usage().pinned_bytes, 8 * PAGE);
 }
+
+#[test]
+fn a_long_term_pin_moves_pages_out_of_coherent_device_memory() {
+    let svm = Svm::builder()
+        .emulated(EmulatedConfig {
+            name: "coherent".into(),
+            memory_bytes: 16 * MIB,
+            copy_engines: 1,
+            memory_type: MemoryType::Coherent,
+            compute_units: 2,
+        })
+        .unwrap()
+        .memory_limit(1 << 40)
+        .build()
+        .unwrap();
+    let mut r = svm.alloc(4 * MIB as usize).unwrap();
+    r.as_mut_slice::<u32>().fill(9);
+    svm.migrate(r.addr(), r.len(), Location::Device(D0))
+        .unwrap();
+    assert_eq!(svm.memory_usage().devices[0].resident_bytes, 4 * MIB);
+    // Pin the middle, across the two 2 MiB blocks.
+    svm.pin(r.at(MIB), 2 * MIB).unwrap();
+    assert!(all_system(&svm, r.at(MIB), 512));
+    assert_eq!(svm.location(r.addr()), Some(Location::Device(D0)));
+    assert_eq!(svm.location(r.at(3 * MIB)), Some(Location::Device(D0)));
+    let u = svm.memory_usage();
+    assert_eq!((u.pinned_bytes, u.device_bytes), (2 * MIB, 2 * MIB));
+    assert!(r.as_slice::<u32>().iter().all(|&v| v == 9));
+}
