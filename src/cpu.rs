@@ -118,7 +118,8 @@ pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
     sh.check_lost();
     {
         let _guard = r.blocks[lo / BLOCK_PAGES].migrate.lock();
-        migrate::pull_for_cpu_fault(sh, r, lo..hi);
+        // The faulting thread must be served: its bounce buffer may pass the limit.
+        crate::account::past_limit(|| migrate::pull_for_cpu_fault(sh, r, lo..hi));
         populate(sh, r, lo, hi, write);
     }
     // A device found lost meanwhile: poison what it held (no lock held here).

@@ -111,9 +111,11 @@ pub(crate) fn note_resident(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId)
 /// Drops a freed region's entries from every ring.
 pub(crate) fn forget_region(sh: &Shared, r: &RegionInner) {
     for res in sh.residency.iter() {
-        res.ring
-            .lock()
-            .retain(|e| e.region.strong_count() > 0 && !std::ptr::eq(e.region.as_ptr(), r));
+        let mut ring = res.ring.lock();
+        ring.retain(|e| e.region.strong_count() > 0 && !std::ptr::eq(e.region.as_ptr(), r));
+        if ring.len() < ring.capacity() / 4 {
+            ring.shrink_to_fit(); // metadata returns to idle once regions go
+        }
     }
 }
 

@@ -34,6 +34,7 @@
 //! ```
 
 pub mod access;
+pub mod account;
 pub mod addr;
 pub mod attr;
 pub mod bench;
@@ -49,6 +50,7 @@ mod fault;
 pub mod kernel;
 pub mod migrate;
 mod notify;
+mod pin;
 pub mod policy;
 mod space;
 pub mod state;
@@ -59,6 +61,7 @@ pub mod sys;
 pub mod workloads;
 
 pub use access::{AccessReport, PageView};
+pub use account::{DeviceUsage, MemoryUsage};
 pub use addr::{DevPage, DeviceId, Location, VirtAddr, BLOCK_SIZE, PAGE_SIZE};
 pub use attr::{AccessMode, Attr, AttrFlags, AttrQuery, Common};
 pub use device::{CopyFailure, Device, EmulatedConfig, EmulatedDevice, Injection, MemoryType};

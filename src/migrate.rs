@@ -124,6 +124,8 @@ pub(crate) struct ToSystemPlan<'a> {
     /// On a failed copy, retry page by page and poison the pages that still
     /// fail (the CPU-fault path), instead of rolling every page back.
     poison_on_failure: bool,
+    /// The bounce buffer's charge against the memory limit, while it lives.
+    bounce_charge: Option<crate::account::BounceCharge>,
 }
 
 /// The outcome of moving one page out of the CPU view.
@@ -239,6 +241,10 @@ pub(crate) fn isolate_to_device<'a>(
     pull_to_system(sh, r, lo..hi, Some(d), trigger);
     let mut cands: Vec<(usize, Kind)> = Vec::with_capacity(hi - lo);
     for i in lo..hi {
+        if r.pins.pinned(b, i) {
+            rep.skipped_pinned += 1;
+            continue;
+        }
         match r.states[i].load() {
             PageState::Device { dev, .. } if dev == d => rep.already_there += 1,
             PageState::System => cands.push((i, Kind::Copy)),
@@ -479,11 +485,19 @@ pub(crate) fn isolate_to_system<'a>(
         .iter()
         .filter(|p| matches!(p.prev, PageState::Device { staged: false, .. }))
         .count();
+    let bounce_charge = match unstaged {
+        0 => None,
+        n => sh.account.charge_bounce(sh, (n * PAGE_SIZE) as u64),
+    };
     let bounce = if unstaged > 0 {
-        match Mapping::anonymous(unstaged * PAGE_SIZE, Prot::ReadWrite, false) {
-            Ok(m) => Some(Arc::new(m)),
-            Err(_) => {
-                // No memory for a bounce buffer: leave those pages on the device.
+        let map = bounce_charge
+            .as_ref()
+            .and_then(|_| Mapping::anonymous(unstaged * PAGE_SIZE, Prot::ReadWrite, false).ok());
+        match map {
+            Some(m) => Some(Arc::new(m)),
+            None => {
+                // No memory for a bounce buffer (or no room for it under the
+                // memory limit): leave those pages on the device.
                 pages.retain(|p| {
                     let keep = matches!(p.prev, PageState::Device { staged: true, .. });
                     if !keep {
@@ -555,6 +569,7 @@ pub(crate) fn isolate_to_system<'a>(
         pages,
         jobs,
         fence,
+        bounce_charge: bounce_charge.filter(|_| bounce.is_some()),
         bounce,
         poison_on_failure: false,
     })
@@ -637,6 +652,8 @@ pub(crate) fn finish_to_system(
         moved += 1;
     }
     freed.flush();
+    // The bounce buffer is spent: free it, and its charge, before anyone wakes.
+    drop((plan.bounce, plan.bounce_charge));
     rep.migrated += moved;
     c.add(&c.to_system_pages, moved);
     c.add(&c.to_system_bytes, moved * PAGE_SIZE as u64);

@@ -113,6 +113,8 @@ pub(crate) struct RegionInner {
     pub dev_sweep_end: Box<[AtomicUsize]>,
     /// Queue control and event stream, told about every invalidation.
     pub notifier: Arc<Notifier>,
+    /// Pin counts (see [`crate::pin`]).
+    pub pins: crate::pin::Pins,
 }
 
 impl RegionInner {
@@ -145,6 +147,7 @@ impl RegionInner {
                 .map(|_| AtomicUsize::new(usize::MAX))
                 .collect(),
             notifier,
+            pins: Default::default(),
         }
     }
 
@@ -238,13 +241,18 @@ impl RegionInner {
 
     /// Host bytes of metadata this region keeps.
     pub fn metadata_bytes(&self) -> u64 {
-        (self.states.len() * std::mem::size_of::<StateCell>()
-            + self
-                .ptes
-                .iter()
-                .map(|t| t.len() * std::mem::size_of::<AtomicU32>())
-                .sum::<usize>()
-            + self.blocks.len() * std::mem::size_of::<Block>()
+        Self::metadata_bytes_for(self.npages, self.ptes.len()) + self.pins.metadata_bytes()
+    }
+
+    /// Host bytes of metadata a region of `npages` pages with `ndevices`
+    /// devices keeps before its first pin: state words, device page tables,
+    /// block records, per-device sweep positions, the region record.
+    pub fn metadata_bytes_for(npages: usize, ndevices: usize) -> u64 {
+        (npages * std::mem::size_of::<StateCell>()
+            + ndevices * npages * std::mem::size_of::<AtomicU32>()
+            + ndevices * std::mem::size_of::<Box<[AtomicU32]>>()
+            + ndevices * std::mem::size_of::<AtomicUsize>()
+            + npages.div_ceil(BLOCK_PAGES) * std::mem::size_of::<Block>()
             + std::mem::size_of::<Self>()) as u64
     }
 }

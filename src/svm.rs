@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub thrash_window_ns: u64,
     /// Which device losses have been handled (`crate::failure`).
     pub failure: crate::failure::FailureState,
+    /// System-memory limit, charges and pin totals (see [`crate::account`]).
+    pub account: Arc<crate::account::Accountant>,
 }
 
 impl Shared {
@@ -111,7 +113,7 @@ impl Shared {
         }
     }
 
-    fn metadata_bytes(&self) -> u64 {
+    pub(crate) fn metadata_bytes(&self) -> u64 {
         let regions: u64 = self
             .regions
             .read()
@@ -137,6 +139,8 @@ pub struct SvmBuilder {
     xnack: bool,
     policy: Arc<dyn PlacementPolicy>,
     thrash_window: std::time::Duration,
+    memory_limit: Option<u64>,
+    pin_limit: Option<u64>,
 }
 
 impl std::fmt::Debug for SvmBuilder {
@@ -150,6 +154,8 @@ impl std::fmt::Debug for SvmBuilder {
             .field("pipeline_depth", &self.pipeline_depth)
             .field("xnack", &self.xnack)
             .field("policy", &self.policy.name())
+            .field("memory_limit", &self.memory_limit)
+            .field("pin_limit", &self.pin_limit)
             .finish()
     }
 }
@@ -163,6 +169,8 @@ impl Default for SvmBuilder {
             xnack: true,
             policy: Arc::new(KfdPolicy),
             thrash_window: std::time::Duration::from_millis(crate::policy::THRASH_WINDOW_MS),
+            memory_limit: None,
+            pin_limit: None,
         }
     }
 }
@@ -214,6 +222,20 @@ impl SvmBuilder {
         self
     }
 
+    /// The system-memory limit in bytes (default: derived from the machine's
+    /// RAM, see [`crate::account`]).
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The most bytes of pages that may be pinned (default and maximum: the
+    /// memory limit); see [`Svm::pin`].
+    pub fn pin_limit(mut self, bytes: u64) -> Self {
+        self.pin_limit = Some(bytes);
+        self
+    }
+
     pub fn build(self) -> Result<Svm> {
         if self.devices.len() > MAX_DEVICES {
             return Err(Error::Config(format!(
@@ -262,6 +284,11 @@ impl SvmBuilder {
             residency: (0..ndev).map(|_| Default::default()).collect(),
             thrash_window_ns: self.thrash_window.as_nanos().min(u64::MAX as u128) as u64,
             failure: Default::default(),
+            account: Arc::new(crate::account::Accountant::new(
+                self.memory_limit
+                    .unwrap_or_else(crate::account::default_limit),
+                self.pin_limit,
+            )),
         });
         let shutdown = Arc::new(EventFd::new().map_err(|e| Error::os("eventfd", e))?);
         let mut svm = Svm {
@@ -300,7 +327,7 @@ impl SvmBuilder {
 
 /// One shared virtual address space. See the crate docs.
 pub struct Svm {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     shutdown: Arc<EventFd>,
     reader: Option<JoinHandle<()>>,
     /// Fault-service and restore threads, one each per device.
@@ -346,6 +373,9 @@ impl Svm {
             });
         }
         let bytes = pages * PAGE_SIZE;
+        let sh = &self.shared;
+        let metadata = RegionInner::metadata_bytes_for(pages, sh.devices.len());
+        let charge = sh.account.admit_region(sh, bytes as u64, metadata)?;
         let map = |what: &str| {
             Mapping::anonymous(bytes, Prot::ReadWrite, false).map_err(|e| Error::AllocTooLarge {
                 requested: bytes as u64,
@@ -359,7 +389,6 @@ impl Svm {
             m.madvise(0, bytes, Advice::NoHugePage)
                 .map_err(|e| Error::os("madvise(NOHUGEPAGE)", e))?;
         }
-        let sh = &self.shared;
         sh.uffd
             .register(managed.addr(), bytes as u64, true)
             .map_err(|e| Error::os("UFFDIO_REGISTER (managed)", e))?;
@@ -375,10 +404,15 @@ impl Svm {
             sh.notifier.clone(),
         ));
         sh.regions.write().insert(inner.base(), inner.clone());
+        charge.commit();
         Ok(Region { svm: self, inner })
     }
 
-    fn check_range(&self, addr: VirtAddr, len: u64) -> Result<(Arc<RegionInner>, usize, usize)> {
+    pub(crate) fn check_range(
+        &self,
+        addr: VirtAddr,
+        len: u64,
+    ) -> Result<(Arc<RegionInner>, usize, usize)> {
         if !addr.is_page_aligned() {
             return Err(Error::Unaligned {
                 what: "address",
@@ -662,6 +696,8 @@ impl Svm {
         crate::evict::forget_region(sh, r);
         let first = r.base() / PAGE_SIZE as u64;
         sh.attrs.write().remove(first, first + r.npages as u64);
+        crate::pin::release_region(sh, r);
+        sh.account.uncharge_region(r.len());
         // Unregister before the mappings go, so munmap sends no UNMAP event.
         if let Err(e) = sh.uffd.unregister(r.base(), r.len()) {
             eprintln!(

@@ -5,6 +5,7 @@
 mod eventfd;
 pub mod futex;
 mod mapping;
+pub mod meminfo;
 mod pagemap;
 pub mod uffd;
 

@@ -1,0 +1,296 @@
+//! Pinning managed pages to system memory: [`crate::Svm::pin`] and
+//! [`crate::Svm::unpin`].
+//!
+//! A pin is a long-term pin in the kernel's sense (`FOLL_LONGTERM`): the
+//! kernel refuses to leave such pages in device memory — it migrates a
+//! long-term pin's pages out of coherent device memory first — and never
+//! migrates them while pinned. svmem's pin does the same for every memory
+//! type: it migrates the range's device-resident pages back to system memory
+//! (each block under its migration lock) and keeps them there until the last
+//! unpin. Migrations to a device (explicit, prefetch, device faults, fault-
+//! ahead) skip pinned pages (`MigrateReport::skipped_pinned`); a device
+//! fault on a pinned page is served by mapping the system page in place, as
+//! for any page a migration left behind. CPU accesses are unaffected. Pinned
+//! pages that were never touched stay unpopulated (their first touch
+//! populates them in system memory, where they stay).
+//!
+//! Storage: per region, a pin table allocated on the region's first pin —
+//! a `u16` count per page (pins nest, up to 65535) and a per-2 MiB-block
+//! count of pinned pages, so the migration path's check is one load for
+//! blocks with nothing pinned. The table is metadata (2 bytes per page plus
+//! 2 per block), charged against the memory limit when allocated and kept
+//! until the region is freed; freeing a region drops its pins.
+//!
+//! The pin limit ([`crate::SvmBuilder::pin_limit`], by default the memory
+//! limit, and never above it) bounds the bytes of pages pinned at least once.
+//!
+//! Errors leave every pin count as it was: a failed pin may still have
+//! migrated pages back to system memory (best effort, as any migration) and
+//! allocated the region's pin table.
+
+use std::sync::atomic::{AtomicU16, Ordering as O};
+use std::sync::{Arc, OnceLock};
+
+use crate::addr::{BLOCK_PAGES, PAGE_SIZE};
+use crate::error::{Error, Result};
+use crate::migrate::{self, Trigger};
+use crate::space::RegionInner;
+use crate::state::PageState;
+use crate::svm::Shared;
+
+/// A region's pins; the table exists once the region was first pinned.
+#[derive(Debug, Default)]
+pub(crate) struct Pins {
+    table: OnceLock<PinTable>,
+}
+
+#[derive(Debug)]
+struct PinTable {
+    /// Pin count per page.
+    counts: Box<[AtomicU16]>,
+    /// Pages with a non-zero count, per 2 MiB block.
+    per_block: Box<[AtomicU16]>,
+}
+
+impl PinTable {
+    fn new(npages: usize) -> PinTable {
+        PinTable {
+            counts: (0..npages).map(|_| AtomicU16::new(0)).collect(),
+            per_block: (0..npages.div_ceil(BLOCK_PAGES))
+                .map(|_| AtomicU16::new(0))
+                .collect(),
+        }
+    }
+
+    fn bytes_for(npages: usize) -> u64 {
+        ((npages + npages.div_ceil(BLOCK_PAGES)) * std::mem::size_of::<AtomicU16>()) as u64
+    }
+
+    /// One more pin of page `i` (block `b`); the caller checked for overflow.
+    /// Returns whether the page became pinned.
+    fn inc(&self, b: usize, i: usize) -> bool {
+        let first = self.counts[i].fetch_add(1, O::AcqRel) == 0;
+        if first {
+            self.per_block[b].fetch_add(1, O::AcqRel);
+        }
+        first
+    }
+
+    /// One pin less; the caller checked the page is pinned. Returns whether
+    /// the page became unpinned.
+    fn dec(&self, b: usize, i: usize) -> bool {
+        let last = self.counts[i].fetch_sub(1, O::AcqRel) == 1;
+        if last {
+            self.per_block[b].fetch_sub(1, O::AcqRel);
+        }
+        last
+    }
+
+    fn pinned_pages(&self) -> u64 {
+        self.per_block
+            .iter()
+            .map(|c| c.load(O::Acquire) as u64)
+            .sum()
+    }
+}
+
+impl Pins {
+    /// Whether page `i` (in block `b`) is pinned. Stable while the caller
+    /// holds the block's migration lock.
+    pub fn pinned(&self, b: usize, i: usize) -> bool {
+        self.table.get().is_some_and(|t| {
+            t.per_block[b].load(O::Acquire) != 0 && t.counts[i].load(O::Acquire) != 0
+        })
+    }
+
+    /// Bytes of the pin table (0 before the region's first pin).
+    pub fn metadata_bytes(&self) -> u64 {
+        self.table
+            .get()
+            .map_or(0, |t| PinTable::bytes_for(t.counts.len()))
+    }
+
+    /// The pin count of page `i`.
+    pub fn count(&self, i: usize) -> u16 {
+        self.table.get().map_or(0, |t| t.counts[i].load(O::Acquire))
+    }
+}
+
+/// Whether `r` is still one of the `Svm`'s regions (not freed).
+fn is_live(sh: &Shared, r: &Arc<RegionInner>) -> bool {
+    sh.regions
+        .read()
+        .get(&r.base())
+        .is_some_and(|x| Arc::ptr_eq(x, r))
+}
+
+fn freed(r: &RegionInner, first: usize, n: usize) -> Error {
+    Error::OutsideManaged {
+        start: r.addr_of(first),
+        len: (n * PAGE_SIZE) as u64,
+    }
+}
+
+/// Calls `f(b, lo..hi)` for each block-sized piece of `[first, first+n)`
+/// with the block's migration lock held.
+fn per_block(
+    r: &RegionInner,
+    first: usize,
+    n: usize,
+    mut f: impl FnMut(usize, std::ops::Range<usize>),
+) {
+    let (mut i, end) = (first, first + n);
+    while i < end {
+        let b = i / BLOCK_PAGES;
+        let hi = end.min((b + 1) * BLOCK_PAGES);
+        let _g = r.blocks[b].migrate.lock();
+        f(b, i..hi);
+        i = hi;
+    }
+}
+
+/// Pins pages `[first, first+n)` of `r` (see the module docs).
+pub(crate) fn pin(sh: &Shared, r: &Arc<RegionInner>, first: usize, n: usize) -> Result<()> {
+    let acct = &sh.account;
+    let _p = acct.pin_lock.lock();
+    if !is_live(sh, r) {
+        return Err(freed(r, first, n));
+    }
+    let page = PAGE_SIZE as u64;
+    // Validate everything before anything changes.
+    let mut new = 0u64;
+    for i in first..first + n {
+        let c = r.pins.count(i);
+        if c == u16::MAX {
+            return Err(Error::PinOverflow {
+                addr: r.addr_of(i),
+                count: c as u32,
+            });
+        }
+        new += (c == 0) as u64;
+    }
+    let (pinned, limit) = (acct.pinned_bytes(), acct.pin_limit());
+    if pinned.saturating_add(new * page) > limit {
+        return Err(Error::PinLimit {
+            requested: new * page,
+            pinned,
+            limit,
+        });
+    }
+    let t = match r.pins.table.get() {
+        Some(t) => t,
+        None => acct.charge_metadata(sh, PinTable::bytes_for(r.npages), || {
+            r.pins.table.get_or_init(|| PinTable::new(r.npages))
+        })?,
+    };
+    // Pin first, then pull, under each block's lock: from the moment the
+    // lock is released no migration can take the pages to a device.
+    let mut busy = 0u64;
+    per_block(r, first, n, |b, pages| {
+        for k in pages.clone() {
+            t.inc(b, k);
+        }
+        migrate::pull_to_system(sh, r, pages.clone(), None, Trigger::Explicit);
+        busy += pages
+            .filter(|&k| {
+                matches!(
+                    r.states[k].load(),
+                    PageState::Device { .. } | PageState::Migrating
+                )
+            })
+            .count() as u64;
+    });
+    if busy > 0 {
+        per_block(r, first, n, |b, pages| {
+            for k in pages {
+                t.dec(b, k);
+            }
+        });
+        return Err(Error::PinBusy {
+            addr: r.addr_of(first),
+            len: n as u64 * page,
+            busy,
+        });
+    }
+    acct.pinned_pages.fetch_add(new, O::AcqRel);
+    Ok(())
+}
+
+/// Drops one pin of each page of `[first, first+n)`; every page must be pinned.
+pub(crate) fn unpin(sh: &Shared, r: &Arc<RegionInner>, first: usize, n: usize) -> Result<()> {
+    let acct = &sh.account;
+    let _p = acct.pin_lock.lock();
+    if !is_live(sh, r) {
+        return Err(freed(r, first, n));
+    }
+    if let Some(k) = (first..first + n).find(|&k| r.pins.count(k) == 0) {
+        return Err(Error::NotPinned { addr: r.addr_of(k) });
+    }
+    let Some(t) = r.pins.table.get() else {
+        return Err(Error::NotPinned {
+            addr: r.addr_of(first),
+        });
+    };
+    let mut unpinned = 0u64;
+    per_block(r, first, n, |b, pages| {
+        for k in pages {
+            unpinned += t.dec(b, k) as u64;
+        }
+    });
+    acct.pinned_pages.fetch_sub(unpinned, O::AcqRel);
+    Ok(())
+}
+
+/// A region is being freed (already out of the region map): its pins no
+/// longer count.
+pub(crate) fn release_region(sh: &Shared, r: &RegionInner) {
+    let _p = sh.account.pin_lock.lock();
+    if let Some(t) = r.pins.table.get() {
+        sh.account
+            .pinned_pages
+            .fetch_sub(t.pinned_pages(), O::AcqRel);
+    }
+}
+
+impl crate::Svm {
+    /// Pins the page-aligned range `[addr, addr+len)` (inside one region) to
+    /// system memory: its device-resident pages migrate back now and no
+    /// migration takes them to a device until they are unpinned (migrations
+    /// report them `skipped_pinned`; device accesses and faults map the
+    /// system pages in place). Pins nest: each pin needs its unpin.
+    ///
+    /// This is a long-term pin (`FOLL_LONGTERM`): like the kernel, which
+    /// moves long-term-pinned pages out of coherent device memory first,
+    /// svmem always moves pinned pages to system memory, whatever the
+    /// device's memory type.
+    ///
+    /// Errors, each leaving every pin count unchanged:
+    /// [`Error::PinLimit`] if the pages not pinned yet would take the pinned
+    /// bytes past the pin limit ([`crate::SvmBuilder::pin_limit`]);
+    /// [`Error::PinOverflow`] if a page is already pinned 65535 times;
+    /// [`Error::PinBusy`] if some pages stayed on a device (busy, or no room
+    /// for a bounce buffer under the memory limit); [`Error::MemoryLimit`] if
+    /// the region's pin table (2 bytes per page, allocated on its first pin)
+    /// does not fit; the range errors of [`crate::Svm::migrate`].
+    pub fn pin(&self, addr: crate::VirtAddr, len: u64) -> Result<()> {
+        let (r, first, n) = self.check_range(addr, len)?;
+        pin(&self.shared, &r, first, n)
+    }
+
+    /// Drops one pin of every page of the page-aligned range. If any page of
+    /// it is not pinned, fails with [`Error::NotPinned`] naming the first
+    /// such page and changes nothing. Pages whose last pin goes migrate
+    /// normally again.
+    pub fn unpin(&self, addr: crate::VirtAddr, len: u64) -> Result<()> {
+        let (r, first, n) = self.check_range(addr, len)?;
+        unpin(&self.shared, &r, first, n)
+    }
+
+    /// How many times the page holding `addr` is pinned (0 outside managed
+    /// memory).
+    pub fn pin_count(&self, addr: crate::VirtAddr) -> u32 {
+        self.shared
+            .region_at(addr.0)
+            .map_or(0, |r| r.pins.count(r.page_of(addr.0)) as u32)
+    }
+}
