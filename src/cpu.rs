@@ -118,8 +118,7 @@ pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
     sh.check_lost();
     {
         let _guard = r.blocks[lo / BLOCK_PAGES].migrate.lock();
-        // The faulting thread must be served: its bounce buffer may pass the limit.
-        crate::account::past_limit(|| migrate::pull_for_cpu_fault(sh, r, lo..hi));
+        migrate::pull_for_cpu_fault(sh, r, lo..hi);
         populate(sh, r, lo, hi, write);
     }
     // A device found lost meanwhile: poison what it held (no lock held here).
@@ -249,6 +248,45 @@ pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
 
 thread_local! {
     static IS_READER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// What [`page_runs`] does with the page a ranged ioctl stopped at.
+pub(crate) enum Stuck {
+    /// Try the ioctl again from this page.
+    Retry,
+    /// Go on after this page.
+    Skip,
+}
+
+/// Runs a ranged uffd ioctl `op(first_page, len)` over the pages of `pages`,
+/// resuming after partial progress. A stop on an unread event (`EAGAIN`) is
+/// waited out with a [`Backoff`]; any other stop, or `EAGAIN` once the
+/// backoff gives up, goes to `stuck(page, errno)`.
+pub(crate) fn page_runs(
+    sh: &Shared,
+    pages: std::ops::Range<usize>,
+    mut op: impl FnMut(usize, u64) -> Result<u64, crate::sys::uffd::Partial>,
+    mut stuck: impl FnMut(usize, i32) -> Stuck,
+) {
+    let (mut i, end) = (pages.start, pages.end);
+    let mut backoff = Backoff::new(sh);
+    while i < end {
+        match op(i, ((end - i) * PAGE_SIZE) as u64) {
+            Ok(_) => break,
+            Err(p) => {
+                i += p.done as usize / PAGE_SIZE;
+                if i >= end {
+                    break;
+                }
+                if p.errno == libc::EAGAIN && backoff.wait() {
+                    continue;
+                }
+                if let Stuck::Skip = stuck(i, p.errno) {
+                    i += 1;
+                }
+            }
+        }
+    }
 }
 
 /// Bounded waiting for an ioctl that returned `EAGAIN` because a

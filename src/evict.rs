@@ -39,10 +39,9 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use crate::addr::{DeviceId, Location, PAGE_SIZE};
+use crate::addr::{DeviceId, PAGE_SIZE};
 use crate::error::{Error, Result};
-use crate::events::EventKind;
-use crate::migrate::{self, MigrateReport, Trigger};
+use crate::migrate::{self, Trigger};
 use crate::space::RegionInner;
 use crate::state::PageState;
 use crate::svm::Shared;
@@ -157,11 +156,10 @@ fn step(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId) -> (Step, bool) {
     let Some(guard) = blk.migrate.try_lock() else {
         return (Step::Skipped, true); // being migrated (or the caller's own block)
     };
-    let idxs: Vec<usize> = r
+    let holds = r
         .block_pages(b)
-        .filter(|&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if dev == d))
-        .collect();
-    if idxs.is_empty() {
+        .any(|i| matches!(r.states[i].load(), PageState::Device { dev, .. } if dev == d));
+    if !holds {
         blk.listed.fetch_and(!bit, Ordering::AcqRel);
         return (Step::Skipped, false);
     }
@@ -171,46 +169,20 @@ fn step(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId) -> (Step, bool) {
     if blk.access.try_write().is_none() {
         return (Step::Skipped, true); // a device access is using it right now
     }
-    let first = idxs[0];
-    let events = &r.notifier.events;
-    events.emit_with(|| EventKind::MigrateStart {
-        start: r.addr_of(first),
-        pages: idxs.len() as u64,
-        from: Location::Device(d),
-        to: Location::System,
-        trigger: Trigger::Eviction,
-    });
-    let mut rep = MigrateReport {
-        requested: idxs.len() as u64,
-        ..Default::default()
-    };
-    if let Some(p) = migrate::isolate_to_system(sh, r, b, &idxs, true, None, &mut rep) {
-        migrate::finish_to_system(sh, r, p, Trigger::Eviction, &mut rep);
-    }
+    let rep = migrate::pull_from(sh, r, r.block_pages(b), d, Trigger::Eviction);
     // Still under the block lock: a block left with no page on `d` leaves
     // the ring now, so its next migration in lists it again.
-    let left = idxs
-        .iter()
-        .any(|&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if dev == d));
+    let left = rep.migrated < rep.requested;
     if !left {
         blk.listed.fetch_and(!bit, Ordering::AcqRel);
     }
     drop(guard);
-    events.emit_with(|| EventKind::MigrateEnd {
-        start: r.addr_of(first),
-        pages: idxs.len() as u64,
-        migrated: rep.migrated,
-        from: Location::Device(d),
-        to: Location::System,
-        trigger: Trigger::Eviction,
-        error: migrate::error_code(&rep),
-    });
-    let c = &sh.counters;
     if rep.migrated == 0 {
         return (Step::Skipped, true); // could not move (copy failed): stays listed
     }
     blk.evicted_from.fetch_or(bit, Ordering::AcqRel);
     blk.evicted_at.store(r.notifier.now_ns(), Ordering::Relaxed);
+    let c = &sh.counters;
     c.add(&c.evictions, 1);
     c.add(&c.evicted_pages, rep.migrated);
     (Step::Evicted(rep.migrated), left)

@@ -17,11 +17,11 @@
 
 use parking_lot::Mutex;
 
-use crate::addr::{DeviceId, Location, PAGE_SIZE};
-use crate::cpu::Backoff;
+use crate::addr::{DeviceId, PAGE_SIZE};
+use crate::cpu::{page_runs, Stuck};
 use crate::device::FreeBatch;
 use crate::error::{Error, Result};
-use crate::events::{EventKind, MigrateTrigger, UnmapTrigger};
+use crate::events::{MigrateTrigger, UnmapTrigger};
 use crate::migrate::{self, MigrateReport};
 use crate::space::RegionInner;
 use crate::state::{PageState, MAX_DEVICES};
@@ -96,28 +96,18 @@ pub(crate) fn poison_isolated(sh: &Shared, r: &RegionInner, pages: &[(usize, Pag
 /// there), waking whoever waits on them. Pages already present or marked
 /// are left alone.
 pub(crate) fn poison_cpu_view(sh: &Shared, r: &RegionInner, s: usize, n: usize) {
-    let (mut i, end) = (s, s + n);
-    let mut backoff = Backoff::new(sh);
-    while i < end {
-        let len = ((end - i) * PAGE_SIZE) as u64;
-        match sh.uffd.poison(r.addr_of(i).0, len) {
-            Ok(_) => break,
-            Err(p) => {
-                i += p.done as usize / PAGE_SIZE;
-                if i >= end {
-                    break;
-                }
-                if p.errno == libc::EAGAIN && backoff.wait() {
-                    continue;
-                }
-                // EEXIST: a marker (or a page) is there already. Anything
-                // else: the state says Poisoned; the CPU-fault path puts the
-                // marker in when the page is touched.
-                let _ = sh.uffd.wake(r.addr_of(i).0, PAGE_SIZE as u64);
-                i += 1;
-            }
-        }
-    }
+    page_runs(
+        sh,
+        s..s + n,
+        |i, len| sh.uffd.poison(r.addr_of(i).0, len),
+        |i, _| {
+            // EEXIST: a marker (or a page) is there already. Anything else:
+            // the state says Poisoned; the CPU-fault path puts the marker in
+            // when the page is touched.
+            let _ = sh.uffd.wake(r.addr_of(i).0, PAGE_SIZE as u64);
+            Stuck::Skip
+        },
+    );
 }
 
 impl Shared {
@@ -203,48 +193,12 @@ fn clear_device_table(r: &RegionInner, b: usize, d: DeviceId) {
 /// One eviction pass of every page on device `d` to system memory.
 fn evict_pass(sh: &Shared, d: DeviceId, rep: &mut MigrateReport) {
     let regions: Vec<_> = sh.regions.read().values().cloned().collect();
-    let trigger = MigrateTrigger::Eviction;
     for r in regions {
         for b in 0..r.blocks.len() {
-            let guard = r.blocks[b].migrate.lock();
-            let idxs: Vec<usize> = r
-                .block_pages(b)
-                .filter(
-                    |&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if dev == d),
-                )
-                .collect();
-            let Some(&first) = idxs.first() else { continue };
-            let events = &r.notifier.events;
-            let pages = idxs.len() as u64;
-            events.emit_with(|| EventKind::MigrateStart {
-                start: r.addr_of(first),
-                pages,
-                from: Location::Device(d),
-                to: Location::System,
-                trigger,
-            });
-            let mut brep = MigrateReport {
-                requested: pages,
-                ..Default::default()
-            };
-            if let Some(p) =
-                migrate::isolate_to_system(sh, &r, b, &idxs, false, Some(guard), &mut brep)
-            {
-                migrate::finish_to_system(sh, &r, p, trigger, &mut brep);
-            }
-            events.emit_with(|| EventKind::MigrateEnd {
-                start: r.addr_of(first),
-                pages,
-                migrated: brep.migrated,
-                from: Location::Device(d),
-                to: Location::System,
-                trigger,
-                error: migrate::error_code(&brep),
-            });
+            let _g = r.blocks[b].migrate.lock();
+            let brep = migrate::pull_from(sh, &r, r.block_pages(b), d, MigrateTrigger::Eviction);
             rep.requested += brep.requested;
             rep.migrated += brep.migrated;
-            rep.rolled_back += brep.rolled_back;
-            rep.skipped_busy += brep.skipped_busy;
         }
     }
 }
@@ -285,7 +239,7 @@ pub(crate) fn reset_device(sh: &Shared, d: DeviceId) -> Result<ResetReport> {
             }
         }
     }
-    let left = resident_pages(sh, d);
+    let left = crate::account::usage(sh).devices[d.0 as usize].resident_bytes / PAGE_SIZE as u64;
     if left > 0 {
         return Err(Error::Device {
             dev: d,
@@ -307,20 +261,6 @@ pub(crate) fn reset_device(sh: &Shared, d: DeviceId) -> Result<ResetReport> {
     }
     sh.counters.add(&sh.counters.device_resets, 1);
     Ok(out)
-}
-
-/// Pages whose data is on device `d` now.
-fn resident_pages(sh: &Shared, d: DeviceId) -> u64 {
-    let regions: Vec<_> = sh.regions.read().values().cloned().collect();
-    regions
-        .iter()
-        .map(|r| {
-            r.states
-                .iter()
-                .filter(|s| matches!(s.load(), PageState::Device { dev, .. } if dev == d))
-                .count() as u64
-        })
-        .sum()
 }
 
 /// After a device read or write: a device found lost meanwhile (its own, or

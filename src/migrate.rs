@@ -20,7 +20,7 @@ use std::sync::Arc;
 use parking_lot::MutexGuard;
 
 use crate::addr::{DevPage, DeviceId, Location, BLOCK_PAGES, PAGE_SIZE};
-use crate::cpu::Backoff;
+use crate::cpu::{page_runs, Stuck};
 use crate::device::{
     CopyJob, CopyOp, DevRun, DeviceError, Fence, FreeBatch, HostRef, MAX_JOB_PAGES,
 };
@@ -141,40 +141,31 @@ pub(crate) enum Taken {
 /// retried up to 3 times.
 pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<Taken> {
     let mut out = vec![Taken::Moved; n];
-    let (mut i, end) = (start, start + n);
     // (page, tries): busy retries belong to the page that is busy.
     let mut busy = (usize::MAX, 0);
-    let mut backoff = Backoff::new(sh);
-    while i < end {
-        let len = ((end - i) * PAGE_SIZE) as u64;
-        match sh
-            .uffd
-            .move_pages(r.staging_addr(i), r.addr_of(i).0, len, false, true)
-        {
-            Ok(_) => break,
-            Err(p) => {
-                i += p.done as usize / PAGE_SIZE;
-                if i >= end {
-                    break;
-                }
-                match p.errno {
-                    libc::EAGAIN if backoff.wait() => {}
-                    libc::ENOENT => {
-                        out[i - start] = Taken::Hole;
-                        i += 1;
-                    }
-                    libc::EBUSY if busy.0 != i || busy.1 < 2 => {
-                        busy = (i, if busy.0 == i { busy.1 + 1 } else { 1 });
-                        std::thread::yield_now();
-                    }
-                    _ => {
-                        out[i - start] = Taken::Busy;
-                        i += 1;
-                    }
-                }
+    page_runs(
+        sh,
+        start..start + n,
+        |i, len| {
+            sh.uffd
+                .move_pages(r.staging_addr(i), r.addr_of(i).0, len, false, true)
+        },
+        |i, errno| match errno {
+            libc::ENOENT => {
+                out[i - start] = Taken::Hole;
+                Stuck::Skip
             }
-        }
-    }
+            libc::EBUSY if busy.0 != i || busy.1 < 2 => {
+                busy = (i, if busy.0 == i { busy.1 + 1 } else { 1 });
+                std::thread::yield_now();
+                Stuck::Retry
+            }
+            _ => {
+                out[i - start] = Taken::Busy;
+                Stuck::Skip
+            }
+        },
+    );
     out
 }
 
@@ -184,33 +175,23 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
 /// are committed.
 fn return_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<usize> {
     let mut failed = Vec::new();
-    let (mut i, end) = (start, start + n);
-    let mut backoff = Backoff::new(sh);
-    while i < end {
-        let len = ((end - i) * PAGE_SIZE) as u64;
-        match sh
-            .uffd
-            .move_pages(r.addr_of(i).0, r.staging_addr(i), len, false, true)
-        {
-            Ok(_) => break,
-            Err(p) => {
-                i += p.done as usize / PAGE_SIZE;
-                if i >= end {
-                    break;
-                }
-                if p.errno == libc::EAGAIN && backoff.wait() {
-                    continue;
-                }
-                // MOVE refused this page: copy it instead, then drop the staged page.
-                let src = r.staging_addr(i);
-                match sh.uffd.copy(r.addr_of(i).0, src, PAGE_SIZE as u64, true) {
-                    Ok(_) => sh.drop_staged(r, i, 1),
-                    Err(_) => failed.push(i),
-                }
-                i += 1;
+    page_runs(
+        sh,
+        start..start + n,
+        |i, len| {
+            sh.uffd
+                .move_pages(r.addr_of(i).0, r.staging_addr(i), len, false, true)
+        },
+        |i, _| {
+            // MOVE refused this page: copy it instead, then drop the staged page.
+            let src = r.staging_addr(i);
+            match sh.uffd.copy(r.addr_of(i).0, src, PAGE_SIZE as u64, true) {
+                Ok(_) => sh.drop_staged(r, i, 1),
+                Err(_) => failed.push(i),
             }
-        }
-    }
+            Stuck::Skip
+        },
+    );
     failed
 }
 
@@ -518,19 +499,12 @@ pub(crate) fn isolate_to_system<'a>(
         let PageState::Device { dev, page, staged } = p.prev else {
             continue;
         };
-        let dst = if staged {
-            HostRef {
-                map: r.staging.clone(),
-                off: p.idx * PAGE_SIZE,
-            }
-        } else {
-            let Some(bm) = &bounce else { continue };
+        if !staged && bounce.is_some() {
             p.bounce = Some(slot);
             slot += 1;
-            HostRef {
-                map: bm.clone(),
-                off: (slot - 1) * PAGE_SIZE,
-            }
+        }
+        let Some(dst) = back_dst(r, p, bounce.as_ref()) else {
+            continue;
         };
         let job = match jobs.iter_mut().find(|(d, _)| *d == dev) {
             Some((_, j)) => j,
@@ -660,6 +634,22 @@ pub(crate) fn finish_to_system(
     wake_runs(sh, r, plan.pages.iter().map(|p| p.idx));
 }
 
+/// Where an isolated device page's data goes back to: its staged page, or
+/// its slot in the bounce buffer (`None` if it has neither).
+fn back_dst(r: &RegionInner, p: &ToSystemPage, bounce: Option<&Arc<Mapping>>) -> Option<HostRef> {
+    match (p.prev, p.bounce, bounce) {
+        (PageState::Device { staged: true, .. }, _, _) => Some(HostRef {
+            map: r.staging.clone(),
+            off: p.idx * PAGE_SIZE,
+        }),
+        (PageState::Device { .. }, Some(slot), Some(bm)) => Some(HostRef {
+            map: bm.clone(),
+            off: slot * PAGE_SIZE,
+        }),
+        _ => None,
+    }
+}
+
 /// Copies one isolated device page back into its staged page or bounce slot.
 fn copy_one_back(
     sh: &Shared,
@@ -667,20 +657,11 @@ fn copy_one_back(
     p: &ToSystemPage,
     bounce: Option<&Arc<Mapping>>,
 ) -> Result<(), DeviceError> {
-    let PageState::Device { dev, page, staged } = p.prev else {
+    let PageState::Device { dev, page, .. } = p.prev else {
         return Ok(());
     };
-    let dst = match (staged, p.bounce, bounce) {
-        (true, _, _) => HostRef {
-            map: r.staging.clone(),
-            off: p.idx * PAGE_SIZE,
-        },
-        (false, Some(slot), Some(bm)) => HostRef {
-            map: bm.clone(),
-            off: slot * PAGE_SIZE,
-        },
-        _ => return Err(DeviceError::new("no bounce buffer for the page")),
-    };
+    let dst =
+        back_dst(r, p, bounce).ok_or_else(|| DeviceError::new("no bounce buffer for the page"))?;
     let job = CopyJob {
         ops: vec![CopyOp::ToHost {
             src: page,
@@ -709,32 +690,52 @@ pub(crate) fn pull_to_system(
     except: Option<DeviceId>,
     trigger: Trigger,
 ) {
-    pull(sh, r, pages, except, trigger, false);
+    pull(sh, r, pages, |dev| Some(dev) != except, trigger, false);
 }
 
-/// [`pull_to_system`] for a CPU fault window: a page whose copy back fails
-/// (retried alone) is poisoned instead of left on its device, so the
-/// faulting thread gets SIGBUS rather than faulting forever; every other
-/// page of the window migrates.
+/// Brings the pages of `pages` (inside one block, whose lock the caller
+/// holds) that are on device `d` back to system memory now (evictions and
+/// resets); returns what moved.
+pub(crate) fn pull_from(
+    sh: &Shared,
+    r: &RegionInner,
+    pages: std::ops::Range<usize>,
+    d: DeviceId,
+    trigger: Trigger,
+) -> MigrateReport {
+    pull(sh, r, pages, |dev| dev == d, trigger, false)
+}
+
+/// [`pull_to_system`] for a CPU fault window, which must be served: a page
+/// whose copy back fails (retried alone) is poisoned instead of left on its
+/// device, so the faulting thread gets SIGBUS rather than faulting forever,
+/// and the bounce buffer may pass the memory limit; every other page of the
+/// window migrates.
 pub(crate) fn pull_for_cpu_fault(sh: &Shared, r: &RegionInner, pages: std::ops::Range<usize>) {
-    pull(sh, r, pages, None, Trigger::CpuFault, true);
+    crate::account::past_limit(|| pull(sh, r, pages, |_| true, Trigger::CpuFault, true));
 }
 
+/// Pulls the pages of `pages` on the devices `which` accepts; emits the
+/// migration events and returns the report.
 fn pull(
     sh: &Shared,
     r: &RegionInner,
     pages: std::ops::Range<usize>,
-    except: Option<DeviceId>,
+    which: impl Fn(DeviceId) -> bool,
     trigger: Trigger,
     poison_on_failure: bool,
-) {
+) -> MigrateReport {
     let b = pages.start / BLOCK_PAGES;
     let idxs: Vec<usize> = pages
-        .filter(
-            |&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if Some(dev) != except),
-        )
+        .filter(|&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if which(dev)))
         .collect();
-    let Some(&first) = idxs.first() else { return };
+    let mut rep = MigrateReport {
+        requested: idxs.len() as u64,
+        ..Default::default()
+    };
+    let Some(&first) = idxs.first() else {
+        return rep;
+    };
     let from = location_of(r, first);
     let events = &r.notifier.events;
     events.emit_with(|| EventKind::MigrateStart {
@@ -744,8 +745,6 @@ fn pull(
         to: Location::System,
         trigger,
     });
-    // A scratch report: this is not the migration any caller asked for.
-    let mut rep = MigrateReport::default();
     if let Some(mut p) = isolate_to_system(sh, r, b, &idxs, true, None, &mut rep) {
         p.poison_on_failure = poison_on_failure;
         finish_to_system(sh, r, p, trigger, &mut rep);
@@ -759,6 +758,7 @@ fn pull(
         trigger,
         error: error_code(&rep),
     });
+    rep
 }
 
 /// Where page `k` is now, for events (`System` unless on a device).
