@@ -112,7 +112,7 @@ pub(crate) fn forget_region(sh: &Shared, r: &RegionInner) {
     for res in sh.residency.iter() {
         let mut ring = res.ring.lock();
         ring.retain(|e| e.region.strong_count() > 0 && !std::ptr::eq(e.region.as_ptr(), r));
-        if ring.len() < ring.capacity() / 4 {
+        if ring.len() <= ring.capacity() / 4 {
             ring.shrink_to_fit(); // metadata returns to idle once regions go
         }
     }

@@ -25,6 +25,7 @@ fn svm(xnack: bool) -> Svm {
 /// `stream` with its three arrays sized to `ratio` × device memory.
 fn stream_at(ratio: f64, xnack: bool, preferred: Option<Location>) {
     let svm = svm(xnack);
+    let idle = svm.memory_usage();
     let bytes = ((DEV_MIB << 20) as f64 * ratio / 3.0) as u64;
     let cfg = RunConfig {
         bytes,
@@ -49,6 +50,8 @@ fn stream_at(ratio: f64, xnack: bool, preferred: Option<Location>) {
         info.free_bytes, info.capacity_bytes,
         "{ratio}x leaked device pages"
     );
+    // Eviction bookkeeping (the rings) returns to idle with the regions.
+    assert_eq!(svm.memory_usage().metadata_bytes, idle.metadata_bytes);
 }
 
 #[test]
