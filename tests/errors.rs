@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::svm;
 use svmem::{
     DeviceId, EmulatedConfig, Error, Location, MemoryType, Prot, Region, Svm, VirtAddr, PAGE_SIZE,
 };
@@ -10,10 +13,6 @@ use svmem::{
 const MIB: usize = 1 << 20;
 const DEV0: DeviceId = DeviceId(0);
 const PG: u64 = PAGE_SIZE as u64;
-
-fn svm(device_bytes: u64) -> Svm {
-    Svm::with_emulated(device_bytes).expect("build an Svm with one emulated device")
-}
 
 fn fill(region: &mut Region<'_>) {
     for (i, b) in region.as_mut_slice::<u8>().iter_mut().enumerate() {

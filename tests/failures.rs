@@ -7,13 +7,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::{fill, pattern, svm, two_devices};
 use svmem::{
-    CopyFailure, DeviceId, EmulatedConfig, Error, EventKind, FaultReason, Injection, Location,
-    MemoryType, PageView, Region, Svm, PAGE_SIZE,
+    CopyFailure, DeviceId, Error, EventKind, FaultReason, Injection, Location, PageView, Region,
+    Svm, PAGE_SIZE,
 };
 
 const MIB: usize = 1 << 20;
@@ -22,40 +25,6 @@ const DEV1: DeviceId = DeviceId(1);
 const PG: u64 = PAGE_SIZE as u64;
 /// Pages per 2 MiB block: one copy job each.
 const BLOCK: u64 = 512;
-
-fn emulated(name: &str, memory_bytes: u64) -> EmulatedConfig {
-    EmulatedConfig {
-        name: name.into(),
-        memory_bytes,
-        copy_engines: 1,
-        memory_type: MemoryType::Private,
-        compute_units: 2,
-    }
-}
-
-fn svm(device_bytes: u64) -> Svm {
-    Svm::with_emulated(device_bytes).expect("build an Svm with one emulated device")
-}
-
-fn two_devices(device_bytes: u64) -> Svm {
-    Svm::builder()
-        .emulated(emulated("gpu0", device_bytes))
-        .unwrap()
-        .emulated(emulated("gpu1", device_bytes))
-        .unwrap()
-        .build()
-        .expect("build an Svm with two emulated devices")
-}
-
-fn pattern(i: usize, seed: u8) -> u8 {
-    (i as u8) ^ ((i / PAGE_SIZE) as u8).wrapping_mul(31) ^ seed
-}
-
-fn fill(region: &mut Region<'_>, seed: u8) {
-    for (i, b) in region.as_mut_slice::<u8>().iter_mut().enumerate() {
-        *b = pattern(i, seed);
-    }
-}
 
 /// Checks the bytes of the given pages from the CPU (faulting them back).
 fn check_pages(region: &Region<'_>, seed: u8, pages: impl Iterator<Item = usize>) {

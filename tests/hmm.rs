@@ -7,51 +7,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use svmem::{
-    DeviceId, EmulatedConfig, Error, Location, MemoryType, PageView, Prot, Region, Svm, BLOCK_SIZE,
-    PAGE_SIZE,
-};
+use common::{emulated, fill, pattern, svm, two_devices};
+use svmem::{DeviceId, Error, Location, PageView, Prot, Region, Svm, BLOCK_SIZE, PAGE_SIZE};
 
 const MIB: usize = 1 << 20;
 const DEV0: DeviceId = DeviceId(0);
 const DEV1: DeviceId = DeviceId(1);
-
-fn svm(device_bytes: u64) -> Svm {
-    Svm::with_emulated(device_bytes).expect("build an Svm with one emulated device")
-}
-
-fn emulated(name: &str, memory_bytes: u64) -> EmulatedConfig {
-    EmulatedConfig {
-        name: name.into(),
-        memory_bytes,
-        copy_engines: 1,
-        memory_type: MemoryType::Private,
-        compute_units: 2,
-    }
-}
-
-fn two_devices(device_bytes: u64) -> Svm {
-    Svm::builder()
-        .emulated(emulated("gpu0", device_bytes))
-        .unwrap()
-        .emulated(emulated("gpu1", device_bytes))
-        .unwrap()
-        .build()
-        .expect("build an Svm with two emulated devices")
-}
-
-/// The byte the tests store at offset `i`, varied by `seed` and by page.
-fn pattern(i: usize, seed: u8) -> u8 {
-    (i as u8) ^ ((i / PAGE_SIZE) as u8).wrapping_mul(31) ^ seed
-}
-
-fn fill(region: &mut Region<'_>, seed: u8) {
-    for (i, b) in region.as_mut_slice::<u8>().iter_mut().enumerate() {
-        *b = pattern(i, seed);
-    }
-}
 
 fn expected(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| pattern(i, seed)).collect()

@@ -16,27 +16,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::Rng;
 use svmem::{CopyFailure, DeviceId, EmulatedConfig, Injection, Location, Region, Svm, PAGE_SIZE};
 
 const DEVS: [DeviceId; 2] = [DeviceId(0), DeviceId(1)];
 const PG: u64 = PAGE_SIZE as u64;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 struct Live<'s> {
     region: Region<'s>,
@@ -75,19 +64,23 @@ fn randomized_soak_loses_nothing() {
     }
     let svm = builder.build().unwrap();
     let idle = svm.memory_usage();
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut live: Vec<Live<'_>> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut steps = 0u64;
     let mut ops = [0u64; 10];
     while Instant::now() < deadline {
         steps += 1;
-        let op = if live.is_empty() { 0 } else { rng.below(10) };
+        let op = if live.is_empty() {
+            0
+        } else {
+            rng.below_u64(10)
+        };
         ops[op as usize] += 1;
         match op {
             // Allocate 4 KiB .. 6 MiB (at most 8 live regions).
             0 if live.len() < 8 => {
-                let pages = 1 + rng.below(1536);
+                let pages = 1 + rng.below_u64(1536);
                 let region = svm.alloc((pages * PG) as usize).unwrap();
                 live.push(Live {
                     region,
@@ -97,28 +90,28 @@ fn randomized_soak_loses_nothing() {
             }
             // Free one (checked first).
             1 if live.len() > 2 => {
-                let l = live.swap_remove(rng.below(live.len() as u64) as usize);
+                let l = live.swap_remove(rng.below_u64(live.len() as u64) as usize);
                 check(&l, "before free");
             }
             // CPU writes a few words.
             2 => {
-                let k = rng.below(live.len() as u64) as usize;
+                let k = rng.below_u64(live.len() as u64) as usize;
                 let l = &mut live[k];
                 let n = l.region.len() / 8;
-                for _ in 0..1 + rng.below(64) {
-                    let (i, v) = (rng.below(n), rng.next());
+                for _ in 0..1 + rng.below_u64(64) {
+                    let (i, v) = (rng.below_u64(n), rng.next());
                     l.region.as_mut_slice::<u64>()[i as usize] = v;
                     l.shadow.insert(i, v);
                 }
             }
             // A device writes a few words.
             3 => {
-                let d = DEVS[rng.below(2) as usize];
-                let k = rng.below(live.len() as u64) as usize;
+                let d = DEVS[rng.below_u64(2) as usize];
+                let k = rng.below_u64(live.len() as u64) as usize;
                 let l = &mut live[k];
                 let n = l.region.len() / 8;
-                for _ in 0..1 + rng.below(16) {
-                    let (i, v) = (rng.below(n), rng.next());
+                for _ in 0..1 + rng.below_u64(16) {
+                    let (i, v) = (rng.below_u64(n), rng.next());
                     svm.device(d)
                         .unwrap()
                         .write(l.region.at(i * 8), &v.to_ne_bytes())
@@ -128,12 +121,12 @@ fn randomized_soak_loses_nothing() {
             }
             // A kernel adds 1 to word 0 of every page of a range.
             4 => {
-                let d = DEVS[rng.below(2) as usize];
-                let k = rng.below(live.len() as u64) as usize;
+                let d = DEVS[rng.below_u64(2) as usize];
+                let k = rng.below_u64(live.len() as u64) as usize;
                 let l = &mut live[k];
                 let pages = l.region.npages() as u64;
-                let first = rng.below(pages);
-                let count = 1 + rng.below((pages - first).min(1024));
+                let first = rng.below_u64(pages);
+                let count = 1 + rng.below_u64((pages - first).min(1024));
                 let base = l.region.at(first * PG);
                 svm.device(d)
                     .unwrap()
@@ -149,13 +142,13 @@ fn randomized_soak_loses_nothing() {
             }
             // Migrate a range to a device or back (oversubscribing the devices).
             5 | 6 => {
-                let k = rng.below(live.len() as u64) as usize;
+                let k = rng.below_u64(live.len() as u64) as usize;
                 let l = &live[k];
                 let pages = l.region.npages() as u64;
-                let first = rng.below(pages);
-                let count = 1 + rng.below((pages - first).min(1536));
+                let first = rng.below_u64(pages);
+                let count = 1 + rng.below_u64((pages - first).min(1536));
                 let to = if op == 5 {
-                    Location::Device(DEVS[rng.below(2) as usize])
+                    Location::Device(DEVS[rng.below_u64(2) as usize])
                 } else {
                     Location::System
                 };
@@ -166,22 +159,22 @@ fn randomized_soak_loses_nothing() {
             }
             // The same under injected copy failures: rolled back, nothing lost.
             7 => {
-                let d = DEVS[rng.below(2) as usize];
+                let d = DEVS[rng.below_u64(2) as usize];
                 let dev = svm.device(d).unwrap();
-                let copy = match rng.below(3) {
-                    0 => CopyFailure::EveryNth(1 + rng.below(3)),
+                let copy = match rng.below_u64(3) {
+                    0 => CopyFailure::EveryNth(1 + rng.below_u64(3)),
                     1 => CopyFailure::Probability {
                         p: 0.5,
                         seed: rng.next(),
                     },
-                    _ => CopyFailure::After(rng.below(3)),
+                    _ => CopyFailure::After(rng.below_u64(3)),
                 };
                 dev.inject(Injection {
                     copy,
-                    alloc_fails: rng.below(4) == 0,
+                    alloc_fails: rng.below_u64(4) == 0,
                 })
                 .unwrap();
-                let k = rng.below(live.len() as u64) as usize;
+                let k = rng.below_u64(live.len() as u64) as usize;
                 let l = &live[k];
                 let n = l.region.len().min(4 << 20);
                 let _ = svm
@@ -192,9 +185,9 @@ fn randomized_soak_loses_nothing() {
             }
             // Pin or unpin a whole region.
             8 => {
-                let k = rng.below(live.len() as u64) as usize;
+                let k = rng.below_u64(live.len() as u64) as usize;
                 let l = &mut live[k];
-                if l.pinned > 0 && rng.below(2) == 0 {
+                if l.pinned > 0 && rng.below_u64(2) == 0 {
                     svm.unpin(l.region.addr(), l.region.len()).unwrap();
                     l.pinned -= 1;
                 } else if l.pinned < 3 {
@@ -203,8 +196,8 @@ fn randomized_soak_loses_nothing() {
                 }
             }
             // Rarely: a graceful reset of one device.
-            9 if rng.below(20) == 0 => {
-                svm.reset_device(DEVS[rng.below(2) as usize]).unwrap();
+            9 if rng.below_u64(20) == 0 => {
+                svm.reset_device(DEVS[rng.below_u64(2) as usize]).unwrap();
             }
             _ => {}
         }

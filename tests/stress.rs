@@ -18,6 +18,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::Rng;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -41,27 +44,6 @@ fn cpu_word(p: usize, t: usize, j: usize) -> usize {
 /// Word `j` of the writer of device `d` in page `p` (in the page's second half).
 fn dev_word(p: usize, d: usize, j: usize) -> usize {
     p * WORDS_PER_PAGE + WORDS_PER_PAGE / 2 + (d * DEV_WORDS + j) * 16 + p % 16
-}
-
-/// xorshift64*: enough randomness for choosing words and ranges.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, one_in: u64) -> bool {
-        self.next() % one_in == 0
-    }
 }
 
 struct Config {

@@ -1,0 +1,71 @@
+//! Helpers shared by the integration tests (each test file uses some).
+
+#![allow(dead_code)]
+
+use svmem::{EmulatedConfig, MemoryType, Region, Svm, PAGE_SIZE};
+
+/// An emulated device config with one copy engine and two lanes.
+pub fn emulated(name: &str, memory_bytes: u64) -> EmulatedConfig {
+    EmulatedConfig {
+        name: name.into(),
+        memory_bytes,
+        copy_engines: 1,
+        memory_type: MemoryType::Private,
+        compute_units: 2,
+    }
+}
+
+/// An `Svm` with one emulated device.
+pub fn svm(device_bytes: u64) -> Svm {
+    Svm::with_emulated(device_bytes).expect("build an Svm with one emulated device")
+}
+
+/// An `Svm` with two emulated devices, `gpu0` and `gpu1`.
+pub fn two_devices(device_bytes: u64) -> Svm {
+    Svm::builder()
+        .emulated(emulated("gpu0", device_bytes))
+        .expect("gpu0")
+        .emulated(emulated("gpu1", device_bytes))
+        .expect("gpu1")
+        .build()
+        .expect("build an Svm with two emulated devices")
+}
+
+/// The byte the tests store at offset `i`, varied by `seed` and by page.
+pub fn pattern(i: usize, seed: u8) -> u8 {
+    (i as u8) ^ ((i / PAGE_SIZE) as u8).wrapping_mul(31) ^ seed
+}
+
+/// Writes [`pattern`] over the whole region from the CPU.
+pub fn fill(region: &mut Region<'_>, seed: u8) {
+    for (i, b) in region.as_mut_slice::<u8>().iter_mut().enumerate() {
+        *b = pattern(i, seed);
+    }
+}
+
+/// xorshift64*: enough randomness for choosing words, ranges and operations.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform-ish in `0..n` (`n` ≥ 1).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    /// Uniform-ish in `0..n` (`n` ≥ 1), for `u64` bounds.
+    pub fn below_u64(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    /// True one time in `one_in`.
+    pub fn chance(&mut self, one_in: u64) -> bool {
+        self.next() % one_in == 0
+    }
+}
