@@ -178,6 +178,34 @@ pub fn check_pattern(words: &[u64], seed: u64, first_index: u64) -> Option<Misma
     (m.count != 0).then_some(m)
 }
 
+/// Runs a kernel on device `dev` that reads the `words` u64 words at `base`
+/// in work items of `item_words` (in ascending order) and returns their
+/// wrapping sum, so every read happens; a fatal fault is an error.
+pub fn sum_kernel(
+    svm: &Svm,
+    dev: DeviceId,
+    base: VirtAddr,
+    words: u64,
+    item_words: u64,
+) -> Result<u64, BenchError> {
+    let total = std::sync::atomic::AtomicU64::new(0);
+    svm.device(dev)?
+        .launch(words.div_ceil(item_words), |lane, item| {
+            let lo = item * item_words;
+            let n = item_words.min(words - lo) as usize;
+            crate::workloads::with_scratch(n, |buf| {
+                lane.read_slice(base.offset(lo * 8), buf)?;
+                let sum = black_box(&*buf)
+                    .iter()
+                    .fold(0u64, |a, &w| a.wrapping_add(w));
+                total.fetch_add(sum, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            })
+        })?
+        .check()?;
+    Ok(total.into_inner())
+}
+
 /// Minimum, median and maximum of a set of samples.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Spread {

@@ -22,19 +22,18 @@
 //!
 //! Every sum is checked against the data the CPU wrote.
 
-use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::addr::{DeviceId, Location, BLOCK_PAGES, BLOCK_SIZE, PAGE_SIZE};
 use crate::attr::Attr;
 use crate::bench::{
-    fill_pattern, gbps, memcpy_gbps, pattern_word, prefaulted, BenchError, Machine, Spread,
+    fill_pattern, gbps, memcpy_gbps, pattern_word, prefaulted, sum_kernel, BenchError, Machine,
+    Spread,
 };
 use crate::device::{EmulatedConfig, MemoryType};
 use crate::stats::Stats;
 use crate::svm::{Region, Svm};
-use crate::workloads::with_scratch;
 
 /// Default size of the sweep region: 1 GiB.
 pub const DEFAULT_FAULTS_SIZE: u64 = 1 << 30;
@@ -261,23 +260,9 @@ fn sweep(
     let base = region.addr();
     let words = bytes / 8;
     let per_item = SWEEP_ITEM_BYTES / 8;
-    let total = AtomicU64::new(0);
     let before = svm.stats();
     let t = Instant::now();
-    svm.device(DEV)?
-        .launch(words.div_ceil(per_item), |lane, item| {
-            let lo = item * per_item;
-            let n = per_item.min(words - lo) as usize;
-            with_scratch(n, |buf| {
-                lane.read_slice(base.offset(lo * 8), buf)?;
-                let sum = black_box(&*buf)
-                    .iter()
-                    .fold(0u64, |a, &w| a.wrapping_add(w));
-                total.fetch_add(sum, Ordering::Relaxed);
-                Ok(())
-            })
-        })?
-        .check()?;
+    let sum = sum_kernel(svm, DEV, base, words, per_item)?;
     let el = t.elapsed();
     let after = svm.stats();
     s.device_fault_sweep_gbps = gbps(bytes, el);
@@ -286,7 +271,6 @@ fn sweep(
     s.sweep_faults = after.device_faults - before.device_faults;
     s.sweep_batches = after.device_fault_batches - before.device_fault_batches;
     s.sweep_ahead_pages = after.device_fault_ahead_pages - before.device_fault_ahead_pages;
-    let sum = total.into_inner();
     if sum != checksum {
         let when = format!("in run {run}, device fault sweep");
         return Err(sum_error(when, &region, SWEEP_SEED, sum, checksum));

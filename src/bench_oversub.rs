@@ -18,16 +18,13 @@
 //! bookkeeping, not of remote access over a real bus; the unmitigated one is
 //! the cost of eviction itself.
 
-use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::addr::{DeviceId, Location, PAGE_SIZE};
 use crate::attr::Attr;
-use crate::bench::{fill_pattern, gbps, BenchError, Machine, Spread};
+use crate::bench::{fill_pattern, gbps, sum_kernel, BenchError, Machine, Spread};
 use crate::device::EmulatedConfig;
 use crate::svm::Svm;
-use crate::workloads::with_scratch;
 
 /// Working sets, as multiples of device memory.
 pub const RATIOS: [f64; 4] = [0.5, 1.25, 1.5, 2.0];
@@ -211,22 +208,8 @@ fn one(
     )?;
     let base = region.addr();
     let words = len / 8;
-    let per_item = ITEM_BYTES / 8;
-    let dev = svm.device(DEV)?;
     let pass = |which: &str| -> Result<(), BenchError> {
-        let total = AtomicU64::new(0);
-        dev.launch(words / per_item, |lane, item| {
-            with_scratch(per_item as usize, |buf| {
-                lane.read_slice(base.offset(item * ITEM_BYTES), buf)?;
-                let sum = black_box(&*buf)
-                    .iter()
-                    .fold(0u64, |a, &w| a.wrapping_add(w));
-                total.fetch_add(sum, Ordering::Relaxed);
-                Ok(())
-            })
-        })?
-        .check()?;
-        let sum = total.into_inner();
+        let sum = sum_kernel(&svm, DEV, base, words, ITEM_BYTES / 8)?;
         if sum != expected {
             return Err(BenchError::Verify {
                 when: format!(
