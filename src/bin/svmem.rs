@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::builder::TypedValueParser;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use svmem::bench::{self, BenchError, Machine, MigrateBench};
 use svmem::bench_faults::{self, FaultsBench};
 use svmem::bench_oversub::{self, OversubBench};
@@ -108,6 +108,18 @@ enum Command {
     },
 }
 
+/// Options every benchmark takes.
+#[derive(Args)]
+struct BenchOut {
+    /// Measured runs (the median is reported).
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    runs: u32,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// memcpy vs. migration to the device and back vs. a CPU fault sweep
@@ -120,13 +132,8 @@ enum BenchCommand {
         /// Bytes of managed memory (suffixes K, M, G: KiB, MiB, GiB).
         #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_size)]
         size: u64,
-        /// Measured runs (the median is reported).
-        #[arg(long, value_name = "N", default_value_t = 5,
-              value_parser = clap::value_parser!(u32).range(1..=10_000))]
-        runs: u32,
-        /// Print one JSON object instead of the table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: BenchOut,
     },
     /// Device-fault-driven migration vs. memcpy; fault batch service times
     ///
@@ -143,13 +150,8 @@ enum BenchCommand {
         /// Bytes of the sweep region (suffixes K, M, G: KiB, MiB, GiB).
         #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_size)]
         size: u64,
-        /// Measured runs (the median is reported).
-        #[arg(long, value_name = "N", default_value_t = 5,
-              value_parser = clap::value_parser!(u32).range(1..=10_000))]
-        runs: u32,
-        /// Print one JSON object instead of the table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: BenchOut,
     },
     /// A device kernel streaming over working sets larger than device memory
     ///
@@ -166,13 +168,8 @@ enum BenchCommand {
         #[arg(long, value_name = "N", default_value_t = 3,
               value_parser = clap::value_parser!(u32).range(1..=1_000))]
         passes: u32,
-        /// Measured runs (the median is reported).
-        #[arg(long, value_name = "N", default_value_t = 3,
-              value_parser = clap::value_parser!(u32).range(1..=10_000))]
-        runs: u32,
-        /// Print one JSON object instead of the table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: BenchOut,
     },
 }
 
@@ -275,26 +272,25 @@ fn main() -> ExitCode {
             run(workload, &cfg, device_memory, json, events)
         }
         Command::Bench {
-            which: BenchCommand::Migrate { size, runs, json },
-        } => bench::bench_migrate(size, runs as usize)
+            which: BenchCommand::Migrate { size, out },
+        } => bench::bench_migrate(size, out.runs as usize)
             .map_err(CliError::from)
-            .and_then(|b| show(&b, json, print_bench)),
+            .and_then(|b| show(&b, out.json, print_bench)),
         Command::Bench {
-            which: BenchCommand::Faults { size, runs, json },
-        } => bench_faults::bench_faults(size, runs as usize)
+            which: BenchCommand::Faults { size, out },
+        } => bench_faults::bench_faults(size, out.runs as usize)
             .map_err(CliError::from)
-            .and_then(|b| show(&b, json, print_faults_bench)),
+            .and_then(|b| show(&b, out.json, print_faults_bench)),
         Command::Bench {
             which:
                 BenchCommand::Oversub {
                     device_memory,
                     passes,
-                    runs,
-                    json,
+                    out,
                 },
-        } => bench_oversub::bench_oversub(device_memory, passes, runs as usize)
+        } => bench_oversub::bench_oversub(device_memory, passes, out.runs as usize)
             .map_err(CliError::from)
-            .and_then(|b| show(&b, json, print_oversub_bench)),
+            .and_then(|b| show(&b, out.json, print_oversub_bench)),
     };
     match result {
         Ok(code) => code,
