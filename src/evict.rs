@@ -118,14 +118,6 @@ pub(crate) fn forget_region(sh: &Shared, r: &RegionInner) {
     }
 }
 
-/// What one step of the hand found.
-enum Step {
-    /// A block was evicted; this many pages came back.
-    Evicted(u64),
-    /// Not a victim (second chance, busy, stale); the hand moves on.
-    Skipped,
-}
-
 /// Evicts one block from device `d`, by CLOCK. Returns the pages freed, or
 /// `None` when a full turn (twice round the ring) found no block it could
 /// evict.
@@ -137,37 +129,38 @@ pub(crate) fn evict_one(sh: &Shared, d: DeviceId) -> Option<u64> {
         let Some(r) = e.region.upgrade() else {
             continue;
         };
-        let (what, keep) = step(sh, &r, e.block, d);
+        let (evicted, keep) = step(sh, &r, e.block, d);
         if keep {
             res.ring.lock().push_back(e);
         }
-        if let Step::Evicted(n) = what {
-            return Some(n);
+        if evicted.is_some() {
+            return evicted;
         }
     }
     None
 }
 
-/// Looks at block `b` for the hand; the flag says whether the entry stays on
-/// the ring.
-fn step(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId) -> (Step, bool) {
+/// Looks at block `b` for the hand: returns the pages evicted (`None`: not a
+/// victim: second chance, busy, or nothing left to evict) and whether the
+/// entry stays on the ring.
+fn step(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId) -> (Option<u64>, bool) {
     let bit = 1u8 << d.0;
     let blk = &r.blocks[b];
     let Some(guard) = blk.migrate.try_lock() else {
-        return (Step::Skipped, true); // being migrated (or the caller's own block)
+        return (None, true); // being migrated (or the caller's own block)
     };
     let holds = r
         .block_pages(b)
         .any(|i| matches!(r.states[i].load(), PageState::Device { dev, .. } if dev == d));
     if !holds {
         blk.listed.fetch_and(!bit, Ordering::AcqRel);
-        return (Step::Skipped, false);
+        return (None, false);
     }
     if blk.accessed.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
-        return (Step::Skipped, true); // second chance
+        return (None, true); // second chance
     }
     if blk.access.try_write().is_none() {
-        return (Step::Skipped, true); // a device access is using it right now
+        return (None, true); // a device access is using it right now
     }
     let rep = migrate::pull_from(sh, r, r.block_pages(b), d, Trigger::Eviction);
     // Still under the block lock: a block left with no page on `d` leaves
@@ -178,14 +171,14 @@ fn step(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId) -> (Step, bool) {
     }
     drop(guard);
     if rep.migrated == 0 {
-        return (Step::Skipped, true); // could not move (copy failed): stays listed
+        return (None, true); // could not move (copy failed): stays listed
     }
     blk.evicted_from.fetch_or(bit, Ordering::AcqRel);
     blk.evicted_at.store(r.notifier.now_ns(), Ordering::Relaxed);
     let c = &sh.counters;
     c.add(&c.evictions, 1);
     c.add(&c.evicted_pages, rep.migrated);
-    (Step::Evicted(rep.migrated), left)
+    (Some(rep.migrated), left)
 }
 
 /// Makes room on device `d` for `need` more pages: evicts blocks until the
