@@ -23,9 +23,19 @@ use crate::sync::Ordering;
 use crate::sys::uffd::{self, UffdMsg};
 use crate::sys::EventFd;
 
-/// Zero-fills the unpopulated pages among `[lo, hi)` (caller holds the block lock).
+/// Zero-fills the unpopulated pages among `[lo, hi)` (caller holds the block
+/// lock). A write to a whole untouched block gets one huge page
+/// ([`crate::huge`]).
 pub(crate) fn populate(sh: &Shared, r: &RegionInner, lo: usize, hi: usize, write: bool) {
-    let mut i = lo;
+    let huge = if write {
+        crate::huge::fill_block(sh, r, lo, hi)
+    } else {
+        0
+    };
+    if huge > 0 {
+        let _ = sh.uffd.wake(r.addr_of(lo).0, (huge * PAGE_SIZE) as u64);
+    }
+    let mut i = lo + huge;
     let mut filled = 0u64;
     let mut woken = Vec::new();
     while i < hi {

@@ -47,6 +47,7 @@ pub mod events;
 mod evict;
 mod failure;
 mod fault;
+mod huge;
 pub mod kernel;
 pub mod migrate;
 mod notify;

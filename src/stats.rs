@@ -98,6 +98,11 @@ counters! {
     devices_lost,
     /// Graceful device resets.
     device_resets,
+    /// 2 MiB blocks whose first touch mapped one huge page.
+    huge_fills,
+    /// Whole-block first touches that found no huge page (or whose move
+    /// stopped part way) and were filled with 4 KiB pages.
+    huge_fill_fallbacks,
 }
 
 impl Counters {

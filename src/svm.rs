@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use parking_lot::RwLock;
 
 use crate::access::{self, AccessReport, Op, PageView};
-use crate::addr::{DeviceId, Location, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
+use crate::addr::{DeviceId, Location, VirtAddr, BLOCK_PAGES, BLOCK_SIZE, PAGE_SIZE};
 use crate::attr::{AccessMode, Attr, AttrFlags, AttrMap, AttrQuery};
 use crate::device::{Device, EmulatedConfig, EmulatedDevice, FreeBatch, MemoryType};
 use crate::error::{Error, Result};
@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub failure: crate::failure::FailureState,
     /// System-memory limit, charges and pin totals (see [`crate::account`]).
     pub account: Arc<crate::account::Accountant>,
+    /// Huge-page slots for first touch of whole blocks (see [`crate::huge`]).
+    pub huge: crate::huge::HugePool,
 }
 
 impl Shared {
@@ -141,6 +143,7 @@ pub struct SvmBuilder {
     thrash_window: std::time::Duration,
     memory_limit: Option<u64>,
     pin_limit: Option<u64>,
+    huge_pages: bool,
 }
 
 impl std::fmt::Debug for SvmBuilder {
@@ -156,6 +159,7 @@ impl std::fmt::Debug for SvmBuilder {
             .field("policy", &self.policy.name())
             .field("memory_limit", &self.memory_limit)
             .field("pin_limit", &self.pin_limit)
+            .field("huge_pages", &self.huge_pages)
             .finish()
     }
 }
@@ -165,12 +169,13 @@ impl Default for SvmBuilder {
         SvmBuilder {
             devices: Vec::new(),
             granularity: 9,
-            pipeline_depth: 2,
+            pipeline_depth: 4,
             xnack: true,
             policy: Arc::new(KfdPolicy),
             thrash_window: std::time::Duration::from_millis(crate::policy::THRASH_WINDOW_MS),
             memory_limit: None,
             pin_limit: None,
+            huge_pages: true,
         }
     }
 }
@@ -236,6 +241,15 @@ impl SvmBuilder {
         self
     }
 
+    /// Whether the first write to a whole, untouched 2 MiB block maps one
+    /// transparent huge page (default on), so that whole-block migrations
+    /// move one PMD instead of 512 PTEs; see [`crate::huge`]. Off: every
+    /// page is a 4 KiB page, as the kernel's NOHUGEPAGE gives.
+    pub fn huge_pages(mut self, on: bool) -> Self {
+        self.huge_pages = on;
+        self
+    }
+
     pub fn build(self) -> Result<Svm> {
         if self.devices.len() > MAX_DEVICES {
             return Err(Error::Config(format!(
@@ -289,6 +303,7 @@ impl SvmBuilder {
                     .unwrap_or_else(crate::account::default_limit),
                 self.pin_limit,
             )),
+            huge: crate::huge::HugePool::new(self.huge_pages),
         });
         let shutdown = Arc::new(EventFd::new().map_err(|e| Error::os("eventfd", e))?);
         let mut svm = Svm {
@@ -376,18 +391,28 @@ impl Svm {
         let sh = &self.shared;
         let metadata = RegionInner::metadata_bytes_for(pages, sh.devices.len());
         let charge = sh.account.admit_region(sh, bytes as u64, metadata)?;
+        // Block-aligned, so each 2 MiB block is one PMD on both sides.
         let map = |what: &str| {
-            Mapping::anonymous(bytes, Prot::ReadWrite, false).map_err(|e| Error::AllocTooLarge {
-                requested: bytes as u64,
-                reason: format!("cannot map the {what} area: {e}"),
+            Mapping::anonymous_aligned(bytes, BLOCK_SIZE, Prot::ReadWrite).map_err(|e| {
+                Error::AllocTooLarge {
+                    requested: bytes as u64,
+                    reason: format!("cannot map the {what} area: {e}"),
+                }
             })
         };
         let managed = map("managed")?;
         let staging = map("staging")?;
-        // Pages are tracked at 4 KiB; keep THP out so MOVE never splits.
-        for m in [&managed, &staging] {
-            m.madvise(0, bytes, Advice::NoHugePage)
-                .map_err(|e| Error::os("madvise(NOHUGEPAGE)", e))?;
+        // Only svmem puts huge pages here (crate::huge): the kernel's fault
+        // path and khugepaged stay out, so no block turns huge or splits
+        // behind our back.
+        let managed_advice = if sh.huge.enabled() {
+            Advice::HugePage
+        } else {
+            Advice::NoHugePage
+        };
+        for (m, advice) in [(&managed, managed_advice), (&staging, Advice::NoHugePage)] {
+            m.madvise(0, bytes, advice)
+                .map_err(|e| Error::os("madvise(MADV_[NO]HUGEPAGE)", e))?;
         }
         sh.uffd
             .register(managed.addr(), bytes as u64, true)

@@ -51,6 +51,8 @@ struct Config {
     /// Device memory sizes; smaller than the region exercises "no device memory".
     device_bytes: Vec<u64>,
     granularity: u8,
+    /// Huge first touch (the default); off keeps every page 4 KiB.
+    huge_pages: bool,
     duration: Duration,
     seed: u64,
 }
@@ -85,7 +87,11 @@ fn run(cfg: Config) {
             })
             .unwrap();
     }
-    let svm = b.granularity(cfg.granularity).build().unwrap();
+    let svm = b
+        .granularity(cfg.granularity)
+        .huge_pages(cfg.huge_pages)
+        .build()
+        .unwrap();
     let ndev = cfg.device_bytes.len();
     let region = svm.alloc(cfg.region_bytes).unwrap();
     let npages = region.npages();
@@ -366,6 +372,7 @@ fn two_devices(granularity: u8, duration: Duration, seed: u64) -> Config {
         // Device 1 holds only half the region: some migrations run out of memory.
         device_bytes: vec![16 << 20, 4 << 20],
         granularity,
+        huge_pages: true,
         duration,
         seed,
     }
@@ -382,12 +389,21 @@ fn stress_two_devices_page_granularity() {
 }
 
 #[test]
+fn stress_two_devices_small_pages_only() {
+    run(Config {
+        huge_pages: false,
+        ..two_devices(9, Duration::from_secs(3), 4)
+    });
+}
+
+#[test]
 fn stress_one_device_odd_region() {
     run(Config {
         // Not a whole number of blocks: the last block is short.
         region_bytes: 2 * BLOCK_SIZE + 37 * PAGE_SIZE,
         device_bytes: vec![8 << 20],
         granularity: 4,
+        huge_pages: true,
         duration: Duration::from_secs(2),
         seed: 3,
     });

@@ -32,7 +32,7 @@ impl Default for EmulatedConfig {
         EmulatedConfig {
             name: "emulated".into(),
             memory_bytes: 256 << 20,
-            copy_engines: 1,
+            copy_engines: 2,
             memory_type: MemoryType::Private,
             compute_units: 2,
         }
@@ -128,8 +128,8 @@ impl EmulatedDevice {
             )));
         }
         let len = pages as usize * PAGE_SIZE;
-        let arena =
-            Mapping::anonymous(len, Prot::ReadWrite, false).map_err(|e| Error::AllocTooLarge {
+        let arena = Mapping::anonymous_aligned(len, crate::addr::BLOCK_SIZE, Prot::ReadWrite)
+            .map_err(|e| Error::AllocTooLarge {
                 requested: len as u64,
                 reason: format!("cannot map the emulated device memory: {e}"),
             })?;

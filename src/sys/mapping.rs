@@ -66,6 +66,44 @@ impl Mapping {
         Ok(Mapping { ptr, len })
     }
 
+    /// Like [`Mapping::anonymous`], but the start is a multiple of `align` (a
+    /// power of two, at least the page size), so 2 MiB-aligned blocks of the
+    /// mapping can be mapped by one huge page and moved by one PMD.
+    pub fn anonymous_aligned(len: usize, align: usize, prot: Prot) -> io::Result<Mapping> {
+        if len == 0 || !align.is_power_of_two() || align < super::PAGE_SIZE {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let pad = align - super::PAGE_SIZE;
+        let outer = Mapping::anonymous(
+            len.checked_add(pad)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?,
+            prot,
+            false,
+        )?;
+        let base = outer.addr() as usize;
+        let start = base.next_multiple_of(align);
+        let (head, tail) = (start - base, outer.len - (start - base) - len);
+        // The trimmed pieces are unmapped here; `outer` must not unmap its
+        // original range any more.
+        let outer = std::mem::ManuallyDrop::new(outer);
+        for (at, n) in [(base, head), (start + len, tail)] {
+            if n == 0 {
+                continue;
+            }
+            // SAFETY: `[at, at+n)` is a part of `outer`'s fresh mapping outside
+            // the range we keep; nothing references it.
+            if unsafe { libc::munmap(at as *mut libc::c_void, n) } != 0 {
+                let e = io::Error::last_os_error();
+                // SAFETY: undo: the whole original range is still ours.
+                unsafe { libc::munmap(outer.ptr.as_ptr().cast(), outer.len) };
+                return Err(e);
+            }
+        }
+        let ptr = NonNull::new(start as *mut u8)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        Ok(Mapping { ptr, len })
+    }
+
     pub fn addr(&self) -> u64 {
         self.ptr.as_ptr() as u64
     }

@@ -11,7 +11,7 @@ pub mod uffd;
 
 pub use eventfd::EventFd;
 pub use mapping::{Advice, Mapping, Prot};
-pub use pagemap::zero_pages;
+pub use pagemap::{huge_mapped, zero_pages};
 pub use uffd::{Uffd, UffdMsg};
 
 /// The size of a base page on every platform svmem supports (x86-64, aarch64 with 4K pages).

@@ -1,10 +1,12 @@
-//! PAGEMAP_SCAN (Linux 6.7+): which pages of a range map the shared zero page.
+//! PAGEMAP_SCAN (Linux 6.7+): which pages of a range map the shared zero page,
+//! and whether a page is mapped by a huge page.
 
 use std::io;
 use std::os::fd::AsRawFd;
 
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_PFNZERO: u64 = 1 << 5;
+const PAGE_IS_HUGE: u64 = 1 << 6;
 
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
@@ -37,6 +39,17 @@ const PAGEMAP_SCAN: u64 =
 
 /// For each page of `[start, start + npages*4K)`, whether it maps the zero page.
 pub fn zero_pages(start: u64, npages: usize) -> io::Result<Vec<bool>> {
+    scan(start, npages, PAGE_IS_PFNZERO)
+}
+
+/// Whether the page at `addr` is present and mapped by a huge page (a
+/// PMD-mapped transparent huge page).
+pub fn huge_mapped(addr: u64) -> io::Result<bool> {
+    Ok(scan(addr, 1, PAGE_IS_HUGE)?[0])
+}
+
+/// For each page of the range, whether it is present and in `category`.
+fn scan(start: u64, npages: usize, category: u64) -> io::Result<Vec<bool>> {
     let f = std::fs::File::open("/proc/self/pagemap")?;
     let mut out = vec![false; npages];
     let end = start + (npages * super::PAGE_SIZE) as u64;
@@ -49,8 +62,8 @@ pub fn zero_pages(start: u64, npages: usize) -> io::Result<Vec<bool>> {
             end,
             vec: vec.as_mut_ptr() as u64,
             vec_len: vec.len() as u64,
-            category_mask: PAGE_IS_PFNZERO | PAGE_IS_PRESENT,
-            return_mask: PAGE_IS_PFNZERO,
+            category_mask: category | PAGE_IS_PRESENT,
+            return_mask: category,
             ..Default::default()
         };
         // SAFETY: `arg` is a live pm_scan_arg whose `vec` points at `vec.len()`
