@@ -3,8 +3,9 @@
 //! against the cost of migrating one 2 MiB block, all in one process.
 //!
 //! Per run, on fresh regions:
-//! 1. **memcpy**: a single-thread streaming copy of `size` bytes (the sweep
-//!    region's bytes, system-resident, into a pre-faulted buffer);
+//! 1. **memcpy**: a single-thread copy of `size` bytes (the sweep region's
+//!    bytes, system-resident, into a pre-faulted buffer), the faster of
+//!    `memcpy` and a streaming copy ([`crate::bench::CopyLimit`]);
 //! 2. **device fault sweep**: the same region (CPU-written, preferred location
 //!    device 0, XNACK on) is read by a kernel in [`SWEEP_ITEM_BYTES`] work
 //!    items in ascending order, each summed so the reads happen; every page
@@ -58,7 +59,10 @@ const MIGRATE_SEED: u64 = 0x5356_4d45_4d00_f003;
 /// One run of [`bench_faults`].
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct FaultsRun {
+    /// The copy limit ([`crate::bench::CopyLimit::best`]); its two parts follow.
     pub memcpy_gbps: f64,
+    pub memcpy_libc_gbps: f64,
+    pub memcpy_stream_gbps: f64,
     pub memcpy_ms: f64,
     pub device_fault_sweep_gbps: f64,
     pub device_fault_sweep_ms: f64,
@@ -249,7 +253,9 @@ fn sweep(
 ) -> Result<(), BenchError> {
     let (region, checksum) = filled(svm, len, SWEEP_SEED)?;
     let bytes = region.len();
-    s.memcpy_gbps = memcpy_gbps(dst, region.as_slice::<u8>());
+    let limit = memcpy_gbps(dst, region.as_slice::<u8>());
+    s.memcpy_gbps = limit.best();
+    (s.memcpy_libc_gbps, s.memcpy_stream_gbps) = (limit.libc_gbps, limit.stream_gbps);
     s.memcpy_ms = bytes as f64 / s.memcpy_gbps / 1e6;
     svm.set_attributes(
         region.addr(),

@@ -21,8 +21,9 @@
 //! 4. replays every lane waiting on the block's faults.
 //!
 //! A sequential device sweep (a fault window starting where the previous one
-//! of this device ended) migrates and maps the next windows ahead, two at a
-//! time, while no new fault is waiting.
+//! of this device ended) is fetched ahead: a pipeline of windows in flight to
+//! the device, each mapped and replayed as soon as its copy lands (see
+//! [`run_ahead`]).
 //!
 //! **Restore worker** (one per device): after a queue eviction it maps every
 //! range the device must keep mapped again, where the data is, then resumes
@@ -34,11 +35,11 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::addr::{DeviceId, Location, BLOCK_PAGES, PAGE_SIZE};
+use crate::addr::{DeviceId, Location, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
 use crate::attr::{AccessMode, AttrFlags, RangeAttrs};
 use crate::events::{EventKind, FaultResolution};
 use crate::kernel::FaultReason;
-use crate::migrate::{self, Trigger};
+use crate::migrate::{self, MigrateReport, Trigger};
 use crate::notify::QueueCtl;
 use crate::policy::{AccessKind, Decision, PolicyInput};
 use crate::space::{Pte, RegionInner};
@@ -54,9 +55,6 @@ const BUFFER: usize = 4096;
 const RECENT_NS: u64 = 2_000_000;
 /// Windows migrated ahead of a sequential device sweep.
 const FAULT_AHEAD: usize = 16;
-/// Windows one fault-ahead step migrates (pipelined) before pending faults
-/// are looked at again.
-const AHEAD_STEP: usize = 4;
 /// Attempts of the decide → migrate → map loop before giving up.
 const MAX_SERVICE_RETRIES: usize = 8;
 
@@ -282,31 +280,6 @@ fn replay_all(sh: &Shared, d: DeviceId) {
     crate::sys::futex::wake_all(&rt.replay);
 }
 
-/// A sequential sweep the service thread is running ahead of: pages
-/// `[at, end)` of `r` are still to migrate and map.
-struct Ahead {
-    r: Arc<RegionInner>,
-    at: usize,
-    end: usize,
-}
-
-impl Ahead {
-    /// Whether a fault at `addr` lies in what the sweep will fetch next
-    /// (up to one window past its current end).
-    fn covers(&self, addr: u64) -> bool {
-        self.r.contains(addr, 1) && {
-            let k = self.r.page_of(addr);
-            k >= self.at && k < self.end + self.r.window_len(self.at)
-        }
-    }
-
-    /// Keeps the end [`FAULT_AHEAD`] windows in front of page `hi`.
-    fn extend_past(&mut self, hi: usize) {
-        let w = self.r.window_len(hi.saturating_sub(1));
-        self.end = self.end.max((hi + w * FAULT_AHEAD).min(self.r.npages));
-    }
-}
-
 /// Where a batch's faults were, for fault-ahead: the region, the end of the
 /// last fault window, and whether that fault continued a sequential sweep.
 struct SweepHint {
@@ -316,85 +289,202 @@ struct SweepHint {
 }
 
 /// The fault-service thread's body for device `d`.
-///
-/// While a sweep is being fetched ahead, faults inside the range still to be
-/// fetched are *deferred*: the next ahead step (two windows, pipelined)
-/// migrates their pages anyway, after which they are serviced (as the
-/// duplicates they have become). Other faults are serviced at once.
 pub(crate) fn service_loop(sh: Arc<Shared>, d: DeviceId) {
     let rx = sh.runtime[d.0 as usize].rx.clone();
     let mut batch: Vec<Fault> = Vec::with_capacity(MAX_BATCH);
-    let mut deferred: Vec<Fault> = Vec::new();
-    let mut ahead: Option<Ahead> = None;
     loop {
-        // Gather: block only when there is nothing else to do.
-        if ahead.is_none() {
-            match rx.recv() {
-                Ok(Msg::Fault(f)) => batch.push(f),
-                Ok(Msg::Shutdown) | Err(_) => return,
-            }
+        // Block only when there is nothing else to do.
+        match rx.recv() {
+            Ok(Msg::Fault(f)) => batch.push(f),
+            Ok(Msg::Shutdown) | Err(_) => return,
         }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Msg::Fault(f)) => batch.push(f),
-                Ok(Msg::Shutdown) => return,
-                Err(crossbeam_channel::TryRecvError::Empty) => break,
-                Err(_) => return,
-            }
+        if !gather(&rx, &mut batch) {
+            return;
         }
-        if let Some(a) = &mut ahead {
-            let (near, rest): (Vec<Fault>, Vec<Fault>) =
-                batch.drain(..).partition(|f| a.covers(f.page_addr));
-            batch = rest;
-            // The sweep moved on: keep the same distance in front of it.
-            if let Some(hi) = near.iter().map(|f| a.r.page_of(f.page_addr) + 1).max() {
-                a.extend_past(hi);
-            }
-            deferred.extend(near);
-        }
-        if !batch.is_empty() {
-            let hint = service_batch(&sh, d, &mut batch);
-            replay_all(&sh, d);
-            if let Some(h) = hint {
-                start_or_extend(&mut ahead, h);
-            }
-        }
-        if let Some(a) = &mut ahead {
-            let go_on = ahead_step(&sh, d, a);
-            // Deferred faults now behind the sweep (or all, if it ended).
-            let (mut ready, wait): (Vec<Fault>, Vec<Fault>) = deferred
-                .drain(..)
-                .partition(|f| !go_on || a.r.page_of(f.page_addr) < a.at);
-            deferred = wait;
-            if !go_on {
-                ahead = None;
-            }
-            if !ready.is_empty() {
-                service_batch(&sh, d, &mut ready);
-                replay_all(&sh, d);
+        let hint = service_batch(&sh, d, &mut batch);
+        replay_all(&sh, d);
+        if let Some(h) = hint.filter(|h| h.sequential && h.hi < h.r.npages) {
+            if !run_ahead(&sh, d, &rx, h) {
+                return;
             }
         }
     }
 }
 
-/// Starts fault-ahead after a fault that continued a sequential sweep, or
-/// pushes the end of the running one further.
-fn start_or_extend(ahead: &mut Option<Ahead>, h: SweepHint) {
-    match ahead {
-        Some(a) if Arc::ptr_eq(&a.r, &h.r) && h.hi <= a.end + a.r.window_len(a.at) => {
-            a.extend_past(h.hi)
+/// Moves waiting faults into `batch` without blocking, up to [`MAX_BATCH`];
+/// false once the service must shut down.
+fn gather(rx: &Receiver<Msg>, batch: &mut Vec<Fault>) -> bool {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(Msg::Fault(f)) => batch.push(f),
+            Ok(Msg::Shutdown) => return false,
+            Err(crossbeam_channel::TryRecvError::Empty) => return true,
+            Err(_) => return false,
         }
-        _ if h.sequential && h.hi < h.r.npages => {
-            let mut a = Ahead {
-                at: h.hi,
-                end: h.hi,
-                r: h.r,
-            };
-            a.extend_past(a.at);
-            *ahead = Some(a);
-        }
-        _ => {}
     }
+    true
+}
+
+/// A block of fault-ahead in flight: pages `[lo, hi)`, their flags, the
+/// isolated plan (none when nothing needed copying: then the pages were
+/// mapped when it was made), its report and events.
+type Inflight<'a> = (
+    usize,
+    usize,
+    AttrFlags,
+    Option<migrate::ToDevicePlan<'a>>,
+    MigrateReport,
+    migrate::Announce<'a>,
+);
+
+/// Fault-ahead of a sequential device sweep that reached page `h.hi`: keeps
+/// up to `pipeline_depth` blocks of the sweep in flight to the device and
+/// maps each (then replays the lanes) as soon as its copy lands, so the copy
+/// engines never wait for the mapping and a lane never waits for more than
+/// its own block. The sweep stays [`FAULT_AHEAD`] windows in front of the
+/// furthest fault inside it and ends there, at the end of the region, when
+/// device memory runs out, when the attributes stop asking for device
+/// placement, or when a fault outside it needs service.
+///
+/// Lock order: the blocks in flight hold their locks (taken in ascending
+/// order, like every migration that holds several), and while any is held
+/// this thread takes no other block lock but the next one up. So faults
+/// are not serviced here: a fault whose page has meanwhile been mapped well
+/// enough is replayed as a duplicate (no lock needed); the others wait, and
+/// one outside the sweep stops it, so that the pipeline drains and the
+/// usual service takes them. Returns false once the service must shut down
+/// (after the blocks in flight are finished).
+fn run_ahead(sh: &Shared, d: DeviceId, rx: &Receiver<Msg>, h: SweepHint) -> bool {
+    let r = &*h.r;
+    let to = Location::Device(d);
+    let trigger = Trigger::DeviceFault;
+    let mut at = h.hi;
+    let w = r.window_len(at);
+    let mut end = (at.next_multiple_of(w) + w * FAULT_AHEAD).min(r.npages);
+    let (mut fetching, mut alive) = (true, true);
+    let mut inflight: std::collections::VecDeque<Inflight<'_>> = Default::default();
+    let mut waiting: Vec<Fault> = Vec::new();
+    loop {
+        while fetching && inflight.len() < sh.pipeline_depth.max(1) && at < end {
+            let b = at / BLOCK_PAGES;
+            // One plan per block at a time: a plan holds its block's lock.
+            if inflight.back().is_some_and(|p| p.0 / BLOCK_PAGES == b) {
+                break;
+            }
+            let hi = end.min((b + 1) * BLOCK_PAGES);
+            let Some(flags) = may_fetch(sh, r, d, at, hi) else {
+                fetching = false;
+                break;
+            };
+            let mut rep = MigrateReport {
+                requested: (hi - at) as u64,
+                ..Default::default()
+            };
+            let told = migrate::Announce::start(r, at, hi - at, Location::System, to, trigger);
+            let plan = migrate::isolate_to_device(sh, r, b, at..hi, d, trigger, &mut rep);
+            if plan.is_none() {
+                // Nothing to copy: map now (this block is above every one held).
+                let _g = r.blocks[b].migrate.lock();
+                map_locked(sh, r, d, at, hi, false, flags);
+            }
+            // Out of device memory (or the region is going): stop here.
+            fetching = rep.skipped_no_device_memory == 0 && rep.skipped_not_migratable == 0;
+            inflight.push_back((at, hi, flags, plan, rep, told));
+            at = hi;
+        }
+        let Some((lo, hi, flags, plan, mut rep, told)) = inflight.pop_front() else {
+            break;
+        };
+        if let Some(p) = plan {
+            let _g = migrate::finish_to_device(sh, r, p, &mut rep);
+            map_locked(sh, r, d, lo, hi, false, flags);
+        }
+        told.end(&rep);
+        sh.counters
+            .add(&sh.counters.device_fault_ahead_pages, rep.migrated);
+        r.dev_sweep_end[d.0 as usize].store(hi, Ordering::Relaxed);
+        let done = hi;
+
+        alive &= gather(rx, &mut waiting);
+        fetching &= alive;
+        let w = r.window_len(done.min(r.npages - 1));
+        let mut replay = false;
+        waiting.retain(|f| {
+            let k = r.contains(f.page_addr, 1).then(|| r.page_of(f.page_addr));
+            if let Some(k) = k.filter(|k| (done..end + w).contains(k)) {
+                // Ahead of what is mapped: the sweep gets there; keep it
+                // that far in front of this fault.
+                end = end.max(((k + 1).next_multiple_of(w) + w * FAULT_AHEAD).min(r.npages));
+                return true;
+            }
+            if k.is_some_and(|k| translated(r, d, k, f.kind)) {
+                replay_duplicate(sh, d, r, f);
+                replay = true;
+                return false;
+            }
+            // Needs the usual service, which takes locks: finish the sweep.
+            fetching = false;
+            true
+        });
+        if replay {
+            replay_all(sh, d);
+        }
+    }
+    // Nothing held any more: whatever still waits is serviced the usual way.
+    if !waiting.is_empty() {
+        service_batch(sh, d, &mut waiting);
+        replay_all(sh, d);
+    }
+    alive
+}
+
+/// Whether page `k` of `r` has a translation on device `d` good for `kind`.
+fn translated(r: &RegionInner, d: DeviceId, k: usize, kind: AccessKind) -> bool {
+    Pte::decode(r.ptes[d.0 as usize][k].load(Ordering::Acquire)).is_some_and(|p| p.allows(kind))
+}
+
+/// Ends a fault that fault-ahead made needless (its page got mapped): it
+/// counts, and shows in the event stream, like a duplicate of a batch.
+fn replay_duplicate(sh: &Shared, d: DeviceId, r: &RegionInner, f: &Fault) {
+    let c = &sh.counters;
+    c.add(&c.device_faults, 1);
+    c.add(&c.device_fault_duplicates, 1);
+    let (addr, write) = (VirtAddr(f.page_addr), f.kind != AccessKind::Read);
+    let events = &r.notifier.events;
+    events.emit_with(|| EventKind::PageFaultStart {
+        dev: d,
+        addr,
+        write,
+    });
+    events.emit_with(|| EventKind::PageFaultEnd {
+        dev: d,
+        addr,
+        write,
+        resolution: FaultResolution::Duplicate,
+    });
+    f.reply.complete(FaultOutcome::Replay);
+}
+
+/// Whether fault-ahead may bring pages `[lo, hi)` (one window) of `r` to
+/// device `d`: the region is still there, its attributes ask for the device,
+/// and the device is not thrashing on the block. Returns the window's flags.
+fn may_fetch(sh: &Shared, r: &RegionInner, d: DeviceId, lo: usize, hi: usize) -> Option<AttrFlags> {
+    if !sh.regions.read().contains_key(&r.base()) {
+        return None;
+    }
+    let attrs = sh.attrs.read().get(r.addr_of(lo).0 / PAGE_SIZE as u64);
+    let xnack = sh.xnack.load(Ordering::Acquire);
+    let wants_device = attrs.access(d, xnack) == AccessMode::Access
+        || attrs.preferred == Some(Location::Device(d));
+    if !wants_device || attrs.preferred == Some(Location::System) {
+        return None;
+    }
+    // Blocks the device is thrashing on are served in place by the policy;
+    // fetching them ahead would evict what the device still uses.
+    if (lo / BLOCK_PAGES..=(hi - 1) / BLOCK_PAGES).any(|b| crate::evict::thrashing(sh, r, b, d)) {
+        return None;
+    }
+    Some(attrs.flags)
 }
 
 /// One merged fault: a page, the strongest access, every lane waiting on it.
@@ -678,54 +768,6 @@ pub(crate) fn map_locked(
     blk.mapped_at.store(sh.notifier.now_ns(), Ordering::Relaxed);
     crate::evict::touch(r, lo / BLOCK_PAGES, d);
     all
-}
-
-/// One step of fault-ahead: migrates and maps the next two windows of the
-/// sweep. Returns false when the sweep is done (or no longer allowed).
-fn ahead_step(sh: &Shared, d: DeviceId, a: &mut Ahead) -> bool {
-    let r = &a.r;
-    if a.at >= a.end || !sh.regions.read().contains_key(&r.base()) {
-        return false;
-    }
-    let w = r.window_len(a.at);
-    let step_end = (a.at + AHEAD_STEP * w).min(a.end);
-    // The attributes must still let the device have the pages.
-    let attrs = sh.attrs.read().get(r.addr_of(a.at).0 / PAGE_SIZE as u64);
-    let xnack = sh.xnack.load(Ordering::Acquire);
-    let wants_device = attrs.access(d, xnack) == AccessMode::Access
-        || attrs.preferred == Some(Location::Device(d));
-    if !wants_device || attrs.preferred == Some(Location::System) {
-        return false;
-    }
-    // Blocks the device is thrashing on are served in place by the policy;
-    // fetching them ahead would evict what the device still uses.
-    if (a.at / BLOCK_PAGES..=(step_end - 1) / BLOCK_PAGES)
-        .any(|b| crate::evict::thrashing(sh, r, b, d))
-    {
-        return false;
-    }
-    let rep = migrate::migrate_range(
-        sh,
-        r,
-        a.at,
-        step_end - a.at,
-        Location::Device(d),
-        Trigger::DeviceFault,
-    );
-    sh.counters
-        .add(&sh.counters.device_fault_ahead_pages, rep.migrated);
-    let mut k = a.at;
-    while k < step_end {
-        let b = k / BLOCK_PAGES;
-        let bhi = step_end.min((b + 1) * BLOCK_PAGES);
-        let _g = r.blocks[b].migrate.lock();
-        map_locked(sh, r, d, k, bhi, false, attrs.flags);
-        k = bhi;
-    }
-    r.dev_sweep_end[d.0 as usize].store(step_end, Ordering::Relaxed);
-    a.at = step_end;
-    // Out of device memory: stop fetching ahead.
-    rep.skipped_no_device_memory == 0 && a.at < a.end
 }
 
 /// The restore worker's body for device `d`.

@@ -357,6 +357,52 @@ impl<'a> Lane<'a> {
         self.read(addr, bytemuck::cast_slice_mut(out))
     }
 
+    /// Reads the `n` 64-bit words at `addr` (8-byte aligned) in place: `f`
+    /// gets them one page piece at a time, in order, as atomics (relaxed
+    /// loads are plain loads), without the copy [`Lane::read_slice`] makes.
+    /// Translation and faults work as for any read.
+    pub fn read_words(
+        &mut self,
+        addr: VirtAddr,
+        n: u64,
+        mut f: impl FnMut(&[std::sync::atomic::AtomicU64]),
+    ) -> std::result::Result<(), DeviceFault> {
+        if addr.0 % 8 != 0 {
+            return Err(self.fault(addr.0, AccessKind::Read, FaultReason::Misaligned));
+        }
+        let len = usize::try_from(n)
+            .ok()
+            .and_then(|n| n.checked_mul(8))
+            .ok_or_else(|| self.fault(addr.0, AccessKind::Read, FaultReason::Unmanaged))?;
+        let dev = self.dev;
+        self.run(addr.0, len, AccessKind::Read, |t, _, bytes| {
+            let words = bytes / 8;
+            match t {
+                Target::System { r, off } => f(r
+                    .managed
+                    .atomic_words(off, words)
+                    .map_err(|e| DeviceError::new(e.to_string()))?),
+                Target::Device { page, off } => match dev.words(page, off, words) {
+                    Some(w) => f(w),
+                    None => {
+                        let mut buf = vec![0u8; bytes];
+                        dev.load(page, off, &mut buf)?;
+                        let copy: Vec<std::sync::atomic::AtomicU64> = buf
+                            .chunks_exact(8)
+                            .map(|c| {
+                                let mut w = [0u8; 8];
+                                w.copy_from_slice(c);
+                                std::sync::atomic::AtomicU64::new(u64::from_ne_bytes(w))
+                            })
+                            .collect();
+                        f(&copy)
+                    }
+                },
+            }
+            Ok(())
+        })
+    }
+
     /// Writes `vals` starting at `addr`.
     pub fn write_slice<T: bytemuck::Pod>(
         &mut self,

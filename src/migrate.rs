@@ -98,7 +98,7 @@ struct ToDevicePage {
 
 /// Isolated pages of one block on their way to device `d`.
 pub(crate) struct ToDevicePlan<'a> {
-    _guard: MutexGuard<'a, ()>,
+    guard: MutexGuard<'a, ()>,
     b: usize,
     d: DeviceId,
     pages: Vec<ToDevicePage>,
@@ -208,6 +208,12 @@ pub(crate) fn isolate_to_device<'a>(
     let (lo, hi) = (pages.start, pages.end);
     let guard = r.blocks[b].migrate.lock();
     let dev = &sh.devices[d.0 as usize];
+    if r.freed.load(std::sync::atomic::Ordering::Acquire) {
+        // Being freed (fault-ahead raced with the free): its device pages
+        // would never be returned.
+        rep.skipped_not_migratable += (hi - lo) as u64;
+        return None;
+    }
     if !r.is_writable() {
         for i in lo..hi {
             match r.states[i].load() {
@@ -341,7 +347,7 @@ pub(crate) fn isolate_to_device<'a>(
     let fence = Fence::new();
     dev.submit(CopyJob { ops }, &fence);
     Some(ToDevicePlan {
-        _guard: guard,
+        guard,
         b,
         d,
         pages,
@@ -349,13 +355,14 @@ pub(crate) fn isolate_to_device<'a>(
     })
 }
 
-/// Wait + commit (or roll back) + unlock.
-pub(crate) fn finish_to_device(
+/// Wait + commit (or roll back); returns the block's lock, which the caller
+/// drops (or keeps a little longer, to map the block under it).
+pub(crate) fn finish_to_device<'a>(
     sh: &Shared,
     r: &RegionInner,
-    plan: ToDevicePlan<'_>,
+    plan: ToDevicePlan<'a>,
     rep: &mut MigrateReport,
-) {
+) -> MutexGuard<'a, ()> {
     let c = &sh.counters;
     match plan.fence.wait() {
         Ok(()) => {
@@ -421,7 +428,8 @@ pub(crate) fn finish_to_device(
             rep.rolled_back += n;
             c.add(&c.rolled_back_pages, n);
         }
-    }
+    };
+    plan.guard
 }
 
 /// Collect + isolate (+ submit unless `sync`) for the device-resident pages
@@ -737,28 +745,65 @@ fn pull(
         return rep;
     };
     let from = location_of(r, first);
-    let events = &r.notifier.events;
-    events.emit_with(|| EventKind::MigrateStart {
-        start: r.addr_of(first),
-        pages: idxs.len() as u64,
-        from,
-        to: Location::System,
-        trigger,
-    });
+    let told = Announce::start(r, first, idxs.len(), from, Location::System, trigger);
     if let Some(mut p) = isolate_to_system(sh, r, b, &idxs, true, None, &mut rep) {
         p.poison_on_failure = poison_on_failure;
         finish_to_system(sh, r, p, trigger, &mut rep);
     }
-    events.emit_with(|| EventKind::MigrateEnd {
-        start: r.addr_of(first),
-        pages: idxs.len() as u64,
-        migrated: rep.migrated,
-        from,
-        to: Location::System,
-        trigger,
-        error: error_code(&rep),
-    });
+    told.end(&rep);
     rep
+}
+
+/// A migration's pair of events: `MigrateStart` when made, `MigrateEnd`
+/// (with what moved and an error code) from [`Announce::end`].
+pub(crate) struct Announce<'a> {
+    r: &'a RegionInner,
+    first: usize,
+    pages: u64,
+    from: Location,
+    to: Location,
+    trigger: Trigger,
+}
+
+impl<'a> Announce<'a> {
+    pub fn start(
+        r: &'a RegionInner,
+        first: usize,
+        pages: usize,
+        from: Location,
+        to: Location,
+        trigger: Trigger,
+    ) -> Announce<'a> {
+        let pages = pages as u64;
+        r.notifier.events.emit_with(|| EventKind::MigrateStart {
+            start: r.addr_of(first),
+            pages,
+            from,
+            to,
+            trigger,
+        });
+        Announce {
+            r,
+            first,
+            pages,
+            from,
+            to,
+            trigger,
+        }
+    }
+
+    pub fn end(self, rep: &MigrateReport) {
+        let a = &self;
+        a.r.notifier.events.emit_with(|| EventKind::MigrateEnd {
+            start: a.r.addr_of(a.first),
+            pages: a.pages,
+            migrated: rep.migrated,
+            from: a.from,
+            to: a.to,
+            trigger: a.trigger,
+            error: error_code(rep),
+        });
+    }
 }
 
 /// Where page `k` is now, for events (`System` unless on a device).
@@ -824,16 +869,10 @@ pub(crate) fn migrate_range(
     } else {
         Location::System
     };
-    events.emit_with(|| EventKind::MigrateStart {
-        start: r.addr_of(first),
-        pages: n as u64,
-        from,
-        to,
-        trigger,
-    });
+    let told = Announce::start(r, first, n, from, to, trigger);
     let mut q: VecDeque<Plan<'_>> = VecDeque::new();
     let finish = |p: Plan<'_>, rep: &mut MigrateReport| match p {
-        Plan::ToDevice(p) => finish_to_device(sh, r, p, rep),
+        Plan::ToDevice(p) => drop(finish_to_device(sh, r, p, rep)),
         Plan::ToSystem(p) => finish_to_system(sh, r, p, trigger, rep),
     };
     let (mut i, end) = (first, first + n);
@@ -870,14 +909,6 @@ pub(crate) fn migrate_range(
     while let Some(p) = q.pop_front() {
         finish(p, &mut rep);
     }
-    events.emit_with(|| EventKind::MigrateEnd {
-        start: r.addr_of(first),
-        pages: n as u64,
-        migrated: rep.migrated,
-        from,
-        to,
-        trigger,
-        error: error_code(&rep),
-    });
+    told.end(&rep);
     rep
 }

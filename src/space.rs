@@ -115,6 +115,10 @@ pub(crate) struct RegionInner {
     pub notifier: Arc<Notifier>,
     /// Pin counts (see [`crate::pin`]).
     pub pins: crate::pin::Pins,
+    /// Set by `free_region` before it takes any block lock: a migration
+    /// that finds it set under a block lock must not give the block device
+    /// pages (nobody would free them).
+    pub freed: std::sync::atomic::AtomicBool,
 }
 
 impl RegionInner {
@@ -148,6 +152,7 @@ impl RegionInner {
                 .collect(),
             notifier,
             pins: Default::default(),
+            freed: Default::default(),
         }
     }
 

@@ -706,6 +706,7 @@ impl Svm {
 
     fn free_region(&self, r: &Arc<RegionInner>) {
         let sh = &self.shared;
+        r.freed.store(true, std::sync::atomic::Ordering::Release);
         sh.regions.write().remove(&r.base());
         for b in 0..r.blocks.len() {
             let _g = r.blocks[b].migrate.lock();

@@ -18,8 +18,8 @@ const DEV: Location = Location::Device(DeviceId(0));
 /// Whether this kernel hands out transparent huge pages to `MADV_HUGEPAGE`
 /// ranges at all (`never` turns them off machine-wide).
 fn thp_available() -> bool {
-    let s = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .unwrap_or_default();
+    let s =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     !s.is_empty() && !s.contains("[never]")
 }
 
@@ -65,7 +65,11 @@ fn first_write_to_a_whole_block_maps_one_huge_page() {
     let svm = build(true);
     // Two whole blocks and a short third one.
     let mut r = svm.alloc(2 * BLOCK_SIZE + 8 * PAGE_SIZE).unwrap();
-    assert_eq!(r.addr().as_u64() % BLOCK_SIZE as u64, 0, "regions start on a block");
+    assert_eq!(
+        r.addr().as_u64() % BLOCK_SIZE as u64,
+        0,
+        "regions start on a block"
+    );
     fill(&mut r, 1);
     let s = svm.stats();
     assert_eq!(s.huge_fills + s.huge_fill_fallbacks, 2, "{s:?}");
@@ -98,7 +102,10 @@ fn whole_block_migrations_keep_the_huge_page() {
     // Explicit migrations, both ways.
     assert_eq!(svm.migrate(addr, len, DEV).unwrap().migrated, 512);
     assert!(!huge_at(addr), "the block left the CPU view");
-    assert_eq!(svm.migrate(addr, len, Location::System).unwrap().migrated, 512);
+    assert_eq!(
+        svm.migrate(addr, len, Location::System).unwrap().migrated,
+        512
+    );
     assert!(huge_at(addr), "back as one huge page");
     check(&r, 2, "after an explicit round trip");
 
@@ -119,7 +126,10 @@ fn whole_block_migrations_keep_the_huge_page() {
     // The device reads what the CPU wrote, from its own memory.
     svm.migrate(addr, len, DEV).unwrap();
     let mut buf = vec![0u8; len as usize];
-    svm.device(DeviceId(0)).unwrap().read(addr, &mut buf).unwrap();
+    svm.device(DeviceId(0))
+        .unwrap()
+        .read(addr, &mut buf)
+        .unwrap();
     assert!(buf.iter().enumerate().all(|(i, &b)| b == pattern(i, 2)));
 }
 
@@ -138,7 +148,9 @@ fn piecewise_operations_on_a_huge_block_keep_every_byte() {
     // The whole region both ways: the split block moves page by page.
     assert_eq!(svm.migrate(r.addr(), r.len(), DEV).unwrap().migrated, 1024);
     assert_eq!(
-        svm.migrate(r.addr(), r.len(), Location::System).unwrap().migrated,
+        svm.migrate(r.addr(), r.len(), Location::System)
+            .unwrap()
+            .migrated,
         1024
     );
     check(&r, 3, "after a whole-region round trip");

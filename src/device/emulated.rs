@@ -80,13 +80,13 @@ fn run_job(
             CopyOp::ToDevice { src, dst, npages } => {
                 let len = *npages as usize * PAGE_SIZE;
                 arena
-                    .copy_from(dst.0 as usize * PAGE_SIZE, &src.map, src.off, len)
+                    .stream_from(dst.0 as usize * PAGE_SIZE, &src.map, src.off, len)
                     .map_err(err)?;
             }
             CopyOp::ToHost { src, dst, npages } => {
                 let len = *npages as usize * PAGE_SIZE;
                 dst.map
-                    .copy_from(dst.off, arena, src.0 as usize * PAGE_SIZE, len)
+                    .stream_from(dst.off, arena, src.0 as usize * PAGE_SIZE, len)
                     .map_err(err)?;
             }
             CopyOp::Fill { dst, npages } => {
@@ -223,6 +223,16 @@ impl Device for EmulatedDevice {
         self.arena
             .read_at(at, buf)
             .map_err(|e| DeviceError::new(e.to_string()))
+    }
+    fn words(
+        &self,
+        page: DevPage,
+        off: usize,
+        n: usize,
+    ) -> Option<&[std::sync::atomic::AtomicU64]> {
+        // A lost device (or a bad range) answers through `load`'s error.
+        let at = self.page_off(page, off, n.checked_mul(8)?).ok()?;
+        self.arena.atomic_words(at, n).ok()
     }
     fn store(&self, page: DevPage, off: usize, buf: &[u8]) -> std::result::Result<(), DeviceError> {
         let at = self.page_off(page, off, buf.len())?;

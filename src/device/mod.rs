@@ -172,7 +172,9 @@ impl Fence {
         while self.0.pending.load(std::sync::atomic::Ordering::Acquire) > 0
             && start.elapsed() < FENCE_SPIN
         {
-            std::hint::spin_loop();
+            // Yield rather than spin: on a busy machine the copy engine or a
+            // compute lane gets this CPU; on an idle one this returns at once.
+            std::thread::yield_now();
         }
         let mut s = self.0.state.lock();
         while s.pending > 0 {
@@ -207,6 +209,19 @@ pub trait Device: Send + Sync {
     fn copy_now(&self, job: &CopyJob) -> Result<(), DeviceError>;
     /// A device-local load from one page.
     fn load(&self, page: DevPage, off: usize, buf: &mut [u8]) -> Result<(), DeviceError>;
+    /// `n` aligned 64-bit words of page `page` from byte `off`, readable in
+    /// place (zero copy) when the device's memory is addressable from the
+    /// host, as the emulated device's is; `None` makes callers copy them out
+    /// with [`Device::load`].
+    fn words(
+        &self,
+        page: DevPage,
+        off: usize,
+        n: usize,
+    ) -> Option<&[std::sync::atomic::AtomicU64]> {
+        let _ = (page, off, n);
+        None
+    }
     /// A device-local store to one page.
     fn store(&self, page: DevPage, off: usize, buf: &[u8]) -> Result<(), DeviceError>;
     /// A device-local atomic read-modify-write on one aligned word; returns

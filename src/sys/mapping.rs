@@ -195,6 +195,40 @@ impl Mapping {
         Ok(())
     }
 
+    /// Like [`Mapping::copy_from`], with streaming (non-temporal) stores; the
+    /// ranges must not overlap (see [`super::copy`]).
+    pub fn stream_from(
+        &self,
+        dst_off: usize,
+        src: &Mapping,
+        src_off: usize,
+        len: usize,
+    ) -> io::Result<()> {
+        self.check(dst_off, len)?;
+        src.check(src_off, len)?;
+        let (d, s) = (
+            self.addr() as usize + dst_off,
+            src.addr() as usize + src_off,
+        );
+        if d < s + len && s < d + len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "streaming copy of {len} bytes between overlapping ranges {s:#x} and {d:#x}"
+                ),
+            ));
+        }
+        // SAFETY: both ranges are checked inside live mappings and disjoint.
+        unsafe {
+            super::copy::stream_copy_raw(
+                self.ptr.as_ptr().add(dst_off),
+                src.ptr.as_ptr().add(src_off),
+                len,
+            )
+        };
+        Ok(())
+    }
+
     /// Writes zeros over `len` bytes at `off`.
     pub fn zero(&self, off: usize, len: usize) -> io::Result<()> {
         self.check(off, len)?;
@@ -226,6 +260,25 @@ impl Mapping {
         // has u64's layout and every access through it is atomic, so
         // concurrent use is sound. The reference lives no longer than `&self`.
         Ok(unsafe { &*p.cast::<std::sync::atomic::AtomicU64>() })
+    }
+
+    /// The `n` aligned 64-bit words at `off`, as atomics: a zero-copy view for
+    /// readers that tolerate concurrent writers (a relaxed load is a plain
+    /// load).
+    pub fn atomic_words(
+        &self,
+        off: usize,
+        n: usize,
+    ) -> io::Result<&[std::sync::atomic::AtomicU64]> {
+        let bytes = n
+            .checked_mul(8)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ERANGE))?;
+        self.check(off, bytes)?;
+        let p = self.word(off, 8)?;
+        // SAFETY: `p` is 8-byte aligned, and `n` words from it lie inside the
+        // live mapping (checked); AtomicU64 has u64's layout and every access
+        // through the slice is atomic. The slice lives no longer than `&self`.
+        Ok(unsafe { std::slice::from_raw_parts(p.cast::<std::sync::atomic::AtomicU64>(), n) })
     }
 
     /// The aligned 32-bit word at `off`, as an atomic.

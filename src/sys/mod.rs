@@ -2,6 +2,7 @@
 //! svmem lives here, behind owning types and safe, bounds-checked wrappers.
 //! Nothing outside this module calls the kernel directly.
 
+mod copy;
 mod eventfd;
 pub mod futex;
 mod mapping;
@@ -9,6 +10,7 @@ pub mod meminfo;
 mod pagemap;
 pub mod uffd;
 
+pub use copy::stream_copy;
 pub use eventfd::EventFd;
 pub use mapping::{Advice, Mapping, Prot};
 pub use pagemap::{huge_mapped, zero_pages};
