@@ -988,6 +988,9 @@ impl DeviceHandle<'_> {
         let regions: Vec<_> = sh.regions.read().values().cloned().collect();
         let mut rep = MigrateReport::default();
         for r in regions {
+            // Pipelined like any migration: blocks locked in ascending order,
+            // up to `pipeline_depth` in flight.
+            let mut inflight = std::collections::VecDeque::new();
             for b in 0..r.blocks.len() {
                 let pages = r.block_pages(b);
                 let guard = r.blocks[b].migrate.lock();
@@ -998,8 +1001,16 @@ impl DeviceHandle<'_> {
                 if let Some(p) =
                     migrate::isolate_to_system(sh, &r, b, &idxs, false, Some(guard), &mut rep)
                 {
-                    migrate::finish_to_system(sh, &r, p, Trigger::Release, &mut rep);
+                    inflight.push_back(p);
                 }
+                while inflight.len() > sh.pipeline_depth {
+                    if let Some(p) = inflight.pop_front() {
+                        migrate::finish_to_system(sh, &r, p, Trigger::Release, &mut rep);
+                    }
+                }
+            }
+            while let Some(p) = inflight.pop_front() {
+                migrate::finish_to_system(sh, &r, p, Trigger::Release, &mut rep);
             }
         }
         sh.check_lost();
