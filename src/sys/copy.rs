@@ -106,6 +106,33 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::{Mapping, Prot};
+
+    #[test]
+    fn aligned_mappings_start_on_the_boundary() {
+        let m = Mapping::anonymous_aligned(3 * 4096, 2 << 20, Prot::ReadWrite).expect("map");
+        assert_eq!((m.addr() % (2 << 20), m.len()), (0, 3 * 4096));
+        m.write_at(3 * 4096 - 8, &[7; 8]).expect("last word");
+        assert!(Mapping::anonymous_aligned(0, 2 << 20, Prot::ReadWrite).is_err());
+        assert!(Mapping::anonymous_aligned(4096, 3000, Prot::ReadWrite).is_err());
+    }
+
+    #[test]
+    fn mapping_stream_copies_and_refuses_overlap() {
+        let m = Mapping::anonymous(4 * 4096, Prot::ReadWrite, false).expect("map");
+        let pattern: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        m.write_at(0, &pattern).expect("write");
+        m.stream_from(2 * 4096, &m, 0, 4096).expect("copy");
+        let mut back = vec![0u8; 4096];
+        m.read_at(2 * 4096, &mut back).expect("read");
+        assert_eq!(back, pattern);
+        let e = m.stream_from(100, &m, 0, 4096).expect_err("overlap");
+        assert!(e.to_string().contains("overlapping"), "{e}");
+        assert!(
+            m.stream_from(3 * 4096, &m, 0, 8192).is_err(),
+            "out of range"
+        );
+    }
 
     #[test]
     fn copies_every_byte_at_any_alignment_and_length() {

@@ -174,29 +174,9 @@ impl Mapping {
         Ok(())
     }
 
-    /// Copies `len` bytes from `src[src_off..]` to `self[dst_off..]`.
-    pub fn copy_from(
-        &self,
-        dst_off: usize,
-        src: &Mapping,
-        src_off: usize,
-        len: usize,
-    ) -> io::Result<()> {
-        self.check(dst_off, len)?;
-        src.check(src_off, len)?;
-        // SAFETY: both ranges are checked inside live mappings; `copy` tolerates overlap.
-        unsafe {
-            std::ptr::copy(
-                src.ptr.as_ptr().add(src_off),
-                self.ptr.as_ptr().add(dst_off),
-                len,
-            )
-        };
-        Ok(())
-    }
-
-    /// Like [`Mapping::copy_from`], with streaming (non-temporal) stores; the
-    /// ranges must not overlap (see [`super::copy`]).
+    /// Copies `len` bytes from `src[src_off..]` to `self[dst_off..]` with
+    /// streaming (non-temporal) stores (see [`super::copy`]); the ranges
+    /// must not overlap.
     pub fn stream_from(
         &self,
         dst_off: usize,
