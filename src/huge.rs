@@ -9,8 +9,16 @@
 //!
 //! - managed and staging mappings start on a 2 MiB boundary, so block `b` of
 //!   a region is one PMD in both (see `Svm::alloc`);
-//! - both stay `MADV_NOHUGEPAGE`, so neither the fault path nor khugepaged
-//!   ever builds a huge page there behind svmem's back;
+//! - the managed mapping is `MADV_HUGEPAGE`: a CPU fault on a block with no
+//!   page table then takes the kernel's huge-page path, which hands the
+//!   fault to userfaultfd without building a page table (the 4 KiB path
+//!   builds one first, and a page table at the destination makes every later
+//!   move of the block split). The price: a *write* fault there makes the
+//!   kernel allocate and zero a huge page it drops again before the fault
+//!   reaches svmem; and khugepaged may collapse a block whose 512 pages are
+//!   all present (content-preserving, and good for later moves);
+//! - the staging mirror stays `MADV_NOHUGEPAGE`: nothing but a move ever
+//!   puts a huge page there;
 //! - the first write to a whole, untouched block (a CPU write fault, or a
 //!   device write mapping system memory) takes a huge page from a *slot*: an
 //!   unregistered, `MADV_HUGEPAGE` 2 MiB mapping whose first touch makes the

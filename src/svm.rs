@@ -402,9 +402,9 @@ impl Svm {
         };
         let managed = map("managed")?;
         let staging = map("staging")?;
-        // Only svmem puts huge pages here (crate::huge): the kernel's fault
-        // path and khugepaged stay out, so no block turns huge or splits
-        // behind our back.
+        // Managed memory is huge-page advised (with huge pages on) so that a
+        // CPU fault on an empty block builds no page table; staging gets no
+        // huge page but those moves bring (see crate::huge).
         let managed_advice = if sh.huge.enabled() {
             Advice::HugePage
         } else {
