@@ -130,7 +130,7 @@ impl CopyLimit {
 ///
 /// # Panics
 /// If the lengths differ.
-pub fn memcpy_gbps(dst: &mut [u8], src: &[u8]) -> CopyLimit {
+pub fn copy_limit(dst: &mut [u8], src: &[u8]) -> CopyLimit {
     let t = Instant::now();
     dst.copy_from_slice(black_box(src));
     let libc = t.elapsed();
@@ -264,10 +264,9 @@ impl Spread {
 /// One run of [`bench_migrate`]: every number measured on the same bytes.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct MigrateRun {
-    /// The copy limit ([`CopyLimit::best`]); its two parts follow.
+    /// The copy limit ([`CopyLimit::best`]), and its two parts.
     pub memcpy_gbps: f64,
-    pub memcpy_libc_gbps: f64,
-    pub memcpy_stream_gbps: f64,
+    pub copy_limit: CopyLimit,
     pub to_device_gbps: f64,
     pub to_system_gbps: f64,
     pub cpu_fault_sweep_gbps: f64,
@@ -285,6 +284,8 @@ pub struct MigrateRun {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct MigrateSpread {
     pub memcpy_gbps: Spread,
+    pub memcpy_libc_gbps: Spread,
+    pub memcpy_stream_gbps: Spread,
     pub to_device_gbps: Spread,
     pub to_system_gbps: Spread,
     pub cpu_fault_sweep_gbps: Spread,
@@ -413,9 +414,8 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
     for run in 0..runs {
         let mut s = MigrateRun::default();
         // Every page is system-resident here.
-        let limit = memcpy_gbps(&mut dst, region.as_slice::<u8>());
-        s.memcpy_gbps = limit.best();
-        (s.memcpy_libc_gbps, s.memcpy_stream_gbps) = (limit.libc_gbps, limit.stream_gbps);
+        s.copy_limit = copy_limit(&mut dst, region.as_slice::<u8>());
+        s.memcpy_gbps = s.copy_limit.best();
         s.memcpy_ms = bytes as f64 / s.memcpy_gbps / 1e6;
 
         let el = timed_migrate(&svm, addr, bytes, dev, run, "migrate to device")?;
@@ -462,6 +462,8 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
     let col = |f: fn(&MigrateRun) -> f64| Spread::of(&samples.iter().map(f).collect::<Vec<_>>());
     let spread = MigrateSpread {
         memcpy_gbps: col(|s| s.memcpy_gbps),
+        memcpy_libc_gbps: col(|s| s.copy_limit.libc_gbps),
+        memcpy_stream_gbps: col(|s| s.copy_limit.stream_gbps),
         to_device_gbps: col(|s| s.to_device_gbps),
         to_system_gbps: col(|s| s.to_system_gbps),
         cpu_fault_sweep_gbps: col(|s| s.cpu_fault_sweep_gbps),

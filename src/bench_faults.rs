@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use crate::addr::{DeviceId, Location, BLOCK_PAGES, BLOCK_SIZE, PAGE_SIZE};
 use crate::attr::Attr;
 use crate::bench::{
-    fill_pattern, gbps, memcpy_gbps, pattern_word, prefaulted, sum_kernel, BenchError, Machine,
+    copy_limit, fill_pattern, gbps, pattern_word, prefaulted, sum_kernel, BenchError, Machine,
     Spread,
 };
 use crate::device::{EmulatedConfig, MemoryType};
@@ -59,10 +59,9 @@ const MIGRATE_SEED: u64 = 0x5356_4d45_4d00_f003;
 /// One run of [`bench_faults`].
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct FaultsRun {
-    /// The copy limit ([`crate::bench::CopyLimit::best`]); its two parts follow.
+    /// The copy limit ([`crate::bench::CopyLimit::best`]), and its two parts.
     pub memcpy_gbps: f64,
-    pub memcpy_libc_gbps: f64,
-    pub memcpy_stream_gbps: f64,
+    pub copy_limit: crate::bench::CopyLimit,
     pub memcpy_ms: f64,
     pub device_fault_sweep_gbps: f64,
     pub device_fault_sweep_ms: f64,
@@ -91,6 +90,8 @@ pub struct FaultsRun {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct FaultsSpread {
     pub memcpy_gbps: Spread,
+    pub memcpy_libc_gbps: Spread,
+    pub memcpy_stream_gbps: Spread,
     pub device_fault_sweep_gbps: Spread,
     pub device_fault_sweep_ratio: Spread,
     pub block_migrate_us: Spread,
@@ -179,6 +180,8 @@ pub fn bench_faults(size: u64, runs: usize) -> Result<FaultsBench, BenchError> {
         .collect();
     let spread = FaultsSpread {
         memcpy_gbps: col(|s| s.memcpy_gbps),
+        memcpy_libc_gbps: col(|s| s.copy_limit.libc_gbps),
+        memcpy_stream_gbps: col(|s| s.copy_limit.stream_gbps),
         device_fault_sweep_gbps: col(|s| s.device_fault_sweep_gbps),
         device_fault_sweep_ratio: col(|s| s.device_fault_sweep_ratio),
         block_migrate_us: col(|s| s.block_migrate_us),
@@ -253,9 +256,8 @@ fn sweep(
 ) -> Result<(), BenchError> {
     let (region, checksum) = filled(svm, len, SWEEP_SEED)?;
     let bytes = region.len();
-    let limit = memcpy_gbps(dst, region.as_slice::<u8>());
-    s.memcpy_gbps = limit.best();
-    (s.memcpy_libc_gbps, s.memcpy_stream_gbps) = (limit.libc_gbps, limit.stream_gbps);
+    s.copy_limit = copy_limit(dst, region.as_slice::<u8>());
+    s.memcpy_gbps = s.copy_limit.best();
     s.memcpy_ms = bytes as f64 / s.memcpy_gbps / 1e6;
     svm.set_attributes(
         region.addr(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use svmem::bench::{self, BenchError, Machine, MigrateBench};
+use svmem::bench::{self, BenchError, Machine, MigrateBench, Spread};
 use svmem::bench_faults::{self, FaultsBench};
 use svmem::bench_oversub::{self, OversubBench};
 use svmem::workloads::{self, RunConfig, RunError, RunReport, Workload};
@@ -345,45 +345,32 @@ fn print_bench(b: &MigrateBench) {
     );
     println!("machine: {}", b.machine);
     println!();
-    println!(
-        "{:<26} {:>10} {:>10} {:>10}   {:>16}",
-        "operation (GB/s)", "median", "min", "max", "÷ copy limit (median)"
-    );
     let s = &b.spread;
-    let col = |f: fn(&svmem::bench::MigrateRun) -> f64| {
-        svmem::bench::Spread::of(&b.samples.iter().map(f).collect::<Vec<_>>())
-    };
-    let rows = [
-        ("copy limit (1 thread)", s.memcpy_gbps, None),
-        ("  memcpy (libc)", col(|r| r.memcpy_libc_gbps), None),
-        ("  streaming copy", col(|r| r.memcpy_stream_gbps), None),
-        (
-            "migrate to device",
-            s.to_device_gbps,
-            Some(s.to_device_ratio),
-        ),
-        (
-            "migrate to system",
-            s.to_system_gbps,
-            Some(s.to_system_ratio),
-        ),
-        (
-            "CPU fault sweep (read)",
-            s.cpu_fault_sweep_gbps,
-            Some(s.cpu_fault_sweep_ratio),
-        ),
-    ];
-    for (name, v, ratio) in rows {
-        let r = ratio.map_or(String::new(), |r| {
-            format!("{:.3} [{:.3}–{:.3}]", r.median, r.min, r.max)
-        });
-        println!(
-            "{name:<26} {:>10.2} {:>10.2} {:>10.2}   {r:>16}",
-            v.median, v.min, v.max
-        );
-    }
+    print_rows(
+        "operation (GB/s)",
+        &[
+            ("copy limit (1 thread)", Some(s.memcpy_gbps), None),
+            ("  memcpy (libc)", Some(s.memcpy_libc_gbps), None),
+            ("  streaming copy", Some(s.memcpy_stream_gbps), None),
+            (
+                "migrate to device",
+                Some(s.to_device_gbps),
+                Some(s.to_device_ratio),
+            ),
+            (
+                "migrate to system",
+                Some(s.to_system_gbps),
+                Some(s.to_system_ratio),
+            ),
+            (
+                "CPU fault sweep (read)",
+                Some(s.cpu_fault_sweep_gbps),
+                Some(s.cpu_fault_sweep_ratio),
+            ),
+        ],
+    );
     println!(
-        "{:<26} {:>10.2} {:>10} {:>10}",
+        "{:<30} {:>10.2} {:>10} {:>10}",
         "first-touch fill (once)", b.first_touch_fill_gbps, "", ""
     );
     println!();
@@ -413,6 +400,28 @@ fn print_bench(b: &MigrateBench) {
     println!("data verified: every word after all runs, checksum after every sweep");
     println!();
     print_counters(&b.counters);
+}
+
+/// A bench table: one row per quantity with its median, min and max over
+/// the runs ("none" when it was never measured), and the spread of its
+/// ratio to the copy limit where it has one.
+fn print_rows(first: &str, rows: &[(&str, Option<Spread>, Option<Spread>)]) {
+    println!(
+        "{first:<30} {:>10} {:>10} {:>10}   {:>16}",
+        "median", "min", "max", "÷ copy limit (median)"
+    );
+    for (name, v, ratio) in rows {
+        let r = ratio.map_or(String::new(), |r| {
+            format!("{:.3} [{:.3}–{:.3}]", r.median, r.min, r.max)
+        });
+        match v {
+            Some(v) => println!(
+                "{name:<30} {:>10.2} {:>10.2} {:>10.2}   {r:>16}",
+                v.median, v.min, v.max
+            ),
+            None => println!("{name:<30} {:>10}", "none"),
+        }
+    }
 }
 
 fn print_counters(s: &Stats) {
@@ -494,53 +503,30 @@ fn print_faults_bench(b: &FaultsBench) {
     );
     println!("machine: {}", b.machine);
     println!();
-    println!(
-        "{:<30} {:>10} {:>10} {:>10}   {:>16}",
-        "operation", "median", "min", "max", "÷ copy limit (median)"
-    );
     let s = &b.spread;
-    let r = &s.device_fault_sweep_ratio;
-    let full = b
-        .full_batch_service_us_p50
-        .map(|_| s.full_batch_service_us_p50);
-    let rows = [
-        (
-            "copy limit (1 thread), GB/s",
-            Some(s.memcpy_gbps),
-            String::new(),
-        ),
-        (
-            "device fault sweep, GB/s",
-            Some(s.device_fault_sweep_gbps),
-            format!("{:.3} [{:.3}–{:.3}]", r.median, r.min, r.max),
-        ),
-        (
-            "block migrate (2 MiB), µs",
-            Some(s.block_migrate_us),
-            String::new(),
-        ),
-        (
-            "batch service p50, µs",
-            Some(s.batch_service_us_p50),
-            String::new(),
-        ),
-        // No spread when no batch held 256 faults.
-        ("full batch (256) p50, µs", full, String::new()),
-        (
-            "faults per second (busy)",
-            Some(s.faults_per_sec),
-            String::new(),
-        ),
-    ];
-    for (name, v, ratio) in rows {
-        match v {
-            Some(v) => println!(
-                "{name:<30} {:>10.2} {:>10.2} {:>10.2}   {ratio:>16}",
-                v.median, v.min, v.max
+    print_rows(
+        "operation",
+        &[
+            ("copy limit (1 thread), GB/s", Some(s.memcpy_gbps), None),
+            ("  memcpy (libc), GB/s", Some(s.memcpy_libc_gbps), None),
+            ("  streaming copy, GB/s", Some(s.memcpy_stream_gbps), None),
+            (
+                "device fault sweep, GB/s",
+                Some(s.device_fault_sweep_gbps),
+                Some(s.device_fault_sweep_ratio),
             ),
-            None => println!("{name:<30} {:>10}", "none"),
-        }
-    }
+            ("block migrate (2 MiB), µs", Some(s.block_migrate_us), None),
+            ("batch service p50, µs", Some(s.batch_service_us_p50), None),
+            // No spread when no batch held 256 faults.
+            (
+                "full batch (256) p50, µs",
+                b.full_batch_service_us_p50
+                    .map(|_| s.full_batch_service_us_p50),
+                None,
+            ),
+            ("faults per second (busy)", Some(s.faults_per_sec), None),
+        ],
+    );
     println!();
     println!(
         "device fault sweep ÷ copy limit: {:.3} (target >= 0.50: {})",
