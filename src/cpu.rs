@@ -32,12 +32,9 @@ pub(crate) fn populate(sh: &Shared, r: &RegionInner, lo: usize, hi: usize, write
     } else {
         0
     };
-    if huge > 0 {
-        let _ = sh.uffd.wake(r.addr_of(lo).0, (huge * PAGE_SIZE) as u64);
-    }
     let mut i = lo + huge;
     let mut filled = 0u64;
-    let mut woken = Vec::new();
+    let mut woken = vec![(lo, i)];
     while i < hi {
         if r.states[i].load() != PageState::Unpopulated {
             i += 1;

@@ -325,17 +325,18 @@ fn gather(rx: &Receiver<Msg>, batch: &mut Vec<Fault>) -> bool {
     true
 }
 
-/// A block of fault-ahead in flight: pages `[lo, hi)`, their flags, the
-/// isolated plan (none when nothing needed copying: then the pages were
-/// mapped when it was made), its report and events.
-type Inflight<'a> = (
-    usize,
-    usize,
-    AttrFlags,
-    Option<migrate::ToDevicePlan<'a>>,
-    MigrateReport,
-    migrate::Announce<'a>,
-);
+/// A block of fault-ahead in flight.
+struct Inflight<'a> {
+    /// Pages `[lo, hi)` of the sweep's region, inside one block.
+    lo: usize,
+    hi: usize,
+    flags: AttrFlags,
+    /// What is being copied (holding the block's lock); none when nothing
+    /// needed copying (the pages were mapped when the step was made).
+    plan: Option<migrate::ToDevicePlan<'a>>,
+    rep: MigrateReport,
+    told: migrate::Announce<'a>,
+}
 
 /// Fault-ahead of a sequential device sweep that reached page `h.hi`: keeps
 /// up to `pipeline_depth` blocks of the sweep in flight to the device and
@@ -368,7 +369,7 @@ fn run_ahead(sh: &Shared, d: DeviceId, rx: &Receiver<Msg>, h: SweepHint) -> bool
         while fetching && inflight.len() < sh.pipeline_depth.max(1) && at < end {
             let b = at / BLOCK_PAGES;
             // One plan per block at a time: a plan holds its block's lock.
-            if inflight.back().is_some_and(|p| p.0 / BLOCK_PAGES == b) {
+            if inflight.back().is_some_and(|p| p.lo / BLOCK_PAGES == b) {
                 break;
             }
             let hi = end.min((b + 1) * BLOCK_PAGES);
@@ -389,10 +390,25 @@ fn run_ahead(sh: &Shared, d: DeviceId, rx: &Receiver<Msg>, h: SweepHint) -> bool
             }
             // Out of device memory (or the region is going): stop here.
             fetching = rep.skipped_no_device_memory == 0 && rep.skipped_not_migratable == 0;
-            inflight.push_back((at, hi, flags, plan, rep, told));
+            inflight.push_back(Inflight {
+                lo: at,
+                hi,
+                flags,
+                plan,
+                rep,
+                told,
+            });
             at = hi;
         }
-        let Some((lo, hi, flags, plan, mut rep, told)) = inflight.pop_front() else {
+        let Some(Inflight {
+            lo,
+            hi,
+            flags,
+            plan,
+            mut rep,
+            told,
+        }) = inflight.pop_front()
+        else {
             break;
         };
         if let Some(p) = plan {
@@ -466,10 +482,10 @@ fn replay_duplicate(sh: &Shared, d: DeviceId, r: &RegionInner, f: &Fault) {
 }
 
 /// Whether fault-ahead may bring pages `[lo, hi)` (one window) of `r` to
-/// device `d`: the region is still there, its attributes ask for the device,
+/// device `d`: the region is not being freed, its attributes ask for the device,
 /// and the device is not thrashing on the block. Returns the window's flags.
 fn may_fetch(sh: &Shared, r: &RegionInner, d: DeviceId, lo: usize, hi: usize) -> Option<AttrFlags> {
-    if !sh.regions.read().contains_key(&r.base()) {
+    if r.freed.load(std::sync::atomic::Ordering::Acquire) {
         return None;
     }
     let attrs = sh.attrs.read().get(r.addr_of(lo).0 / PAGE_SIZE as u64);

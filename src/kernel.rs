@@ -370,6 +370,7 @@ impl<'a> Lane<'a> {
         if addr.0 % 8 != 0 {
             return Err(self.fault(addr.0, AccessKind::Read, FaultReason::Misaligned));
         }
+        // A length past the address space covers unmanaged memory anyway.
         let len = usize::try_from(n)
             .ok()
             .and_then(|n| n.checked_mul(8))
