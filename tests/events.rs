@@ -3,20 +3,15 @@
 //! and CPU faults racing with it neither hang nor lose the pages not discarded.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use svmem::{DeviceId, Location, Region, Svm};
+use common::dontneed;
+
+use svmem::{DeviceId, Location, Svm};
 
 const DEV: DeviceId = DeviceId(0);
-
-/// The application discarding part of its managed memory, as a program would.
-fn dontneed(r: &Region<'_>, offset: usize, len: usize) {
-    let p = (r.addr().as_u64() as usize + offset) as *mut libc::c_void;
-    // SAFETY: the range lies inside the region's mapping, which stays mapped;
-    // no Rust reference into it is alive across the call.
-    let rc = unsafe { libc::madvise(p, len, libc::MADV_DONTNEED) };
-    assert_eq!(rc, 0, "madvise failed: {}", std::io::Error::last_os_error());
-}
 
 #[test]
 fn dontneed_discards_device_and_system_pages() {

@@ -69,3 +69,12 @@ impl Rng {
         self.next() % one_in == 0
     }
 }
+
+/// The application discarding part of its managed memory, as a program would.
+pub fn dontneed(r: &Region<'_>, offset: usize, len: usize) {
+    let p = (r.addr().as_u64() as usize + offset) as *mut libc::c_void;
+    // SAFETY: the range lies inside the region's mapping, which stays mapped;
+    // no Rust reference into it is alive across the call.
+    let rc = unsafe { libc::madvise(p, len, libc::MADV_DONTNEED) };
+    assert_eq!(rc, 0, "madvise failed: {}", std::io::Error::last_os_error());
+}
