@@ -81,3 +81,15 @@ impl fmt::Display for Location {
         }
     }
 }
+
+/// What a faulting access wanted to do. Ordered by strength:
+/// `Atomic > Write > Read`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum AccessKind {
+    Read,
+    Write,
+    Atomic,
+}
+
+/// Most devices one `Svm` can hold.
+pub const MAX_DEVICES: usize = 8;

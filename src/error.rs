@@ -1,7 +1,8 @@
 //! The crate's error type: every variant carries the values involved and, where
 //! there is one, what to do about it.
 
-use crate::addr::{DeviceId, VirtAddr};
+use crate::addr::{AccessKind, DeviceId, VirtAddr};
+use std::fmt;
 
 /// Errors returned by svmem.
 #[derive(Debug, thiserror::Error)]
@@ -53,10 +54,10 @@ pub enum Error {
     Device { dev: DeviceId, reason: String },
 
     #[error("kernel stopped by a {0}")]
-    DeviceFault(Box<crate::kernel::DeviceFault>),
+    DeviceFault(Box<DeviceFault>),
 
     #[error("invalid range attributes: {0}")]
-    Attr(#[from] crate::attr::AttrError),
+    Attr(#[from] AttrError),
 
     #[error("{what}: {running} kernel launch(es) are running on {dev}; wait for them to finish")]
     Busy {
@@ -121,4 +122,138 @@ impl Error {
     pub(crate) fn os(op: &'static str, source: std::io::Error) -> Error {
         Error::Os { op, source }
     }
+}
+
+/// Why a device access failed for good.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum FaultReason {
+    /// The placement policy refused it (no access, read-only, unreachable).
+    Policy(FailReason),
+    /// No translation and the device does not retry faults (XNACK off).
+    NoTranslation,
+    /// The address is not inside managed memory.
+    Unmanaged,
+    /// The page's data was lost in a device failure.
+    Poisoned,
+    /// An atomic on a word that is not naturally aligned.
+    Misaligned,
+    /// The device itself failed the access.
+    Device(String),
+    /// The access kept faulting (the range changed under it every time).
+    NotConverged,
+    /// Another lane of the launch faulted fatally first.
+    Aborted,
+}
+
+impl std::fmt::Display for FaultReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FaultReason::Policy(r) => write!(f, "{r}"),
+            FaultReason::NoTranslation => write!(
+                f,
+                "no translation and retry faults are off (XNACK off): grant the device access to the range first"
+            ),
+            FaultReason::Unmanaged => write!(f, "address is not in managed memory"),
+            FaultReason::Poisoned => write!(f, "page is poisoned (its data was lost)"),
+            FaultReason::Misaligned => write!(f, "atomic access is not naturally aligned"),
+            FaultReason::Device(s) => write!(f, "device error: {s}"),
+            FaultReason::NotConverged => write!(f, "access did not converge after repeated faults"),
+            FaultReason::Aborted => write!(f, "launch aborted by another lane's fatal fault"),
+        }
+    }
+}
+
+/// A fatal device fault: where, what kind of access, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, thiserror::Error)]
+#[error("fatal fault on {dev} lane {lane}: {kind:?} at {addr}: {reason}")]
+pub struct DeviceFault {
+    pub dev: DeviceId,
+    pub lane: usize,
+    pub addr: VirtAddr,
+    pub kind: AccessKind,
+    pub reason: FaultReason,
+}
+
+/// Why a fault was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum FailReason {
+    /// The device's access mode for the range is none.
+    NoAccess,
+    /// A write or atomic to read-only memory.
+    ReadOnly,
+    /// The data is in memory the device cannot reach and may not be moved.
+    /// [`KfdPolicy`] never returns it (it migrates to system memory instead);
+    /// it is for policies that pin data.
+    Unreachable,
+}
+
+impl fmt::Display for FailReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailReason::NoAccess => {
+                "the device has no access to this range (grant it with an access attribute)"
+            }
+            FailReason::ReadOnly => {
+                "write to read-only memory (the region or the range's device_read_only flag)"
+            }
+            FailReason::Unreachable => "the data is in memory the device cannot reach",
+        })
+    }
+}
+
+/// Why attributes could not be set or parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttrError {
+    #[error("no attributes given: pass at least one attribute to set")]
+    NoAttributes,
+
+    #[error("empty page range [{start:#x}, {end:#x}): the end page must be above the start page")]
+    EmptyRange { start: u64, end: u64 },
+
+    #[error("unknown device {id}: there are {count} device(s), use an index below {count}")]
+    UnknownDevice { id: DeviceId, count: usize },
+
+    #[error("granularity {value} is out of range: use 0 (one page) to 9 (512 pages, 2 MiB)")]
+    Granularity { value: u8 },
+
+    #[error(
+        "unknown attribute kind {kind}: the kinds are 0 (preferred location), 1 (prefetch \
+         location), 2 (access), 3 (access in place), 4 (no access), 5 (set flags), \
+         6 (clear flags) and 7 (granularity)"
+    )]
+    UnknownKind { kind: u32 },
+
+    #[error(
+        "location {value:#x} is not valid: use 0 (system memory), 1 to 8 (device n-1) or \
+         0xffffffff (undefined)"
+    )]
+    UnknownLocation { value: u32 },
+
+    #[error(
+        "flag bits {bits:#x} ({}) are not supported: svmem implements host_access (0x1), \
+         coherent (0x2), device_read_only (0x8), device_exec (0x10), read_mostly (0x20) and \
+         always_mapped (0x40)",
+        unsupported_names(.bits)
+    )]
+    UnsupportedFlags { bits: u32 },
+
+    #[error("conflicting attributes in one call: {what}; give each attribute one value")]
+    Conflict { what: String },
+}
+
+/// Names the bits of a flag word that svmem refuses, for error messages.
+fn unsupported_names(bits: &u32) -> String {
+    let mut names = Vec::new();
+    for bit in 0..32 {
+        let b = 1u32 << bit;
+        if bits & b == 0 {
+            continue;
+        }
+        names.push(match b {
+            0x4 => "hive_local".to_string(),    // KFD_IOCTL_SVM_FLAG_HIVE_LOCAL
+            0x80 => "ext_coherent".to_string(), // KFD_IOCTL_SVM_FLAG_EXT_COHERENT
+            other => format!("unknown {other:#x}"),
+        });
+    }
+    names.join("|")
 }

@@ -33,47 +33,29 @@
 //! # Ok::<(), svmem::Error>(())
 //! ```
 
-pub mod access;
-pub mod account;
+// Layers, bottom up; a module imports only from layers below it (the test
+// `tests/layers.rs` keeps it so). ARCHITECTURE.md says what each one owns.
 pub mod addr;
-pub mod attr;
-pub mod bench;
-pub mod bench_faults;
-pub mod bench_oversub;
+mod api;
 mod cpu;
 pub mod device;
 pub mod error;
-pub mod events;
-mod evict;
-mod failure;
-mod fault;
-mod huge;
-pub mod kernel;
-pub mod migrate;
-mod notify;
-mod pin;
-pub mod policy;
-mod space;
-pub mod state;
-pub mod stats;
-mod svm;
+mod gpu;
+mod mm;
+pub mod observe;
+pub mod placement;
+mod pressure;
 mod sync;
-pub mod sys;
-pub mod workloads;
+mod sys;
 
-pub use access::{AccessReport, PageView};
-pub use account::{DeviceUsage, MemoryUsage};
-pub use addr::{DevPage, DeviceId, Location, VirtAddr, BLOCK_SIZE, PAGE_SIZE};
-pub use attr::{AccessMode, Attr, AttrFlags, AttrQuery, Common};
+pub use addr::{AccessKind, DevPage, DeviceId, Location, VirtAddr, BLOCK_SIZE, PAGE_SIZE};
+pub use api::{huge_mapped, DeviceHandle, DeviceInfo, MemAdvice, Region, Svm, SvmBuilder};
 pub use device::{CopyFailure, Device, EmulatedConfig, EmulatedDevice, Injection, MemoryType};
-pub use error::{Error, Result};
-pub use events::{Event, EventKind, EventStream};
-pub use failure::ResetReport;
-pub use fault::{BatchStats, MAX_BATCH};
-pub use kernel::{DeviceFault, FaultReason, Lane, LaunchReport};
-pub use migrate::MigrateReport;
-pub use policy::{AccessKind, Decision, KfdPolicy, PlacementPolicy};
-pub use state::PageState;
-pub use stats::Stats;
-pub use svm::{DeviceHandle, DeviceInfo, MemAdvice, Region, Svm, SvmBuilder};
+pub use error::{DeviceFault, Error, FaultReason, Result};
+pub use gpu::{AccessReport, BatchStats, Lane, LaunchReport, PageView, MAX_BATCH};
+pub use mm::{MigrateReport, PageState};
+pub use observe::{Event, EventKind, EventStream, Stats};
+pub use placement::{AccessMode, Attr, AttrFlags, AttrQuery, Common};
+pub use placement::{Decision, KfdPolicy, PlacementPolicy};
+pub use pressure::{default_memory_limit, DeviceUsage, MemoryUsage, ResetReport};
 pub use sys::Prot;

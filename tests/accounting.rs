@@ -149,7 +149,7 @@ fn the_default_limit_is_ram_minus_a_64th_minus_one_and_a_half_gib() {
     let expect = (total - total / 64).saturating_sub(3 << 29);
     let svm = Svm::with_emulated(4 * MIB).unwrap();
     assert_eq!(svm.memory_limit(), expect);
-    assert_eq!(svmem::account::default_limit(), expect);
+    assert_eq!(svmem::default_memory_limit(), expect);
     assert_eq!(svm.memory_usage().limit_bytes, expect);
     // The pin limit defaults to the memory limit.
     assert_eq!(svm.memory_usage().pin_limit_bytes, expect);

@@ -9,8 +9,10 @@
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
-use svmem::attr::{AccessMode, Attr, AttrError, AttrFlags, AttrMap, AttrQuery, Common, RangeAttrs};
-use svmem::state::MAX_DEVICES;
+use svmem::addr::MAX_DEVICES;
+use svmem::placement::attr::{
+    AccessMode, Attr, AttrError, AttrFlags, AttrMap, AttrQuery, Common, RangeAttrs,
+};
 use svmem::{DeviceId, Location};
 
 /// Pages the operations touch.

@@ -252,7 +252,7 @@ impl PlacementPolicy for NeverMigrate {
     fn name(&self) -> &str {
         "never-migrate"
     }
-    fn decide(&self, input: &svmem::policy::PolicyInput<'_>) -> Decision {
+    fn decide(&self, input: &svmem::placement::policy::PolicyInput<'_>) -> Decision {
         match input.resident {
             Location::System => Decision::MapInPlace,
             Location::Device(_) => Decision::MigrateToSystem,
@@ -327,7 +327,7 @@ fn the_event_stream_reports_migrations_faults_and_queue_evictions() {
         .unwrap();
     let got = events.drain();
     let has = |f: &dyn Fn(&EventKind) -> bool| got.iter().any(|e| f(&e.kind));
-    use svmem::events::{FaultResolution, MigrateTrigger as T};
+    use svmem::observe::events::{FaultResolution, MigrateTrigger as T};
     assert!(has(
         &|k| matches!(k, EventKind::PageFaultStart { dev, .. } if *dev == D0)
     ));

@@ -43,7 +43,7 @@ fn a_sequential_sweep_is_fetched_ahead_and_reads_every_word() {
     }
     prefer_device(&svm, &r);
     let words = r.len() / 8;
-    let sum = svmem::bench::sum_kernel(&svm, D0, r.addr(), words, BLOCK_SIZE as u64 / 8).unwrap();
+    let sum = common::sum_kernel(&svm, D0, r.addr(), words, BLOCK_SIZE as u64 / 8).unwrap();
     let want = (0..words).fold(0u64, |a, i| a.wrapping_add(word(i)));
     assert_eq!(sum, want);
     let s = svm.stats();

@@ -24,7 +24,7 @@ fn thp_available() -> bool {
 }
 
 fn huge_at(addr: VirtAddr) -> bool {
-    svmem::sys::huge_mapped(addr.as_u64()).unwrap()
+    svmem::huge_mapped(addr).unwrap()
 }
 
 fn build(huge: bool) -> Svm {

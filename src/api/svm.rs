@@ -8,130 +8,27 @@ use std::thread::JoinHandle;
 
 use parking_lot::RwLock;
 
-use crate::access::{self, AccessReport, Op, PageView};
+use super::device::DeviceHandle;
+use super::region::Region;
 use crate::addr::{DeviceId, Location, VirtAddr, BLOCK_PAGES, BLOCK_SIZE, PAGE_SIZE};
-use crate::attr::{AccessMode, Attr, AttrFlags, AttrMap, AttrQuery};
-use crate::device::{Device, EmulatedConfig, EmulatedDevice, FreeBatch, MemoryType};
+use crate::device::{Device, EmulatedConfig, EmulatedDevice, FreeBatch};
 use crate::error::{Error, Result};
-use crate::events::{EventStream, UnmapTrigger};
-use crate::fault::{BatchStats, DeviceRuntime};
-use crate::kernel::{DeviceFault, Lane, LaunchReport};
-use crate::migrate::{self, MigrateReport, Trigger};
-use crate::notify::Notifier;
-use crate::policy::{KfdPolicy, PlacementPolicy};
-use crate::space::{RegionInner, MAX_REGION_PAGES};
-use crate::state::{PageState, MAX_DEVICES};
-use crate::stats::{Counters, Stats};
+use crate::gpu::fault::DeviceRuntime;
+use crate::gpu::Ctx;
+use crate::mm::ctx::Shared;
+use crate::mm::migrate::{self, MigrateReport, Trigger};
+use crate::mm::space::{RegionInner, MAX_REGION_PAGES};
+use crate::mm::state::{PageState, MAX_DEVICES};
+use crate::observe::events::{EventStream, UnmapTrigger};
+use crate::observe::notify::Notifier;
+use crate::observe::stats::{Counters, Stats};
+use crate::placement::attr::{AccessMode, Attr, AttrFlags, AttrMap, AttrQuery};
+use crate::placement::policy::{KfdPolicy, PlacementPolicy};
+use crate::pressure::{MemoryUsage, PressureState};
 use crate::sync::Ordering;
 use crate::sys::uffd::{OpenError, REQUIRED_FEATURES};
 use crate::sys::{Advice, EventFd, Mapping, Prot, Uffd};
 use std::sync::atomic::AtomicBool;
-
-/// Everything the reader thread and the API calls share.
-pub(crate) struct Shared {
-    /// Managed regions (MISSING + WP) and their staging mirrors (MISSING)
-    /// register here: `UFFDIO_MOVE` needs both ends on one context.
-    pub uffd: Uffd,
-    /// Messages read early by a [`crate::cpu::Backoff`] on the reader thread.
-    pub pending: parking_lot::Mutex<std::collections::VecDeque<crate::sys::UffdMsg>>,
-    pub devices: Vec<Arc<dyn Device>>,
-    pub regions: RwLock<BTreeMap<u64, Arc<RegionInner>>>,
-    pub counters: Counters,
-    /// 2 MiB of zeros, the source of zero-filling `UFFDIO_COPY`s.
-    pub zeros: Mapping,
-    pub pipeline_depth: usize,
-    pub granularity: u8,
-    /// Event stream and queue control, shared with every region.
-    pub notifier: Arc<Notifier>,
-    /// Range attributes, by page number.
-    pub attrs: RwLock<AttrMap>,
-    pub policy: RwLock<Arc<dyn PlacementPolicy>>,
-    /// Retry faults (XNACK on) for every device of this `Svm`.
-    pub xnack: AtomicBool,
-    /// Per device: fault buffer, batch log, running launches.
-    pub runtime: Box<[DeviceRuntime]>,
-    /// Per device: the eviction clock over blocks holding its pages.
-    pub residency: Box<[crate::evict::Residency]>,
-    /// Evictions younger than this make faults count as thrashing (ns; 0: never).
-    pub thrash_window_ns: u64,
-    /// Which device losses have been handled (`crate::failure`).
-    pub failure: crate::failure::FailureState,
-    /// System-memory limit, charges and pin totals (see [`crate::account`]).
-    pub account: Arc<crate::account::Accountant>,
-    /// Huge-page slots for first touch of whole blocks (see [`crate::huge`]).
-    pub huge: crate::huge::HugePool,
-}
-
-impl Shared {
-    pub fn device(&self, d: DeviceId) -> Result<&Arc<dyn Device>> {
-        self.devices.get(d.0 as usize).ok_or(Error::UnknownDevice {
-            id: d,
-            count: self.devices.len(),
-        })
-    }
-
-    pub fn region_at(&self, addr: u64) -> Option<Arc<RegionInner>> {
-        let g = self.regions.read();
-        let (_, r) = g.range(..=addr).next_back()?;
-        r.contains(addr, 1).then(|| r.clone())
-    }
-
-    /// The region holding all of `[addr, addr+len)`.
-    pub fn region_for(&self, addr: VirtAddr, len: u64) -> Result<Arc<RegionInner>> {
-        self.region_at(addr.0)
-            .filter(|r| r.contains(addr.0, len))
-            .ok_or(Error::OutsideManaged { start: addr, len })
-    }
-
-    pub fn regions_overlapping(&self, start: u64, end: u64) -> Vec<Arc<RegionInner>> {
-        self.regions
-            .read()
-            .values()
-            .filter(|r| r.base() < end && start < r.base() + r.len())
-            .cloned()
-            .collect()
-    }
-
-    /// Drops the staged system pages of pages `[k, k+n)` (their data was
-    /// discarded). The run is unregistered around the `MADV_DONTNEED`, so no
-    /// REMOVE event is raised and any thread, the reader included, may call
-    /// this. The caller holds the block lock, so nothing moves in meanwhile.
-    pub fn drop_staged(&self, r: &RegionInner, k: usize, n: usize) {
-        let (at, len) = (r.staging_addr(k), (n * PAGE_SIZE) as u64);
-        let res = self
-            .uffd
-            .unregister(at, len)
-            .and_then(|_| {
-                r.staging
-                    .madvise(k * PAGE_SIZE, n * PAGE_SIZE, Advice::DontNeed)
-            })
-            .and_then(|_| self.uffd.register(at, len, false));
-        if let Err(e) = res {
-            eprintln!(
-                "svmem: dropping staging pages {at:#x}+{len:#x} failed: {e}; pages {k}..{} of region {:#x} will not migrate again",
-                k + n,
-                r.base()
-            );
-        }
-    }
-
-    pub(crate) fn metadata_bytes(&self) -> u64 {
-        let regions: u64 = self
-            .regions
-            .read()
-            .values()
-            .map(|r| r.metadata_bytes())
-            .sum();
-        regions
-            + self.devices.iter().map(|d| d.metadata_bytes()).sum::<u64>()
-            + self.attrs.read().metadata_bytes()
-            + self
-                .residency
-                .iter()
-                .map(|r| r.metadata_bytes())
-                .sum::<u64>()
-    }
-}
 
 /// Builds an [`Svm`].
 pub struct SvmBuilder {
@@ -172,7 +69,9 @@ impl Default for SvmBuilder {
             pipeline_depth: 4,
             xnack: true,
             policy: Arc::new(KfdPolicy),
-            thrash_window: std::time::Duration::from_millis(crate::policy::THRASH_WINDOW_MS),
+            thrash_window: std::time::Duration::from_millis(
+                crate::placement::policy::THRASH_WINDOW_MS,
+            ),
             memory_limit: None,
             pin_limit: None,
             huge_pages: true,
@@ -214,7 +113,7 @@ impl SvmBuilder {
 
     /// How recent an eviction from a device makes a fault on the evicted
     /// block count as thrashing (placement rule 9: served in place instead
-    /// of evicting another block). Default [`crate::policy::THRASH_WINDOW_MS`];
+    /// of evicting another block). Default [`crate::placement::policy::THRASH_WINDOW_MS`];
     /// zero turns the mitigation off.
     pub fn thrash_window(mut self, window: std::time::Duration) -> Self {
         self.thrash_window = window;
@@ -228,7 +127,7 @@ impl SvmBuilder {
     }
 
     /// The system-memory limit in bytes (default: derived from the machine's
-    /// RAM, see [`crate::account`]).
+    /// RAM, see [`crate::pressure::account`]).
     pub fn memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = Some(bytes);
         self
@@ -243,7 +142,7 @@ impl SvmBuilder {
 
     /// Whether the first write to a whole, untouched 2 MiB block maps one
     /// transparent huge page (default on), so that whole-block migrations
-    /// move one PMD instead of 512 PTEs; see [`crate::huge`]. Off: every
+    /// move one PMD instead of 512 PTEs; see [`crate::mm::huge`]. Off: every
     /// page is a 4 KiB page, as the kernel's NOHUGEPAGE gives.
     pub fn huge_pages(mut self, on: bool) -> Self {
         self.huge_pages = on;
@@ -281,7 +180,18 @@ impl SvmBuilder {
         let zeros = Mapping::anonymous(BLOCK_PAGES * PAGE_SIZE, Prot::ReadOnly, false)
             .map_err(|e| Error::os("mmap zero source", e))?;
         let ndev = self.devices.len();
-        let shared = Arc::new(Shared {
+        let attrs = Arc::new(RwLock::new(AttrMap::new(self.granularity)));
+        let pressure = Arc::new(PressureState::new(
+            ndev,
+            self.thrash_window.as_nanos().min(u64::MAX as u128) as u64,
+            crate::pressure::account::Accountant::new(
+                self.memory_limit
+                    .unwrap_or_else(crate::pressure::account::default_limit),
+                self.pin_limit,
+            ),
+            attrs.clone(),
+        ));
+        let core = Arc::new(Shared {
             uffd,
             pending: Default::default(),
             devices: self.devices,
@@ -291,19 +201,17 @@ impl SvmBuilder {
             pipeline_depth: self.pipeline_depth,
             granularity: self.granularity,
             notifier: Arc::new(Notifier::new(ndev)),
-            attrs: RwLock::new(AttrMap::new(self.granularity)),
+            losses: Default::default(),
+            huge: crate::mm::huge::HugePool::new(self.huge_pages),
+            pressure: pressure.clone(),
+        });
+        let shared = Arc::new(Ctx {
+            sh: core,
+            pressure,
+            attrs,
             policy: RwLock::new(self.policy),
             xnack: AtomicBool::new(self.xnack),
             runtime: (0..ndev).map(|_| DeviceRuntime::default()).collect(),
-            residency: (0..ndev).map(|_| Default::default()).collect(),
-            thrash_window_ns: self.thrash_window.as_nanos().min(u64::MAX as u128) as u64,
-            failure: Default::default(),
-            account: Arc::new(crate::account::Accountant::new(
-                self.memory_limit
-                    .unwrap_or_else(crate::account::default_limit),
-                self.pin_limit,
-            )),
-            huge: crate::huge::HugePool::new(self.huge_pages),
         });
         let shutdown = Arc::new(EventFd::new().map_err(|e| Error::os("eventfd", e))?);
         let mut svm = Svm {
@@ -318,22 +226,22 @@ impl SvmBuilder {
                 .spawn(f)
                 .map_err(|e| Error::os("spawn svmem thread", e))
         };
-        let (sh, sd) = (shared.clone(), shutdown);
+        let (sh, sd) = (shared.sh.clone(), shutdown);
         svm.reader = Some(spawn(
             "svmem-uffd".into(),
-            Box::new(move || crate::cpu::reader_loop(sh, sd)),
+            Box::new(move || crate::cpu::reader::reader_loop(sh, sd)),
         )?);
         for i in 0..ndev {
             let d = DeviceId(i as u8);
             let sh = shared.clone();
             svm.workers.push(spawn(
                 format!("svmem-fault{i}"),
-                Box::new(move || crate::fault::service_loop(sh, d)),
+                Box::new(move || crate::gpu::fault::service_loop(sh, d)),
             )?);
             let sh = shared.clone();
             svm.workers.push(spawn(
                 format!("svmem-restore{i}"),
-                Box::new(move || crate::fault::restore_loop(sh, d)),
+                Box::new(move || crate::gpu::restore::restore_loop(sh, d)),
             )?);
         }
         Ok(svm)
@@ -342,7 +250,7 @@ impl SvmBuilder {
 
 /// One shared virtual address space. See the crate docs.
 pub struct Svm {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Ctx>,
     shutdown: Arc<EventFd>,
     reader: Option<JoinHandle<()>>,
     /// Fault-service and restore threads, one each per device.
@@ -390,7 +298,10 @@ impl Svm {
         let bytes = pages * PAGE_SIZE;
         let sh = &self.shared;
         let metadata = RegionInner::metadata_bytes_for(pages, sh.devices.len());
-        let charge = sh.account.admit_region(sh, bytes as u64, metadata)?;
+        let charge = sh
+            .pressure
+            .account
+            .admit_region(sh, bytes as u64, metadata)?;
         // Block-aligned, so each 2 MiB block is one PMD on both sides.
         let map = |what: &str| {
             Mapping::anonymous_aligned(bytes, BLOCK_SIZE, Prot::ReadWrite).map_err(|e| {
@@ -404,7 +315,7 @@ impl Svm {
         let staging = map("staging")?;
         // Managed memory is huge-page advised (with huge pages on) so that a
         // CPU fault on an empty block builds no page table; staging gets no
-        // huge page but those moves bring (see crate::huge).
+        // huge page but those moves bring (see crate::mm::huge).
         let managed_advice = if sh.huge.enabled() {
             Advice::HugePage
         } else {
@@ -466,7 +377,7 @@ impl Svm {
         }
         let (r, first, n) = self.check_range(addr, len)?;
         if let Location::Device(d) = to {
-            crate::evict::admit(&self.shared, &r, first, n, d)?;
+            crate::pressure::evict::admit(&self.shared, &r, first, n, d)?;
         }
         let rep = migrate::migrate_range(&self.shared, &r, first, n, to, Trigger::Explicit);
         migrate::count_skips(&self.shared, &rep);
@@ -484,8 +395,17 @@ impl Svm {
     /// and the lost state are cleared and the device's memory is checked
     /// empty. Refused while kernels run on it (`Error::Busy`), or if pages
     /// stay on it after the retries (`Error::Device`, data kept).
-    pub fn reset_device(&self, d: DeviceId) -> Result<crate::failure::ResetReport> {
-        crate::failure::reset_device(&self.shared, d)
+    pub fn reset_device(&self, d: DeviceId) -> Result<crate::pressure::failure::ResetReport> {
+        let sh = &self.shared;
+        sh.device(d)?;
+        let _idle = sh.runtime[d.0 as usize]
+            .idle_guard()
+            .map_err(|running| Error::Busy {
+                what: "resetting the device",
+                dev: d,
+                running,
+            })?;
+        crate::pressure::failure::reset_device(sh, &sh.pressure, d)
     }
 
     /// Sets the fault granularity (log2 pages, 0..=9) of every 2 MiB block the
@@ -498,7 +418,7 @@ impl Svm {
     }
 
     /// Sets range attributes on the page-aligned range, as one transaction
-    /// with the semantics of AMD's SVM ioctl (see [`crate::attr`]): all are
+    /// with the semantics of AMD's SVM ioctl (see [`crate::placement::attr`]): all are
     /// validated before any applies. Afterwards device mappings of the changed
     /// sub-ranges are invalidated, ranges a device must keep mapped (XNACK off
     /// with access granted, or always mapped) are mapped again, and a
@@ -521,7 +441,7 @@ impl Svm {
             if let Attr::PrefetchLocation(Some(Location::Device(d))) = a {
                 if sh.device(*d).is_ok() {
                     sh.check_device_alive(*d)?;
-                    crate::evict::admit(sh, &r, first, n, *d)?;
+                    crate::pressure::evict::admit(sh, &r, first, n, *d)?;
                 }
             }
         }
@@ -547,7 +467,7 @@ impl Svm {
             }
         }
         for &b in &blocks {
-            crate::fault::refresh_block(sh, &r, b);
+            crate::gpu::map::refresh_block(sh, &r, b);
         }
         let prefetch = attrs.iter().rev().find_map(|a| match a {
             Attr::PrefetchLocation(Some(loc)) => Some(*loc),
@@ -568,7 +488,7 @@ impl Svm {
             let keep = r.blocks[b].keep_mapped.load(Ordering::Acquire);
             for d in 0..self.shared.devices.len() {
                 if keep & (1 << d) != 0 {
-                    crate::fault::map_ahead_block(&self.shared, r, DeviceId(d as u8), b);
+                    crate::gpu::map::map_ahead_block(&self.shared, r, DeviceId(d as u8), b);
                 }
             }
         }
@@ -643,7 +563,7 @@ impl Svm {
         let regions: Vec<_> = sh.regions.read().values().cloned().collect();
         for r in &regions {
             for b in 0..r.blocks.len() {
-                crate::fault::refresh_block(sh, r, b);
+                crate::gpu::map::refresh_block(sh, r, b);
             }
             if !r.blocks.is_empty() {
                 self.map_kept(r, 0..=r.blocks.len() - 1);
@@ -704,7 +624,7 @@ impl Svm {
         }
     }
 
-    fn free_region(&self, r: &Arc<RegionInner>) {
+    pub(crate) fn free_region(&self, r: &Arc<RegionInner>) {
         let sh = &self.shared;
         r.freed.store(true, std::sync::atomic::Ordering::Release);
         sh.regions.write().remove(&r.base());
@@ -719,11 +639,11 @@ impl Svm {
                 }
             }
         }
-        crate::evict::forget_region(sh, r);
+        crate::pressure::evict::forget_region(sh, &sh.pressure, r);
         let first = r.base() / PAGE_SIZE as u64;
         sh.attrs.write().remove(first, first + r.npages as u64);
-        crate::pin::release_region(sh, r);
-        sh.account.uncharge_region(r.len());
+        crate::pressure::pin::release_region(sh, &sh.pressure, r);
+        sh.pressure.account.uncharge_region(r.len());
         // Unregister before the mappings go, so munmap sends no UNMAP event.
         if let Err(e) = sh.uffd.unregister(r.base(), r.len()) {
             eprintln!(
@@ -761,111 +681,6 @@ impl Drop for Svm {
     }
 }
 
-/// Managed memory: the same pointers are valid on the CPU and on every device
-/// of its `Svm`. Freed (with its device and staging pages) on drop.
-///
-/// CPU views borrow the region; a device access to the same bytes while a
-/// `&mut` view is alive is a data race, exactly as with CUDA managed memory.
-/// Use [`Region::as_atomic_u64`] for memory CPU threads and devices share.
-pub struct Region<'s> {
-    svm: &'s Svm,
-    inner: Arc<RegionInner>,
-}
-
-impl std::fmt::Debug for Region<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Region")
-            .field("addr", &self.addr())
-            .field("len", &self.len())
-            .finish()
-    }
-}
-
-impl Region<'_> {
-    pub fn addr(&self) -> VirtAddr {
-        VirtAddr(self.inner.base())
-    }
-    /// Length in bytes (a multiple of 4 KiB).
-    pub fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-    pub fn npages(&self) -> usize {
-        self.inner.npages
-    }
-    /// The address `offset` bytes into the region.
-    pub fn at(&self, offset: u64) -> VirtAddr {
-        self.addr().offset(offset)
-    }
-
-    /// A typed view for the CPU: as many whole `T`s as fit in the region
-    /// (empty for zero-sized `T`).
-    pub fn as_slice<T: bytemuck::Pod>(&self) -> &[T] {
-        // SAFETY: the mapping lives as long as `self`; device writes while this
-        // view is alive are the caller's data race to avoid (type docs).
-        let bytes = unsafe { self.inner.managed.as_slice() };
-        bytemuck::cast_slice(&bytes[..whole_elements::<T>(bytes.len())])
-    }
-
-    /// A typed mutable view for the CPU (whole `T`s, as [`Region::as_slice`]).
-    pub fn as_mut_slice<T: bytemuck::Pod>(&mut self) -> &mut [T] {
-        // SAFETY: `&mut self` makes this the only CPU view of the region's bytes.
-        let bytes = unsafe { self.inner.managed.as_mut_slice() };
-        let n = whole_elements::<T>(bytes.len());
-        bytemuck::cast_slice_mut(&mut bytes[..n])
-    }
-
-    /// The region as 64-bit atomics, for memory shared by CPU threads and devices.
-    pub fn as_atomic_u64(&self) -> &[std::sync::atomic::AtomicU64] {
-        let words: &[u64] = self.as_slice();
-        // SAFETY: AtomicU64 has the size and alignment of u64 (8-aligned on every
-        // 64-bit target: the mapping is page-aligned); every access through the
-        // returned slice is atomic.
-        unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), words.len()) }
-    }
-
-    /// Sets this region's fault granularity (log2 pages, 0..=9).
-    pub fn set_granularity(&self, g: u8) -> Result<()> {
-        self.svm.set_granularity(self.addr(), self.len(), g)
-    }
-
-    /// Makes the region read-only (or writable again) for the CPU and every
-    /// device. Device writes to a read-only region fail; its pages do not
-    /// migrate (reported not migratable).
-    pub fn protect(&self, prot: Prot) -> Result<()> {
-        let r = &self.inner;
-        for b in 0..r.blocks.len() {
-            let _g = r.blocks[b].migrate.lock();
-            r.invalidate(b, r.block_pages(b), UnmapTrigger::MmuNotify);
-        }
-        r.managed
-            .protect(prot)
-            .map_err(|e| Error::os("mprotect", e))?;
-        r.writable.store(
-            prot == Prot::ReadWrite,
-            std::sync::atomic::Ordering::Release,
-        );
-        Ok(())
-    }
-}
-
-/// Bytes of `len` that hold whole `T`s; 0 for zero-sized `T` (bytemuck
-/// refuses to cast bytes to those), so typed views never panic.
-fn whole_elements<T>(len: usize) -> usize {
-    match std::mem::size_of::<T>() {
-        0 => 0,
-        n => len - len % n,
-    }
-}
-
-impl Drop for Region<'_> {
-    fn drop(&mut self) {
-        self.svm.free_region(&self.inner);
-    }
-}
-
 /// `cudaMemAdvise` advice, mapped onto range attributes by [`Svm::advise`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemAdvice {
@@ -877,143 +692,71 @@ pub enum MemAdvice {
     UnsetAccessedBy(DeviceId),
 }
 
-/// Static facts about a device.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DeviceInfo {
-    pub id: u8,
-    pub name: String,
-    pub memory_type: MemoryType,
-    pub capacity_bytes: u64,
-    pub free_bytes: u64,
+impl Svm {
+    /// Where memory is and what is charged against the system-memory limit,
+    /// now (one scan of every page-state table). See [`MemoryUsage`].
+    pub fn memory_usage(&self) -> MemoryUsage {
+        crate::pressure::account::usage(&self.shared, &self.shared.pressure)
+    }
+
+    /// The system-memory limit in bytes.
+    pub fn memory_limit(&self) -> u64 {
+        self.shared.pressure.account.limit()
+    }
+
+    /// Replaces the system-memory limit. A limit below the bytes in use is
+    /// refused with [`Error::LimitBelowUsage`] and changes nothing.
+    pub fn set_memory_limit(&self, bytes: u64) -> Result<()> {
+        self.shared.pressure.account.set_limit(&self.shared, bytes)
+    }
 }
 
-/// One device of an `Svm`, as the application drives it.
-#[derive(Clone, Copy, Debug)]
-pub struct DeviceHandle<'s> {
-    svm: &'s Svm,
-    id: DeviceId,
+impl Svm {
+    /// Pins the page-aligned range `[addr, addr+len)` (inside one region) to
+    /// system memory: its device-resident pages migrate back now and no
+    /// migration takes them to a device until they are unpinned (migrations
+    /// report them `skipped_pinned`; device accesses and faults map the
+    /// system pages in place). Pins nest: each pin needs its unpin.
+    ///
+    /// This is a long-term pin (`FOLL_LONGTERM`): like the kernel, which
+    /// moves long-term-pinned pages out of coherent device memory first,
+    /// svmem always moves pinned pages to system memory, whatever the
+    /// device's memory type.
+    ///
+    /// Errors, each leaving every pin count unchanged:
+    /// [`Error::PinLimit`] if the pages not pinned yet would take the pinned
+    /// bytes past the pin limit ([`crate::SvmBuilder::pin_limit`]);
+    /// [`Error::PinOverflow`] if a page is already pinned 65535 times;
+    /// [`Error::PinBusy`] if some pages stayed on a device (busy, or no room
+    /// for a bounce buffer under the memory limit); [`Error::MemoryLimit`] if
+    /// the region's pin table (2 bytes per page, allocated on its first pin)
+    /// does not fit; the range errors of [`crate::Svm::migrate`].
+    pub fn pin(&self, addr: crate::VirtAddr, len: u64) -> Result<()> {
+        let (r, first, n) = self.check_range(addr, len)?;
+        crate::pressure::pin::pin(&self.shared, &self.shared.pressure, &r, first, n)
+    }
+
+    /// Drops one pin of every page of the page-aligned range. If any page of
+    /// it is not pinned, fails with [`Error::NotPinned`] naming the first
+    /// such page and changes nothing. Pages whose last pin goes migrate
+    /// normally again.
+    pub fn unpin(&self, addr: crate::VirtAddr, len: u64) -> Result<()> {
+        let (r, first, n) = self.check_range(addr, len)?;
+        crate::pressure::pin::unpin(&self.shared, &self.shared.pressure, &r, first, n)
+    }
+
+    /// How many times the page holding `addr` is pinned (0 outside managed
+    /// memory).
+    pub fn pin_count(&self, addr: crate::VirtAddr) -> u32 {
+        self.shared
+            .region_at(addr.0)
+            .map_or(0, |r| r.pins.count(r.page_of(addr.0)) as u32)
+    }
 }
 
-impl DeviceHandle<'_> {
-    pub fn id(&self) -> DeviceId {
-        self.id
-    }
-
-    pub fn info(&self) -> DeviceInfo {
-        let d = &self.svm.shared.devices[self.id.0 as usize];
-        DeviceInfo {
-            id: self.id.0,
-            name: d.name().to_string(),
-            memory_type: d.memory_type(),
-            capacity_bytes: d.capacity_pages() * PAGE_SIZE as u64,
-            free_bytes: d.free_pages() * PAGE_SIZE as u64,
-        }
-    }
-
-    /// Reads `buf.len()` bytes at `addr` through the device's page table.
-    pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<AccessReport> {
-        let sh = &self.svm.shared;
-        sh.check_device_alive(self.id)?;
-        let res = access::access(sh, self.id, addr, Op::Read(buf));
-        crate::failure::after_access(sh, self.id, res)
-    }
-
-    /// Writes `buf` at `addr` through the device's page table.
-    pub fn write(&self, addr: VirtAddr, buf: &[u8]) -> Result<AccessReport> {
-        let sh = &self.svm.shared;
-        sh.check_device_alive(self.id)?;
-        let res = access::access(sh, self.id, addr, Op::Write(buf));
-        crate::failure::after_access(sh, self.id, res)
-    }
-
-    /// Applies fault-injection settings to this device (validated as a
-    /// whole first: refused settings change nothing). Devices without fault
-    /// injection refuse.
-    pub fn inject(&self, inj: crate::device::Injection) -> Result<()> {
-        self.svm.shared.devices[self.id.0 as usize].inject(inj)
-    }
-
-    /// The fault-injection settings in force (`None`: not supported).
-    pub fn injection(&self) -> Option<crate::device::Injection> {
-        self.svm.shared.devices[self.id.0 as usize].injection()
-    }
-
-    /// Clears injected copy and allocation failures.
-    pub fn clear_injection(&self) -> Result<()> {
-        self.svm.shared.devices[self.id.0 as usize].clear_injection()
-    }
-
-    /// Simulates losing the device without warning: from now on every copy,
-    /// load, store, atomic and allocation on it fails. svmem finds out at
-    /// the next operation that touches the device, poisons the pages whose
-    /// data was on it, and refuses further use until
-    /// [`Svm::reset_device`].
-    pub fn lose(&self) -> Result<()> {
-        self.svm.shared.devices[self.id.0 as usize].lose()
-    }
-
-    /// Whether the device is lost (and not reset since).
-    pub fn is_lost(&self) -> bool {
-        self.svm.shared.devices[self.id.0 as usize].is_lost()
-    }
-
-    /// What the device would see of `npages` pages from `addr`, faulting nothing.
-    pub fn snapshot(&self, addr: VirtAddr, npages: usize) -> Result<Vec<PageView>> {
-        access::snapshot(&self.svm.shared, self.id, addr, npages)
-    }
-
-    /// Runs `kernel(lane, item)` for every work item in `0..grid` on the
-    /// device's compute units. Accesses go through the device's page table;
-    /// a fatal device fault stops the launch and is in the report (use
-    /// [`LaunchReport::check`] to turn it into an error).
-    pub fn launch<F>(&self, grid: u64, kernel: F) -> Result<LaunchReport>
-    where
-        F: Fn(&mut Lane<'_>, u64) -> std::result::Result<(), DeviceFault> + Sync,
-    {
-        let sh = &self.svm.shared;
-        sh.check_device_alive(self.id)?;
-        let rep = crate::kernel::launch(sh, self.id, grid, kernel);
-        sh.check_lost();
-        rep
-    }
-
-    /// Fault-service statistics of this device (recent batches).
-    pub fn fault_stats(&self) -> BatchStats {
-        self.svm.shared.runtime[self.id.0 as usize].batch_stats()
-    }
-
-    /// Evicts every page this device holds back to system memory.
-    pub fn release(&self) -> MigrateReport {
-        let sh = &self.svm.shared;
-        let regions: Vec<_> = sh.regions.read().values().cloned().collect();
-        let mut rep = MigrateReport::default();
-        for r in regions {
-            // Pipelined like any migration: blocks locked in ascending order,
-            // up to `pipeline_depth` in flight.
-            let mut inflight = std::collections::VecDeque::new();
-            for b in 0..r.blocks.len() {
-                let pages = r.block_pages(b);
-                let guard = r.blocks[b].migrate.lock();
-                let idxs: Vec<usize> = pages
-                    .filter(|&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if dev == self.id))
-                    .collect();
-                rep.requested += idxs.len() as u64;
-                if let Some(p) =
-                    migrate::isolate_to_system(sh, &r, b, &idxs, false, Some(guard), &mut rep)
-                {
-                    inflight.push_back(p);
-                }
-                while inflight.len() > sh.pipeline_depth {
-                    if let Some(p) = inflight.pop_front() {
-                        migrate::finish_to_system(sh, &r, p, Trigger::Release, &mut rep);
-                    }
-                }
-            }
-            while let Some(p) = inflight.pop_front() {
-                migrate::finish_to_system(sh, &r, p, Trigger::Release, &mut rep);
-            }
-        }
-        sh.check_lost();
-        rep
-    }
+/// Whether the CPU maps the page at `addr` with a huge page (a PMD-mapped
+/// transparent huge page), read from `/proc/self/pagemap`: for checking
+/// where svmem kept blocks whole. False for a page that is not present.
+pub fn huge_mapped(addr: VirtAddr) -> Result<bool> {
+    crate::sys::huge_mapped(addr.0).map_err(|e| Error::os("PAGEMAP_SCAN", e))
 }

@@ -15,79 +15,17 @@ use std::sync::Arc;
 
 use crate::addr::Location;
 use crate::addr::{BLOCK_PAGES, PAGE_SIZE};
-use crate::migrate::{self, Trigger};
-use crate::space::RegionInner;
-use crate::state::PageState;
-use crate::svm::Shared;
+use crate::mm::ctx::Shared;
+use crate::mm::migrate::FAULT_AHEAD;
+use crate::mm::migrate::{self, Trigger};
+use crate::mm::poison::poison_cpu_view;
+use crate::mm::populate::populate;
+use crate::mm::space::RegionInner;
+use crate::mm::staging;
+use crate::mm::state::PageState;
 use crate::sync::Ordering;
 use crate::sys::uffd::{self, UffdMsg};
 use crate::sys::EventFd;
-
-/// Zero-fills the unpopulated pages among `[lo, hi)` (caller holds the block
-/// lock). A write to a whole untouched block gets one huge page
-/// ([`crate::huge`]).
-pub(crate) fn populate(sh: &Shared, r: &RegionInner, lo: usize, hi: usize, write: bool) {
-    let huge = if write {
-        crate::huge::fill_block(sh, r, lo, hi)
-    } else {
-        0
-    };
-    let mut i = lo + huge;
-    let mut filled = 0u64;
-    let mut woken = vec![(lo, i)];
-    while i < hi {
-        if r.states[i].load() != PageState::Unpopulated {
-            i += 1;
-            continue;
-        }
-        let mut j = i;
-        while j < hi && r.states[j].load() == PageState::Unpopulated {
-            j += 1;
-        }
-        let mut k = i;
-        let mut backoff = Backoff::new(sh);
-        while k < j {
-            let len = ((j - k) * PAGE_SIZE) as u64;
-            let dst = r.addr_of(k).0;
-            // DONTWAKE: waiters are woken below, once the counters are current.
-            let res = if write {
-                let len = len.min(sh.zeros.len() as u64);
-                sh.uffd.copy(dst, sh.zeros.addr(), len, true)
-            } else {
-                sh.uffd.zeropage(dst, len, true)
-            };
-            let done = match res {
-                Ok(n) => n as usize / PAGE_SIZE,
-                Err(p) if p.errno == libc::EAGAIN => {
-                    if !backoff.wait() {
-                        // Leave the rest unpopulated: a later fault retries.
-                        break;
-                    }
-                    p.done as usize / PAGE_SIZE
-                }
-                // EEXIST: a page is already there (it can only be zeros we
-                // cannot see yet); count it populated and go on.
-                Err(p) => p.done as usize / PAGE_SIZE + 1,
-            };
-            for s in &r.states[k..k + done] {
-                let _ = s.populate();
-            }
-            filled += done as u64;
-            k += done;
-        }
-        woken.push((i, k));
-        i = j;
-    }
-    sh.counters.add(&sh.counters.cpu_zero_fill_pages, filled);
-    for (a, b) in woken {
-        if b > a {
-            let _ = sh.uffd.wake(r.addr_of(a).0, ((b - a) * PAGE_SIZE) as u64);
-        }
-    }
-}
-
-/// Windows migrated back ahead of a sequential CPU sweep.
-const FAULT_AHEAD: usize = 16;
 
 /// Resolves a CPU fault on page `idx` of `r`.
 ///
@@ -107,7 +45,7 @@ pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
     if r.states[idx].load() == PageState::Poisoned {
         // Its data is lost: make sure the poison marker is there (SIGBUS),
         // and let the thread take it.
-        crate::failure::poison_cpu_view(sh, r, idx, 1);
+        poison_cpu_view(sh, r, idx, 1);
         let _ = sh.uffd.wake(r.addr_of(idx).0, PAGE_SIZE as u64);
         return;
     }
@@ -154,7 +92,11 @@ fn discard(sh: &Shared, start: u64, end: u64) {
             let b = i / BLOCK_PAGES;
             let bhi = hi.min((b + 1) * BLOCK_PAGES);
             let _g = r.blocks[b].migrate.lock();
-            r.invalidate(b, i..bhi, crate::events::UnmapTrigger::UnmapFromCpu);
+            r.invalidate(
+                b,
+                i..bhi,
+                crate::observe::events::UnmapTrigger::UnmapFromCpu,
+            );
             let mut freed = crate::device::FreeBatch::new(&sh.devices);
             let mut staged_pages = Vec::new();
             let mut system_pages = Vec::new();
@@ -173,18 +115,18 @@ fn discard(sh: &Shared, start: u64, end: u64) {
             // Take discarded pages out of the CPU view ourselves, event-free: a
             // migration that raced with this event may have put a page back
             // after the kernel's zap.
-            for (s, n) in migrate::runs(system_pages.into_iter()) {
-                for (j, t) in migrate::take_cpu_pages(sh, &r, s, n)
+            for (s, n) in staging::runs(system_pages.into_iter()) {
+                for (j, t) in staging::take_cpu_pages(sh, &r, s, n)
                     .into_iter()
                     .enumerate()
                 {
-                    if t == migrate::Taken::Moved {
+                    if t == staging::Taken::Moved {
                         staged_pages.push(s + j);
                     }
                 }
             }
             staged_pages.sort_unstable();
-            for (s, n) in migrate::runs(staged_pages.into_iter()) {
+            for (s, n) in staging::runs(staged_pages.into_iter()) {
                 sh.drop_staged(&r, s, n);
             }
             i = bhi;
@@ -194,7 +136,7 @@ fn discard(sh: &Shared, start: u64, end: u64) {
 
 /// The reader thread's body; returns when `shutdown` is signalled.
 pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
-    IS_READER.with(|r| r.set(true));
+    staging::mark_reader_thread();
     let mut msgs = [UffdMsg::default(); 64];
     loop {
         // Messages absorbed while an ioctl waited out an unread event come first.
@@ -250,86 +192,5 @@ pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
                 }
             }
         }
-    }
-}
-
-thread_local! {
-    static IS_READER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// What [`page_runs`] does with the page a ranged ioctl stopped at.
-pub(crate) enum Stuck {
-    /// Try the ioctl again from this page.
-    Retry,
-    /// Go on after this page.
-    Skip,
-}
-
-/// Runs a ranged uffd ioctl `op(first_page, len)` over the pages of `pages`,
-/// resuming after partial progress. A stop on an unread event (`EAGAIN`) is
-/// waited out with a [`Backoff`]; any other stop, or `EAGAIN` once the
-/// backoff gives up, goes to `stuck(page, errno)`.
-pub(crate) fn page_runs(
-    sh: &Shared,
-    pages: std::ops::Range<usize>,
-    mut op: impl FnMut(usize, u64) -> Result<u64, crate::sys::uffd::Partial>,
-    mut stuck: impl FnMut(usize, i32) -> Stuck,
-) {
-    let (mut i, end) = (pages.start, pages.end);
-    let mut backoff = Backoff::new(sh);
-    while i < end {
-        match op(i, ((end - i) * PAGE_SIZE) as u64) {
-            Ok(_) => break,
-            Err(p) => {
-                i += p.done as usize / PAGE_SIZE;
-                if i >= end {
-                    break;
-                }
-                if p.errno == libc::EAGAIN && backoff.wait() {
-                    continue;
-                }
-                if let Stuck::Skip = stuck(i, p.errno) {
-                    i += 1;
-                }
-            }
-        }
-    }
-}
-
-/// Bounded waiting for an ioctl that returned `EAGAIN` because a
-/// non-cooperative event (REMOVE, UNMAP) is not read yet. On the reader thread
-/// it reads the pending messages into `Shared::pending` (which releases the
-/// thread that raised the event; the reader handles them next); elsewhere it
-/// yields, then sleeps, giving the reader time. Gives up after about 100 ms so
-/// that no caller can wait forever on a reader that waits for the caller's
-/// block lock.
-pub(crate) struct Backoff<'a> {
-    sh: &'a Shared,
-    tries: u32,
-}
-
-impl<'a> Backoff<'a> {
-    pub fn new(sh: &'a Shared) -> Self {
-        Backoff { sh, tries: 0 }
-    }
-
-    /// Waits a little; false once the budget is spent.
-    pub fn wait(&mut self) -> bool {
-        self.tries += 1;
-        if self.tries > 1100 {
-            return false;
-        }
-        if IS_READER.with(|r| r.get()) {
-            let mut buf = [UffdMsg::default(); 16];
-            if let Ok(n) = self.sh.uffd.read_msgs(&mut buf) {
-                self.sh.pending.lock().extend(buf[..n].iter().copied());
-            }
-        }
-        if self.tries < 100 {
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(std::time::Duration::from_micros(100));
-        }
-        true
     }
 }

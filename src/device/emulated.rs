@@ -11,7 +11,7 @@ use super::inject::{Injection, Injector};
 use super::{AtomicOp, Buddy, CopyJob, CopyOp, DevRun, Device, DeviceError, Fence, MemoryType};
 use crate::addr::{DevPage, PAGE_SIZE};
 use crate::error::{Error, Result};
-use crate::state::MAX_DEV_PAGES;
+use crate::mm::state::MAX_DEV_PAGES;
 use crate::sys::{Advice, Mapping, Prot};
 
 /// How to build an emulated device.

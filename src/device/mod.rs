@@ -1,7 +1,7 @@
 //! Devices, written from the migration engine's side: local memory (a buddy
 //! allocator of 4 KiB..2 MiB blocks), copy engines that move pages between the
 //! staging window and device memory under fences, and device-local loads and
-//! stores. The device page tables (MMU) live in [`crate::space`] because they
+//! stores. The device page tables (MMU) live in [`crate::mm::space`] because they
 //! are indexed by managed page; a device reads them through its accesses.
 
 mod buddy;
@@ -18,6 +18,10 @@ pub use inject::{CopyFailure, Injection};
 
 use crate::addr::{DevPage, DeviceId};
 use crate::sys::Mapping;
+
+/// The copy loop of the emulated copy engines (streaming stores where the
+/// CPU has them); benchmarks measure the machine's copy limit with it.
+pub use crate::sys::stream_copy;
 
 /// Most pages one copy job may carry (one SDMA-style job through the window).
 pub const MAX_JOB_PAGES: u32 = 512;

@@ -4,13 +4,13 @@
 //! system pages in place (remote access), zero-fills untouched pages, and pulls
 //! pages held by another device; then the access resumes.
 
+use super::Ctx;
 use crate::addr::{DeviceId, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
 use crate::device::DeviceError;
 use crate::error::{Error, Result};
-use crate::migrate::{self, Trigger};
-use crate::space::{Pte, RegionInner};
-use crate::state::PageState;
-use crate::svm::Shared;
+use crate::mm::migrate::{self, Trigger};
+use crate::mm::space::{Pte, RegionInner};
+use crate::mm::state::PageState;
 use crate::sync::Ordering;
 
 /// What a device read or write covered.
@@ -52,7 +52,7 @@ pub(crate) enum Op<'b> {
 /// Maps pages `[from, to)` of `r` for device `d` (write: writable), pulling and
 /// populating as needed. One pass.
 fn fault_pass(
-    sh: &Shared,
+    sh: &Ctx,
     r: &RegionInner,
     d: DeviceId,
     from: usize,
@@ -70,7 +70,7 @@ fn fault_pass(
             return Err(Error::Poisoned { addr: r.addr_of(k) });
         }
         migrate::pull_to_system(sh, r, i..hi, Some(d), Trigger::DeviceFault);
-        crate::cpu::populate(sh, r, i, hi, write);
+        crate::mm::populate::populate(sh, r, i, hi, write);
         for k in i..hi {
             let pte = match r.states[k].load() {
                 PageState::System => Pte::System { write: writable },
@@ -92,7 +92,7 @@ fn fault_pass(
 
 /// A device read or write of `[addr, addr + len)`.
 pub(crate) fn access(
-    sh: &Shared,
+    sh: &Ctx,
     d: DeviceId,
     addr: VirtAddr,
     mut op: Op<'_>,
@@ -128,7 +128,7 @@ pub(crate) fn access(
     'outer: while pos < len {
         let b = r.page_of(addr.0 + pos) / BLOCK_PAGES;
         let guard = r.blocks[b].access.read();
-        crate::evict::touch(&r, b, d);
+        crate::pressure::evict::touch(&r, b, d);
         while pos < len {
             let at = addr.0 + pos;
             let k = r.page_of(at);
@@ -186,7 +186,7 @@ pub(crate) fn access(
 
 /// Per-page view for device `d` of `npages` pages from `addr`, faulting nothing.
 pub(crate) fn snapshot(
-    sh: &Shared,
+    sh: &Ctx,
     d: DeviceId,
     addr: VirtAddr,
     npages: usize,

@@ -27,7 +27,7 @@
 //!
 //! **Restore worker** (one per device): after a queue eviction it maps every
 //! range the device must keep mapped again, where the data is, then resumes
-//! the queues; see [`crate::notify`].
+//! the queues; see [`crate::observe::notify`].
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,16 +35,19 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
+use super::ahead::run_ahead;
+use super::map::map_locked;
+use super::Ctx;
+use crate::addr::AccessKind;
 use crate::addr::{DeviceId, Location, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
-use crate::attr::{AccessMode, AttrFlags, RangeAttrs};
-use crate::events::{EventKind, FaultResolution};
-use crate::kernel::FaultReason;
-use crate::migrate::{self, MigrateReport, Trigger};
-use crate::notify::QueueCtl;
-use crate::policy::{AccessKind, Decision, PolicyInput};
-use crate::space::{Pte, RegionInner};
-use crate::state::PageState;
-use crate::svm::Shared;
+use crate::error::FaultReason;
+use crate::mm::migrate::{self, Trigger};
+use crate::mm::space::{Pte, RegionInner};
+use crate::mm::state::PageState;
+use crate::observe::events::{EventKind, FaultResolution};
+use crate::observe::notify::QueueCtl;
+use crate::placement::attr::AttrFlags;
+use crate::placement::policy::{Decision, PolicyInput};
 use crate::sync::Ordering;
 
 /// Most faults one batch services (the hardware fault buffer's batch).
@@ -53,8 +56,6 @@ pub const MAX_BATCH: usize = 256;
 const BUFFER: usize = 4096;
 /// A block mapped this recently counts its valid-entry faults as duplicates.
 const RECENT_NS: u64 = 2_000_000;
-/// Windows migrated ahead of a sequential device sweep.
-const FAULT_AHEAD: usize = 16;
 /// Attempts of the decide → migrate → map loop before giving up.
 const MAX_SERVICE_RETRIES: usize = 8;
 
@@ -98,8 +99,8 @@ impl Reply {
 /// One posted fault.
 #[derive(Debug)]
 pub(crate) struct Fault {
-    page_addr: u64,
-    kind: AccessKind,
+    pub page_addr: u64,
+    pub kind: AccessKind,
     /// The posting lane (shown by `Debug`, for diagnosing stuck faults).
     #[allow(dead_code)]
     lane: usize,
@@ -232,7 +233,7 @@ impl DeviceRuntime {
 
 /// Posts a fault for the page holding `addr` and sleeps until it is replayed.
 pub(crate) fn post(
-    sh: &Shared,
+    sh: &Ctx,
     d: DeviceId,
     addr: u64,
     kind: AccessKind,
@@ -274,7 +275,7 @@ pub(crate) fn post(
 const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Wakes every lane of device `d` that waits for a replay.
-fn replay_all(sh: &Shared, d: DeviceId) {
+pub(crate) fn replay_all(sh: &Ctx, d: DeviceId) {
     let rt = &sh.runtime[d.0 as usize];
     rt.replay.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     crate::sys::futex::wake_all(&rt.replay);
@@ -282,14 +283,14 @@ fn replay_all(sh: &Shared, d: DeviceId) {
 
 /// Where a batch's faults were, for fault-ahead: the region, the end of the
 /// last fault window, and whether that fault continued a sequential sweep.
-struct SweepHint {
-    r: Arc<RegionInner>,
-    hi: usize,
-    sequential: bool,
+pub(crate) struct SweepHint {
+    pub r: Arc<RegionInner>,
+    pub hi: usize,
+    pub sequential: bool,
 }
 
 /// The fault-service thread's body for device `d`.
-pub(crate) fn service_loop(sh: Arc<Shared>, d: DeviceId) {
+pub(crate) fn service_loop(sh: Arc<Ctx>, d: DeviceId) {
     let rx = sh.runtime[d.0 as usize].rx.clone();
     let mut batch: Vec<Fault> = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -313,7 +314,7 @@ pub(crate) fn service_loop(sh: Arc<Shared>, d: DeviceId) {
 
 /// Moves waiting faults into `batch` without blocking, up to [`MAX_BATCH`];
 /// false once the service must shut down.
-fn gather(rx: &Receiver<Msg>, batch: &mut Vec<Fault>) -> bool {
+pub(crate) fn gather(rx: &Receiver<Msg>, batch: &mut Vec<Fault>) -> bool {
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
             Ok(Msg::Fault(f)) => batch.push(f),
@@ -325,143 +326,14 @@ fn gather(rx: &Receiver<Msg>, batch: &mut Vec<Fault>) -> bool {
     true
 }
 
-/// A block of fault-ahead in flight.
-struct Inflight<'a> {
-    /// Pages `[lo, hi)` of the sweep's region, inside one block.
-    lo: usize,
-    hi: usize,
-    flags: AttrFlags,
-    /// What is being copied (holding the block's lock); none when nothing
-    /// needed copying (the pages were mapped when the step was made).
-    plan: Option<migrate::ToDevicePlan<'a>>,
-    rep: MigrateReport,
-    told: migrate::Announce<'a>,
-}
-
-/// Fault-ahead of a sequential device sweep that reached page `h.hi`: keeps
-/// up to `pipeline_depth` blocks of the sweep in flight to the device and
-/// maps each (then replays the lanes) as soon as its copy lands, so the copy
-/// engines never wait for the mapping and a lane never waits for more than
-/// its own block. The sweep stays [`FAULT_AHEAD`] windows in front of the
-/// furthest fault inside it and ends there, at the end of the region, when
-/// device memory runs out, when the attributes stop asking for device
-/// placement, or when a fault outside it needs service.
-///
-/// Lock order: the blocks in flight hold their locks (taken in ascending
-/// order, like every migration that holds several), and while any is held
-/// this thread takes no other block lock but the next one up. So faults
-/// are not serviced here: a fault whose page has meanwhile been mapped well
-/// enough is replayed as a duplicate (no lock needed); the others wait, and
-/// one outside the sweep stops it, so that the pipeline drains and the
-/// usual service takes them. Returns false once the service must shut down
-/// (after the blocks in flight are finished).
-fn run_ahead(sh: &Shared, d: DeviceId, rx: &Receiver<Msg>, h: SweepHint) -> bool {
-    let r = &*h.r;
-    let to = Location::Device(d);
-    let trigger = Trigger::DeviceFault;
-    let mut at = h.hi;
-    let w = r.window_len(at);
-    let mut end = (at.next_multiple_of(w) + w * FAULT_AHEAD).min(r.npages);
-    let (mut fetching, mut alive) = (true, true);
-    let mut inflight: std::collections::VecDeque<Inflight<'_>> = Default::default();
-    let mut waiting: Vec<Fault> = Vec::new();
-    loop {
-        while fetching && inflight.len() < sh.pipeline_depth.max(1) && at < end {
-            let b = at / BLOCK_PAGES;
-            // One plan per block at a time: a plan holds its block's lock.
-            if inflight.back().is_some_and(|p| p.lo / BLOCK_PAGES == b) {
-                break;
-            }
-            let hi = end.min((b + 1) * BLOCK_PAGES);
-            let Some(flags) = may_fetch(sh, r, d, at, hi) else {
-                fetching = false;
-                break;
-            };
-            let mut rep = MigrateReport {
-                requested: (hi - at) as u64,
-                ..Default::default()
-            };
-            let told = migrate::Announce::start(r, at, hi - at, Location::System, to, trigger);
-            let plan = migrate::isolate_to_device(sh, r, b, at..hi, d, trigger, &mut rep);
-            if plan.is_none() {
-                // Nothing to copy: map now (this block is above every one held).
-                let _g = r.blocks[b].migrate.lock();
-                map_locked(sh, r, d, at, hi, false, flags);
-            }
-            // Out of device memory (or the region is going): stop here.
-            fetching = rep.skipped_no_device_memory == 0 && rep.skipped_not_migratable == 0;
-            inflight.push_back(Inflight {
-                lo: at,
-                hi,
-                flags,
-                plan,
-                rep,
-                told,
-            });
-            at = hi;
-        }
-        let Some(Inflight {
-            lo,
-            hi,
-            flags,
-            plan,
-            mut rep,
-            told,
-        }) = inflight.pop_front()
-        else {
-            break;
-        };
-        if let Some(p) = plan {
-            let _g = migrate::finish_to_device(sh, r, p, &mut rep);
-            map_locked(sh, r, d, lo, hi, false, flags);
-        }
-        told.end(&rep);
-        sh.counters
-            .add(&sh.counters.device_fault_ahead_pages, rep.migrated);
-        r.dev_sweep_end[d.0 as usize].store(hi, Ordering::Relaxed);
-        let done = hi;
-
-        alive &= gather(rx, &mut waiting);
-        fetching &= alive;
-        let w = r.window_len(done.min(r.npages - 1));
-        let mut replay = false;
-        waiting.retain(|f| {
-            let k = r.contains(f.page_addr, 1).then(|| r.page_of(f.page_addr));
-            if let Some(k) = k.filter(|k| (done..end + w).contains(k)) {
-                // Ahead of what is mapped: the sweep gets there; keep it
-                // that far in front of this fault.
-                end = end.max(((k + 1).next_multiple_of(w) + w * FAULT_AHEAD).min(r.npages));
-                return true;
-            }
-            if k.is_some_and(|k| translated(r, d, k, f.kind)) {
-                replay_duplicate(sh, d, r, f);
-                replay = true;
-                return false;
-            }
-            // Needs the usual service, which takes locks: finish the sweep.
-            fetching = false;
-            true
-        });
-        if replay {
-            replay_all(sh, d);
-        }
-    }
-    // Nothing held any more: whatever still waits is serviced the usual way.
-    if !waiting.is_empty() {
-        service_batch(sh, d, &mut waiting);
-        replay_all(sh, d);
-    }
-    alive
-}
-
 /// Whether page `k` of `r` has a translation on device `d` good for `kind`.
-fn translated(r: &RegionInner, d: DeviceId, k: usize, kind: AccessKind) -> bool {
+pub(crate) fn translated(r: &RegionInner, d: DeviceId, k: usize, kind: AccessKind) -> bool {
     Pte::decode(r.ptes[d.0 as usize][k].load(Ordering::Acquire)).is_some_and(|p| p.allows(kind))
 }
 
 /// Ends a fault that fault-ahead made needless (its page got mapped): it
 /// counts, and shows in the event stream, like a duplicate of a batch.
-fn replay_duplicate(sh: &Shared, d: DeviceId, r: &RegionInner, f: &Fault) {
+pub(crate) fn replay_duplicate(sh: &Ctx, d: DeviceId, r: &RegionInner, f: &Fault) {
     let c = &sh.counters;
     c.add(&c.device_faults, 1);
     c.add(&c.device_fault_duplicates, 1);
@@ -481,28 +353,6 @@ fn replay_duplicate(sh: &Shared, d: DeviceId, r: &RegionInner, f: &Fault) {
     f.reply.complete(FaultOutcome::Replay);
 }
 
-/// Whether fault-ahead may bring pages `[lo, hi)` (one window) of `r` to
-/// device `d`: the region is not being freed, its attributes ask for the device,
-/// and the device is not thrashing on the block. Returns the window's flags.
-fn may_fetch(sh: &Shared, r: &RegionInner, d: DeviceId, lo: usize, hi: usize) -> Option<AttrFlags> {
-    if r.freed.load(std::sync::atomic::Ordering::Acquire) {
-        return None;
-    }
-    let attrs = sh.attrs.read().get(r.addr_of(lo).0 / PAGE_SIZE as u64);
-    let xnack = sh.xnack.load(Ordering::Acquire);
-    let wants_device = attrs.access(d, xnack) == AccessMode::Access
-        || attrs.preferred == Some(Location::Device(d));
-    if !wants_device || attrs.preferred == Some(Location::System) {
-        return None;
-    }
-    // Blocks the device is thrashing on are served in place by the policy;
-    // fetching them ahead would evict what the device still uses.
-    if (lo / BLOCK_PAGES..=(hi - 1) / BLOCK_PAGES).any(|b| crate::evict::thrashing(sh, r, b, d)) {
-        return None;
-    }
-    Some(attrs.flags)
-}
-
 /// One merged fault: a page, the strongest access, every lane waiting on it.
 struct Merged {
     idx: usize,
@@ -512,7 +362,7 @@ struct Merged {
 }
 
 /// Services one batch; returns where a sequential sweep should continue.
-fn service_batch(sh: &Shared, d: DeviceId, batch: &mut Vec<Fault>) -> Option<SweepHint> {
+pub(crate) fn service_batch(sh: &Ctx, d: DeviceId, batch: &mut Vec<Fault>) -> Option<SweepHint> {
     let t0 = Instant::now();
     let raw = batch.len();
     let c = &sh.counters;
@@ -614,7 +464,7 @@ fn resident(r: &RegionInner, k: usize) -> Location {
 /// outcome. Returns the end of the last window if this continued a
 /// sequential sweep of device memory (fault-ahead starts there).
 fn service_block(
-    sh: &Shared,
+    sh: &Ctx,
     d: DeviceId,
     r: &Arc<RegionInner>,
     b: usize,
@@ -640,7 +490,7 @@ fn service_block(
             .now_ns()
             .saturating_sub(blk.mapped_at.load(Ordering::Relaxed))
             < RECENT_NS;
-        let thrashing = crate::evict::thrashing(sh, r, b, d);
+        let thrashing = crate::pressure::evict::thrashing(&sh.pressure, r, b, d);
         let mut plan: Vec<(usize, usize, Decision, bool, AttrFlags)> = Vec::new();
         for m in faults.iter_mut().filter(|m| m.outcome.is_none()) {
             let word = table[m.idx].load(Ordering::Acquire);
@@ -742,132 +592,4 @@ fn service_block(
     }
     // Still overtaken: let the lanes refault (their retry budget is bounded).
     sweep
-}
-
-/// Maps pages `[lo, hi)` (inside one block, whose lock the caller holds) for
-/// device `d` where their data is: system pages in place (zero-filling
-/// untouched ones), `d`'s own pages directly. Pages elsewhere are left
-/// unmapped (the caller pulls them first). Returns whether every page of the
-/// window that is not poisoned got a translation.
-pub(crate) fn map_locked(
-    sh: &Shared,
-    r: &RegionInner,
-    d: DeviceId,
-    lo: usize,
-    hi: usize,
-    write: bool,
-    flags: AttrFlags,
-) -> bool {
-    if sh.devices[d.0 as usize].is_lost() {
-        // A lost device gets no translations (its table was cleared).
-        return false;
-    }
-    crate::cpu::populate(sh, r, lo, hi, write);
-    let table = &r.ptes[d.0 as usize];
-    let w = r.is_writable() && !flags.contains(AttrFlags::DEVICE_READ_ONLY);
-    let mut all = true;
-    for k in lo..hi {
-        let pte = match r.states[k].load() {
-            PageState::System => Pte::System { write: w },
-            PageState::Device { dev, page, .. } if dev == d => Pte::Device { page, write: w },
-            // Poisoned pages stay unmapped: accesses to them fail, no retry helps.
-            PageState::Poisoned => continue,
-            _ => {
-                all = false;
-                continue;
-            }
-        };
-        table[k].store(pte.encode(), Ordering::Release);
-    }
-    let blk = &r.blocks[lo / BLOCK_PAGES];
-    blk.mapped.fetch_or(1 << d.0, Ordering::AcqRel);
-    blk.mapped_at.store(sh.notifier.now_ns(), Ordering::Relaxed);
-    crate::evict::touch(r, lo / BLOCK_PAGES, d);
-    all
-}
-
-/// The restore worker's body for device `d`.
-pub(crate) fn restore_loop(sh: Arc<Shared>, d: DeviceId) {
-    let q = &sh.notifier.queues[d.0 as usize];
-    while let Some(gen) = q.next_restore() {
-        let ok = restore_pass(&sh, d);
-        if let Some(retried) = q.finish_restore(gen, ok) {
-            sh.notifier
-                .events
-                .emit(EventKind::QueueRestore { dev: d, retried });
-        }
-    }
-}
-
-/// Maps, where their data is, every block device `d` must keep mapped.
-/// Returns false if some page could not be mapped (retried later).
-pub(crate) fn restore_pass(sh: &Shared, d: DeviceId) -> bool {
-    let regions: Vec<_> = sh.regions.read().values().cloned().collect();
-    let mut ok = true;
-    for r in regions {
-        for b in 0..r.blocks.len() {
-            if r.blocks[b].keep_mapped.load(Ordering::Acquire) & (1 << d.0) == 0 {
-                continue;
-            }
-            ok &= map_ahead_block(sh, &r, d, b);
-        }
-    }
-    ok
-}
-
-/// The attribute segments of block `b`, as page ranges of `r`.
-fn block_segments(sh: &Shared, r: &RegionInner, b: usize) -> Vec<(usize, usize, RangeAttrs)> {
-    let pages = r.block_pages(b);
-    let base = r.base() / PAGE_SIZE as u64;
-    sh.attrs
-        .read()
-        .segments(base + pages.start as u64, base + pages.end as u64)
-        .into_iter()
-        .map(|(s, e, a)| ((s - base) as usize, (e - base) as usize, a))
-        .collect()
-}
-
-/// Whether device `d` must keep a range with `attrs` mapped: it has access,
-/// and either faults are not retried or the range is always mapped.
-fn keeps_mapped(attrs: &RangeAttrs, d: DeviceId, xnack: bool) -> bool {
-    attrs.access(d, xnack) != AccessMode::None
-        && (!xnack || attrs.flags.contains(AttrFlags::ALWAYS_MAPPED))
-}
-
-/// Maps the pages of block `b` that device `d` must keep mapped, pulling
-/// pages held by other devices to system memory first.
-pub(crate) fn map_ahead_block(sh: &Shared, r: &RegionInner, d: DeviceId, b: usize) -> bool {
-    let xnack = sh.xnack.load(Ordering::Acquire);
-    let segs = block_segments(sh, r, b);
-    let _g = r.blocks[b].migrate.lock();
-    let mut ok = true;
-    for (lo, hi, attrs) in segs.iter().filter(|s| keeps_mapped(&s.2, d, xnack)) {
-        migrate::pull_to_system(sh, r, *lo..*hi, Some(d), Trigger::DeviceFault);
-        ok &= map_locked(sh, r, d, *lo, *hi, false, attrs.flags);
-    }
-    ok
-}
-
-/// Recomputes block `b`'s derived attributes: its fault granularity (the
-/// smallest of its ranges) and which devices must keep it mapped.
-pub(crate) fn refresh_block(sh: &Shared, r: &RegionInner, b: usize) {
-    let xnack = sh.xnack.load(Ordering::Acquire);
-    let segs = block_segments(sh, r, b);
-    let mut keep = 0u8;
-    for dd in 0..sh.devices.len() {
-        if segs
-            .iter()
-            .any(|s| keeps_mapped(&s.2, DeviceId(dd as u8), xnack))
-        {
-            keep |= 1 << dd;
-        }
-    }
-    let g = segs
-        .iter()
-        .map(|s| s.2.granularity)
-        .min()
-        .unwrap_or(sh.granularity);
-    let blk = &r.blocks[b];
-    blk.granularity.store(g, Ordering::Relaxed);
-    blk.keep_mapped.store(keep, Ordering::Release);
 }

@@ -20,63 +20,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::Ctx;
+use crate::addr::AccessKind;
 use crate::addr::{DeviceId, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
 use crate::device::{AtomicOp, Device, DeviceError};
+use crate::error::{DeviceFault, FaultReason};
 use crate::error::{Error, Result};
-use crate::fault::{FaultOutcome, Reply};
-use crate::policy::{AccessKind, FailReason};
-use crate::space::{Pte, RegionInner};
-use crate::svm::Shared;
-
-/// Why a device access failed for good.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum FaultReason {
-    /// The placement policy refused it (no access, read-only, unreachable).
-    Policy(FailReason),
-    /// No translation and the device does not retry faults (XNACK off).
-    NoTranslation,
-    /// The address is not inside managed memory.
-    Unmanaged,
-    /// The page's data was lost in a device failure.
-    Poisoned,
-    /// An atomic on a word that is not naturally aligned.
-    Misaligned,
-    /// The device itself failed the access.
-    Device(String),
-    /// The access kept faulting (the range changed under it every time).
-    NotConverged,
-    /// Another lane of the launch faulted fatally first.
-    Aborted,
-}
-
-impl std::fmt::Display for FaultReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FaultReason::Policy(r) => write!(f, "{r}"),
-            FaultReason::NoTranslation => write!(
-                f,
-                "no translation and retry faults are off (XNACK off): grant the device access to the range first"
-            ),
-            FaultReason::Unmanaged => write!(f, "address is not in managed memory"),
-            FaultReason::Poisoned => write!(f, "page is poisoned (its data was lost)"),
-            FaultReason::Misaligned => write!(f, "atomic access is not naturally aligned"),
-            FaultReason::Device(s) => write!(f, "device error: {s}"),
-            FaultReason::NotConverged => write!(f, "access did not converge after repeated faults"),
-            FaultReason::Aborted => write!(f, "launch aborted by another lane's fatal fault"),
-        }
-    }
-}
-
-/// A fatal device fault: where, what kind of access, and why.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, thiserror::Error)]
-#[error("fatal fault on {dev} lane {lane}: {kind:?} at {addr}: {reason}")]
-pub struct DeviceFault {
-    pub dev: DeviceId,
-    pub lane: usize,
-    pub addr: VirtAddr,
-    pub kind: AccessKind,
-    pub reason: FaultReason,
-}
+use crate::gpu::fault::{FaultOutcome, Reply};
+use crate::mm::space::{Pte, RegionInner};
 
 /// What a launch did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -138,7 +89,7 @@ enum Target<'a> {
 
 /// The context a kernel's code runs in: one lane of one device.
 pub struct Lane<'a> {
-    sh: &'a Shared,
+    sh: &'a Ctx,
     d: DeviceId,
     dev: &'a dyn Device,
     id: usize,
@@ -225,7 +176,7 @@ impl<'a> Lane<'a> {
             let mut missed = false;
             {
                 let _guard = blk.access.read();
-                crate::evict::touch(r, b, self.d);
+                crate::pressure::evict::touch(r, b, self.d);
                 let seq = blk.seq.load(Ordering::Acquire);
                 let table = &r.ptes[self.d.0 as usize];
                 while pos < len {
@@ -291,7 +242,7 @@ impl<'a> Lane<'a> {
             }
             if xnack {
                 self.faults += 1;
-                match crate::fault::post(self.sh, self.d, at, kind, self.id, &self.reply) {
+                match crate::gpu::fault::post(self.sh, self.d, at, kind, self.id, &self.reply) {
                     FaultOutcome::Replay => {}
                     FaultOutcome::Fatal(reason) => return Err(self.fault(at, kind, reason)),
                 }
@@ -475,7 +426,7 @@ impl<'a> Lane<'a> {
 
 /// Runs `kernel(lane, item)` for every item in `0..grid` on device `d`'s
 /// compute units; items are handed out in ascending order, a few at a time.
-pub(crate) fn launch<F>(sh: &Shared, d: DeviceId, grid: u64, kernel: F) -> Result<LaunchReport>
+pub(crate) fn launch<F>(sh: &Ctx, d: DeviceId, grid: u64, kernel: F) -> Result<LaunchReport>
 where
     F: Fn(&mut Lane<'_>, u64) -> std::result::Result<(), DeviceFault> + Sync,
 {

@@ -41,9 +41,9 @@
 use parking_lot::Mutex;
 
 use crate::addr::{BLOCK_PAGES, BLOCK_SIZE, PAGE_SIZE};
-use crate::space::RegionInner;
-use crate::state::PageState;
-use crate::svm::Shared;
+use crate::mm::ctx::Shared;
+use crate::mm::space::RegionInner;
+use crate::mm::state::PageState;
 use crate::sys::{Advice, Mapping, Prot};
 
 /// Slots kept for reuse: one per thread that fills blocks at the same time

@@ -19,15 +19,16 @@ use std::sync::Arc;
 
 use parking_lot::MutexGuard;
 
+use super::announce::{location_of, Announce};
+use super::staging::{return_cpu_pages, runs, take_cpu_pages, Taken};
 use crate::addr::{DevPage, DeviceId, Location, BLOCK_PAGES, PAGE_SIZE};
-use crate::cpu::{page_runs, Stuck};
 use crate::device::{
     CopyJob, CopyOp, DevRun, DeviceError, Fence, FreeBatch, HostRef, MAX_JOB_PAGES,
 };
-use crate::events::{EventKind, UnmapTrigger};
-use crate::space::{Pte, RegionInner};
-use crate::state::PageState;
-use crate::svm::Shared;
+use crate::mm::ctx::Shared;
+use crate::mm::space::{Pte, RegionInner};
+use crate::mm::state::PageState;
+use crate::observe::events::UnmapTrigger;
 use crate::sync::Ordering;
 use crate::sys::{Mapping, Prot};
 
@@ -68,19 +69,12 @@ impl MigrateReport {
 }
 
 /// Why a migration ran (counters and the event stream).
-pub use crate::events::MigrateTrigger as Trigger;
+pub use crate::observe::events::MigrateTrigger as Trigger;
 
-/// Runs of consecutive values in ascending indices, as (first, count).
-pub(crate) fn runs(idx: impl Iterator<Item = usize>) -> Vec<(usize, usize)> {
-    let mut out: Vec<(usize, usize)> = Vec::new();
-    for i in idx {
-        match out.last_mut() {
-            Some((s, n)) if *s + *n == i => *n += 1,
-            _ => out.push((i, 1)),
-        }
-    }
-    out
-}
+/// Windows (CPU) or blocks (device) migrated ahead of a sequential sweep,
+/// pipelined like any migration, so the sweeper consumes one while the
+/// next ones arrive instead of paying a fault round trip each.
+pub(crate) const FAULT_AHEAD: usize = 16;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -125,74 +119,7 @@ pub(crate) struct ToSystemPlan<'a> {
     /// fail (the CPU-fault path), instead of rolling every page back.
     poison_on_failure: bool,
     /// The bounce buffer's charge against the memory limit, while it lives.
-    bounce_charge: Option<crate::account::BounceCharge>,
-}
-
-/// The outcome of moving one page out of the CPU view.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Taken {
-    Moved,
-    /// No page was there (discarded under us): its content is zeros.
-    Hole,
-    Busy,
-}
-
-/// Moves `[start, start+n)` of the managed view into staging. Busy pages are
-/// retried up to 3 times.
-pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<Taken> {
-    let mut out = vec![Taken::Moved; n];
-    // (page, tries): busy retries belong to the page that is busy.
-    let mut busy = (usize::MAX, 0);
-    page_runs(
-        sh,
-        start..start + n,
-        |i, len| {
-            sh.uffd
-                .move_pages(r.staging_addr(i), r.addr_of(i).0, len, false, true)
-        },
-        |i, errno| match errno {
-            libc::ENOENT => {
-                out[i - start] = Taken::Hole;
-                Stuck::Skip
-            }
-            libc::EBUSY if busy.0 != i || busy.1 < 2 => {
-                busy = (i, if busy.0 == i { busy.1 + 1 } else { 1 });
-                std::thread::yield_now();
-                Stuck::Retry
-            }
-            _ => {
-                out[i - start] = Taken::Busy;
-                Stuck::Skip
-            }
-        },
-    );
-    out
-}
-
-/// Puts staged pages back into the CPU view (rollback, or the end of a
-/// migration to system memory). Returns the pages that could not be put back.
-/// Waiters are not woken: callers wake the pages once states and counters
-/// are committed.
-fn return_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<usize> {
-    let mut failed = Vec::new();
-    page_runs(
-        sh,
-        start..start + n,
-        |i, len| {
-            sh.uffd
-                .move_pages(r.addr_of(i).0, r.staging_addr(i), len, false, true)
-        },
-        |i, _| {
-            // MOVE refused this page: copy it instead, then drop the staged page.
-            let src = r.staging_addr(i);
-            match sh.uffd.copy(r.addr_of(i).0, src, PAGE_SIZE as u64, true) {
-                Ok(_) => sh.drop_staged(r, i, 1),
-                Err(_) => failed.push(i),
-            }
-            Stuck::Skip
-        },
-    );
-    failed
+    bounce_charge: Option<super::ctx::Charge>,
 }
 
 /// Collect + isolate + submit for pages `[lo, hi)` of block `b` going to device `d`.
@@ -247,7 +174,7 @@ pub(crate) fn isolate_to_device<'a>(
     let mut got = dev.alloc(cands.len(), &mut runs_out);
     // Under pressure, evict other blocks (never this one: its lock is ours)
     // and allocate again.
-    while got < cands.len() && crate::evict::make_room(sh, d, (cands.len() - got) as u64) {
+    while got < cands.len() && sh.pressure.make_room(sh, d, (cands.len() - got) as u64) {
         got += dev.alloc(cands.len() - got, &mut runs_out);
     }
     if got < cands.len() {
@@ -389,7 +316,7 @@ pub(crate) fn finish_to_device<'a>(
             r.blocks[plan.b]
                 .mapped
                 .fetch_or(1 << plan.d.0, Ordering::AcqRel);
-            crate::evict::note_resident(sh, r, plan.b, plan.d);
+            sh.pressure.note_resident(sh, r, plan.b, plan.d);
             let n = plan.pages.len() as u64;
             rep.migrated += n;
             c.add(&c.to_device_pages, n);
@@ -476,7 +403,7 @@ pub(crate) fn isolate_to_system<'a>(
         .count();
     let bounce_charge = match unstaged {
         0 => None,
-        n => sh.account.charge_bounce(sh, (n * PAGE_SIZE) as u64),
+        n => sh.pressure.charge_bounce(sh, (n * PAGE_SIZE) as u64),
     };
     let bounce = if unstaged > 0 {
         let map = bounce_charge
@@ -582,7 +509,7 @@ pub(crate) fn finish_to_system(
             }
             ok
         });
-        let n = crate::failure::poison_isolated(sh, r, &lost);
+        let n = super::poison::poison_isolated(sh, r, &lost);
         rep.poisoned += n;
         result = Ok(());
     }
@@ -720,7 +647,7 @@ pub(crate) fn pull_from(
 /// and the bounce buffer may pass the memory limit; every other page of the
 /// window migrates.
 pub(crate) fn pull_for_cpu_fault(sh: &Shared, r: &RegionInner, pages: std::ops::Range<usize>) {
-    crate::account::past_limit(|| pull(sh, r, pages, |_| true, Trigger::CpuFault, true));
+    super::ctx::past_limit(|| pull(sh, r, pages, |_| true, Trigger::CpuFault, true));
 }
 
 /// Pulls the pages of `pages` on the devices `which` accepts; emits the
@@ -752,79 +679,6 @@ fn pull(
     }
     told.end(&rep);
     rep
-}
-
-/// A migration's pair of events: `MigrateStart` when made, `MigrateEnd`
-/// (with what moved and an error code) from [`Announce::end`].
-pub(crate) struct Announce<'a> {
-    r: &'a RegionInner,
-    first: usize,
-    pages: u64,
-    from: Location,
-    to: Location,
-    trigger: Trigger,
-}
-
-impl<'a> Announce<'a> {
-    pub fn start(
-        r: &'a RegionInner,
-        first: usize,
-        pages: usize,
-        from: Location,
-        to: Location,
-        trigger: Trigger,
-    ) -> Announce<'a> {
-        let pages = pages as u64;
-        r.notifier.events.emit_with(|| EventKind::MigrateStart {
-            start: r.addr_of(first),
-            pages,
-            from,
-            to,
-            trigger,
-        });
-        Announce {
-            r,
-            first,
-            pages,
-            from,
-            to,
-            trigger,
-        }
-    }
-
-    pub fn end(self, rep: &MigrateReport) {
-        let a = &self;
-        a.r.notifier.events.emit_with(|| EventKind::MigrateEnd {
-            start: a.r.addr_of(a.first),
-            pages: a.pages,
-            migrated: rep.migrated,
-            from: a.from,
-            to: a.to,
-            trigger: a.trigger,
-            error: error_code(rep),
-        });
-    }
-}
-
-/// Where page `k` is now, for events (`System` unless on a device).
-fn location_of(r: &RegionInner, k: usize) -> Location {
-    match r.states[k].load() {
-        PageState::Device { dev, .. } => Location::Device(dev),
-        _ => Location::System,
-    }
-}
-
-/// The errno-style code a migration-end event carries: 0 when nothing failed.
-pub(crate) fn error_code(rep: &MigrateReport) -> i32 {
-    if rep.rolled_back > 0 || rep.poisoned > 0 {
-        libc::EIO
-    } else if rep.skipped_no_device_memory > 0 {
-        libc::ENOMEM
-    } else if rep.skipped_busy > 0 {
-        libc::EBUSY
-    } else {
-        0
-    }
 }
 
 /// Credits a report's skips to the counters (for migrations a caller asked for).

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::addr::{DevPage, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
-use crate::events::UnmapTrigger;
-use crate::notify::Notifier;
-use crate::state::StateCell;
+use crate::mm::state::StateCell;
+use crate::observe::events::UnmapTrigger;
+use crate::observe::notify::Notifier;
 use crate::sync::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crate::sys::Mapping;
 
@@ -48,7 +48,7 @@ pub(crate) struct Block {
     /// notifier's clock); faults within 2 ms of it count as duplicates.
     pub mapped_at: AtomicU64,
     /// Bit `d`: device `d` used a translation here since the eviction clock
-    /// last looked (see [`crate::evict`]).
+    /// last looked (see [`crate::pressure::evict`]).
     pub accessed: AtomicU8,
     /// Bit `d`: the block is on device `d`'s eviction ring.
     pub listed: AtomicU8,
@@ -86,8 +86,8 @@ impl Pte {
         }
     }
     /// Whether this translation is good for an access of `kind`.
-    pub fn allows(self, kind: crate::policy::AccessKind) -> bool {
-        kind == crate::policy::AccessKind::Read || self.writable()
+    pub fn allows(self, kind: crate::addr::AccessKind) -> bool {
+        kind == crate::addr::AccessKind::Read || self.writable()
     }
     pub fn writable(self) -> bool {
         matches!(
@@ -113,8 +113,8 @@ pub(crate) struct RegionInner {
     pub dev_sweep_end: Box<[AtomicUsize]>,
     /// Queue control and event stream, told about every invalidation.
     pub notifier: Arc<Notifier>,
-    /// Pin counts (see [`crate::pin`]).
-    pub pins: crate::pin::Pins,
+    /// Pin counts (see [`crate::pressure::pin`]).
+    pub pins: crate::pressure::pin::Pins,
     /// Set by `free_region` before it takes any block lock: a migration
     /// that finds it set under a block lock must not give the block device
     /// pages (nobody would free them).

@@ -24,8 +24,7 @@ use crate::sync::{AtomicU32, Ordering};
 
 /// Largest device page number the state word can hold.
 pub const MAX_DEV_PAGES: u64 = 1 << 25;
-/// Most devices one `Svm` can hold.
-pub const MAX_DEVICES: usize = 8;
+pub use crate::addr::MAX_DEVICES;
 
 /// The state of one managed page.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -216,3 +215,7 @@ mod tests {
         assert_eq!(c.load(), PageState::Unpopulated);
     }
 }
+
+#[cfg(test)]
+#[path = "state_model_tests.rs"]
+mod model_tests;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::addr::{DeviceId, VirtAddr};
-use crate::events::{EventBus, EventKind, EvictTrigger, UnmapTrigger};
+use crate::observe::events::{EventBus, EventKind, EvictTrigger, UnmapTrigger};
 use crate::sync::{AtomicU64, Ordering};
 
 /// Delay between an eviction and the restore attempt (KFD's restore delay).

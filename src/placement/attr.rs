@@ -58,8 +58,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::mem::size_of;
 
+use crate::addr::MAX_DEVICES;
 use crate::addr::{DeviceId, Location};
-use crate::state::MAX_DEVICES;
+pub use crate::error::AttrError;
 
 /// Largest granularity (log2 pages): 9 is 512 pages, one 2 MiB block.
 const MAX_GRANULARITY: u8 = 9;
@@ -77,10 +78,6 @@ const KIND_GRANULARITY: u32 = 7;
 // KFD's special location values (`enum kfd_ioctl_svm_location`).
 const LOCATION_SYSMEM: u32 = 0;
 const LOCATION_UNDEFINED: u32 = 0xffff_ffff;
-
-// KFD flags svmem knows of but does not implement.
-const FLAG_HIVE_LOCAL: u32 = 0x4;
-const FLAG_EXT_COHERENT: u32 = 0x80;
 
 /// How one device may access a range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -123,7 +120,7 @@ impl AttrFlags {
     /// Devices may execute from the range (KFD `GPU_EXEC`, 0x10).
     pub const DEVICE_EXEC: AttrFlags = AttrFlags(0x10);
     /// Devices mostly read the range (KFD `GPU_READ_MOSTLY`, 0x20); see
-    /// [`crate::policy`] for what svmem does with the hint.
+    /// [`crate::placement::policy`] for what svmem does with the hint.
     pub const READ_MOSTLY: AttrFlags = AttrFlags(0x20);
     /// Keep device mappings valid as if retry faults were off (KFD
     /// `GPU_ALWAYS_MAPPED`, 0x40).
@@ -215,23 +212,6 @@ impl fmt::Display for AttrFlags {
         }
         Ok(())
     }
-}
-
-/// Names the bits of a flag word that svmem refuses, for error messages.
-fn unsupported_names(bits: &u32) -> String {
-    let mut names = Vec::new();
-    for bit in 0..32 {
-        let b = 1u32 << bit;
-        if bits & b == 0 {
-            continue;
-        }
-        names.push(match b {
-            FLAG_HIVE_LOCAL => "hive_local".to_string(),
-            FLAG_EXT_COHERENT => "ext_coherent".to_string(),
-            other => format!("unknown {other:#x}"),
-        });
-    }
-    names.join("|")
 }
 
 /// One attribute of a [`AttrMap::set`] call.
@@ -411,46 +391,6 @@ impl AttrQuery {
 /// Device ids `0..n`, `n` clamped to [`MAX_DEVICES`].
 fn device_ids(n: usize) -> impl Iterator<Item = DeviceId> {
     (0..n.min(MAX_DEVICES)).filter_map(|d| u8::try_from(d).ok().map(DeviceId))
-}
-
-/// Why attributes could not be set or parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AttrError {
-    #[error("no attributes given: pass at least one attribute to set")]
-    NoAttributes,
-
-    #[error("empty page range [{start:#x}, {end:#x}): the end page must be above the start page")]
-    EmptyRange { start: u64, end: u64 },
-
-    #[error("unknown device {id}: there are {count} device(s), use an index below {count}")]
-    UnknownDevice { id: DeviceId, count: usize },
-
-    #[error("granularity {value} is out of range: use 0 (one page) to 9 (512 pages, 2 MiB)")]
-    Granularity { value: u8 },
-
-    #[error(
-        "unknown attribute kind {kind}: the kinds are 0 (preferred location), 1 (prefetch \
-         location), 2 (access), 3 (access in place), 4 (no access), 5 (set flags), \
-         6 (clear flags) and 7 (granularity)"
-    )]
-    UnknownKind { kind: u32 },
-
-    #[error(
-        "location {value:#x} is not valid: use 0 (system memory), 1 to 8 (device n-1) or \
-         0xffffffff (undefined)"
-    )]
-    UnknownLocation { value: u32 },
-
-    #[error(
-        "flag bits {bits:#x} ({}) are not supported: svmem implements host_access (0x1), \
-         coherent (0x2), device_read_only (0x8), device_exec (0x10), read_mostly (0x20) and \
-         always_mapped (0x40)",
-        unsupported_names(.bits)
-    )]
-    UnsupportedFlags { bits: u32 },
-
-    #[error("conflicting attributes in one call: {what}; give each attribute one value")]
-    Conflict { what: String },
 }
 
 /// The validated, combined effect of one `set` call's attributes.

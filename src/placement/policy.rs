@@ -2,7 +2,7 @@
 //! data be served from?
 //!
 //! A [`PlacementPolicy`] sees the fault (device, address, kind of access),
-//! where the data is now, the range's attributes ([`crate::attr`]) and which
+//! where the data is now, the range's attributes ([`crate::placement::attr`]) and which
 //! device memories the faulting device can reach, and returns a [`Decision`].
 //! It decides only; the caller migrates and maps.
 //!
@@ -66,17 +66,10 @@
 
 use std::fmt;
 
+use crate::addr::AccessKind;
 use crate::addr::{DeviceId, Location, VirtAddr};
-use crate::attr::{AccessMode, AttrFlags, RangeAttrs};
-
-/// What a faulting access wanted to do. Ordered by strength:
-/// `Atomic > Write > Read`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-pub enum AccessKind {
-    Read,
-    Write,
-    Atomic,
-}
+pub use crate::error::FailReason;
+use crate::placement::attr::{AccessMode, AttrFlags, RangeAttrs};
 
 /// Everything a policy may look at to decide one device fault.
 #[derive(Clone, Copy, Debug)]
@@ -134,33 +127,6 @@ pub enum Decision {
     MapInPlace,
     /// Refuse the access.
     Fail(FailReason),
-}
-
-/// Why a fault was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-pub enum FailReason {
-    /// The device's access mode for the range is none.
-    NoAccess,
-    /// A write or atomic to read-only memory.
-    ReadOnly,
-    /// The data is in memory the device cannot reach and may not be moved.
-    /// [`KfdPolicy`] never returns it (it migrates to system memory instead);
-    /// it is for policies that pin data.
-    Unreachable,
-}
-
-impl fmt::Display for FailReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FailReason::NoAccess => {
-                "the device has no access to this range (grant it with an access attribute)"
-            }
-            FailReason::ReadOnly => {
-                "write to read-only memory (the region or the range's device_read_only flag)"
-            }
-            FailReason::Unreachable => "the data is in memory the device cannot reach",
-        })
-    }
 }
 
 /// Decides where a faulting device's data should be. Implementations must be

@@ -58,10 +58,11 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
+use super::PressureState;
 use crate::addr::PAGE_SIZE;
 use crate::error::{Error, Result};
-use crate::state::PageState;
-use crate::svm::Shared;
+use crate::mm::ctx::Shared;
+use crate::mm::state::PageState;
 use crate::sync::{AtomicU64, Ordering};
 
 /// What amdgpu reserves for the kernel on top of 1/64 of RAM: 1.5 GiB.
@@ -77,23 +78,6 @@ pub fn default_limit_for(mem_total: u64) -> u64 {
 /// no limit (`u64::MAX`) if its RAM cannot be read.
 pub fn default_limit() -> u64 {
     crate::sys::meminfo::mem_total().map_or(u64::MAX, default_limit_for)
-}
-
-thread_local! {
-    static PAST_LIMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with this thread's bounce-buffer charges allowed past the limit
-/// (for CPU faults, which must be served).
-pub(crate) fn past_limit<T>(f: impl FnOnce() -> T) -> T {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            PAST_LIMIT.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(PAST_LIMIT.with(|c| c.replace(true)));
-    f()
 }
 
 /// The live accounting state of one `Svm`.
@@ -196,7 +180,7 @@ impl Accountant {
     /// Charges a bounce buffer of `bytes`; `None` if it does not fit. The
     /// charge lasts as long as the returned value.
     pub fn charge_bounce(self: &Arc<Self>, sh: &Shared, bytes: u64) -> Option<BounceCharge> {
-        let _g = match PAST_LIMIT.with(|c| c.get()) {
+        let _g = match crate::mm::ctx::is_past_limit() {
             true => self.lock.lock(),
             false => self.admit(sh, bytes).ok()?,
         };
@@ -269,7 +253,7 @@ pub struct DeviceUsage {
 /// The page categories partition managed memory:
 /// `unpopulated + system + device + migrating + poisoned = managed`.
 /// `in_use = managed + metadata + bounce` (staging pages are covered by the
-/// managed charge: see [`crate::account`]).
+/// managed charge: see [`crate::pressure::account`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct MemoryUsage {
     /// The system-memory limit.
@@ -308,8 +292,8 @@ pub struct MemoryUsage {
 }
 
 /// Scans every region's page-state table (one atomic load per page).
-pub(crate) fn usage(sh: &Shared) -> MemoryUsage {
-    let acct = &sh.account;
+pub(crate) fn usage(sh: &Shared, p: &PressureState) -> MemoryUsage {
+    let acct = &p.account;
     let regions: Vec<_> = sh.regions.read().values().cloned().collect();
     let ndev = sh.devices.len();
     let mut per_dev = vec![0u64; ndev];
@@ -368,25 +352,6 @@ pub(crate) fn usage(sh: &Shared) -> MemoryUsage {
         pinned_bytes: acct.pinned_bytes(),
         pin_limit_bytes: acct.pin_limit(),
         bounce_bytes: bounce,
-    }
-}
-
-impl crate::Svm {
-    /// Where memory is and what is charged against the system-memory limit,
-    /// now (one scan of every page-state table). See [`MemoryUsage`].
-    pub fn memory_usage(&self) -> MemoryUsage {
-        usage(&self.shared)
-    }
-
-    /// The system-memory limit in bytes.
-    pub fn memory_limit(&self) -> u64 {
-        self.shared.account.limit()
-    }
-
-    /// Replaces the system-memory limit. A limit below the bytes in use is
-    /// refused with [`Error::LimitBelowUsage`] and changes nothing.
-    pub fn set_memory_limit(&self, bytes: u64) -> Result<()> {
-        self.shared.account.set_limit(&self.shared, bytes)
     }
 }
 

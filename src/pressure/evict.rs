@@ -39,12 +39,13 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
+use super::PressureState;
 use crate::addr::{DeviceId, PAGE_SIZE};
 use crate::error::{Error, Result};
-use crate::migrate::{self, Trigger};
-use crate::space::RegionInner;
-use crate::state::PageState;
-use crate::svm::Shared;
+use crate::mm::ctx::Shared;
+use crate::mm::migrate::{self, Trigger};
+use crate::mm::space::RegionInner;
+use crate::mm::state::PageState;
 use crate::sync::Ordering;
 
 struct Entry {
@@ -83,7 +84,13 @@ pub(crate) fn touch(r: &RegionInner, b: usize, d: DeviceId) {
 
 /// Records that block `b` of `r` now holds pages on `d`. The caller holds
 /// the block lock.
-pub(crate) fn note_resident(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId) {
+pub(crate) fn note_resident(
+    sh: &Shared,
+    p: &PressureState,
+    r: &RegionInner,
+    b: usize,
+    d: DeviceId,
+) {
     let bit = 1u8 << d.0;
     let blk = &r.blocks[b];
     // New entries go to the back of the ring, the furthest from the hand:
@@ -101,15 +108,15 @@ pub(crate) fn note_resident(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId)
         return;
     };
     blk.listed.fetch_or(bit, Ordering::AcqRel);
-    sh.residency[d.0 as usize].ring.lock().push_back(Entry {
+    p.residency[d.0 as usize].ring.lock().push_back(Entry {
         region: Arc::downgrade(&arc),
         block: b,
     });
 }
 
 /// Drops a freed region's entries from every ring.
-pub(crate) fn forget_region(sh: &Shared, r: &RegionInner) {
-    for res in sh.residency.iter() {
+pub(crate) fn forget_region(_sh: &Shared, p: &PressureState, r: &RegionInner) {
+    for res in p.residency.iter() {
         let mut ring = res.ring.lock();
         ring.retain(|e| e.region.strong_count() > 0 && !std::ptr::eq(e.region.as_ptr(), r));
         if ring.len() <= ring.capacity() / 4 {
@@ -121,15 +128,15 @@ pub(crate) fn forget_region(sh: &Shared, r: &RegionInner) {
 /// Evicts one block from device `d`, by CLOCK. Returns the pages freed, or
 /// `None` when a full turn (twice round the ring) found no block it could
 /// evict.
-pub(crate) fn evict_one(sh: &Shared, d: DeviceId) -> Option<u64> {
-    let res = &sh.residency[d.0 as usize];
+pub(crate) fn evict_one(sh: &Shared, p: &PressureState, d: DeviceId) -> Option<u64> {
+    let res = &p.residency[d.0 as usize];
     let turn = 2 * res.len() + 1;
     for _ in 0..turn {
         let e = res.ring.lock().pop_front()?;
         let Some(r) = e.region.upgrade() else {
             continue;
         };
-        let (evicted, keep) = step(sh, &r, e.block, d);
+        let (evicted, keep) = step(sh, p, &r, e.block, d);
         if keep {
             res.ring.lock().push_back(e);
         }
@@ -143,7 +150,13 @@ pub(crate) fn evict_one(sh: &Shared, d: DeviceId) -> Option<u64> {
 /// Looks at block `b` for the hand: returns the pages evicted (`None`: not a
 /// victim: second chance, busy, or nothing left to evict) and whether the
 /// entry stays on the ring.
-fn step(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId) -> (Option<u64>, bool) {
+fn step(
+    sh: &Shared,
+    _p: &PressureState,
+    r: &RegionInner,
+    b: usize,
+    d: DeviceId,
+) -> (Option<u64>, bool) {
     let bit = 1u8 << d.0;
     let blk = &r.blocks[b];
     let Some(guard) = blk.migrate.try_lock() else {
@@ -186,11 +199,11 @@ fn step(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId) -> (Option<u64>, bo
 /// whether it freed anything. Eviction only runs under real pressure: when
 /// the device already has `need` pages free (an allocation that failed for
 /// another reason), nothing is evicted.
-pub(crate) fn make_room(sh: &Shared, d: DeviceId, need: u64) -> bool {
+pub(crate) fn make_room(sh: &Shared, p: &PressureState, d: DeviceId, need: u64) -> bool {
     let dev = &sh.devices[d.0 as usize];
     let mut freed = false;
     while dev.free_pages() < need {
-        match evict_one(sh, d) {
+        match evict_one(sh, p, d) {
             Some(_) => freed = true,
             None => break,
         }
@@ -232,11 +245,11 @@ pub(crate) fn admit(
 
 /// Whether device `d` evicted block `b` recently enough that faulting it in
 /// again counts as thrashing (policy rule 9).
-pub(crate) fn thrashing(sh: &Shared, r: &RegionInner, b: usize, d: DeviceId) -> bool {
+pub(crate) fn thrashing(p: &PressureState, r: &RegionInner, b: usize, d: DeviceId) -> bool {
     let blk = &r.blocks[b];
     blk.evicted_from.load(Ordering::Acquire) & (1 << d.0) != 0
         && r.notifier
             .now_ns()
             .saturating_sub(blk.evicted_at.load(Ordering::Relaxed))
-            < sh.thrash_window_ns
+            < p.thrash_window_ns
 }

@@ -15,29 +15,13 @@
 //!   memory (retrying), then reset the device and check its allocator is
 //!   empty.
 
-use parking_lot::Mutex;
-
+use super::PressureState;
 use crate::addr::{DeviceId, PAGE_SIZE};
-use crate::cpu::{page_runs, Stuck};
-use crate::device::FreeBatch;
 use crate::error::{Error, Result};
-use crate::events::{MigrateTrigger, UnmapTrigger};
-use crate::migrate::{self, MigrateReport};
-use crate::space::RegionInner;
-use crate::state::{PageState, MAX_DEVICES};
-use crate::svm::Shared;
+use crate::mm::ctx::Shared;
+use crate::mm::migrate::{self, MigrateReport};
+use crate::observe::events::MigrateTrigger;
 use crate::sync::Ordering;
-use std::sync::atomic::AtomicU64;
-
-/// Per-`Svm` failure bookkeeping.
-#[derive(Debug, Default)]
-pub(crate) struct FailureState {
-    /// Bit `d`: the current loss of device `d` has been handled. Held while
-    /// a loss is handled, so a second finder waits for the first.
-    handled: Mutex<u8>,
-    /// Per device: pages poisoned when its latest loss was handled.
-    poisoned_at_loss: [AtomicU64; MAX_DEVICES],
-}
 
 /// What a graceful device reset did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -58,138 +42,6 @@ pub struct ResetReport {
 /// Most eviction passes a reset makes before it gives up.
 const RESET_PASSES: u32 = 4;
 
-/// Poisons isolated pages (`Migrating`, the caller holds their block's lock,
-/// device PTEs already cleared) whose data was on a device: see the module
-/// docs. `pages` holds (index, state before isolation), ascending. Wakes the
-/// CPU threads waiting on them (they take SIGBUS). Returns how many.
-pub(crate) fn poison_isolated(sh: &Shared, r: &RegionInner, pages: &[(usize, PageState)]) -> u64 {
-    let mut freed = FreeBatch::new(&sh.devices);
-    let mut staged = Vec::new();
-    for &(idx, prev) in pages {
-        if let PageState::Device {
-            dev,
-            page,
-            staged: s,
-        } = prev
-        {
-            freed.push(dev, page);
-            if s {
-                staged.push(idx);
-            }
-        }
-        let _ = r.states[idx].commit(PageState::Poisoned);
-    }
-    freed.flush();
-    for (s, n) in migrate::runs(staged.into_iter()) {
-        sh.drop_staged(r, s, n);
-    }
-    // Counted before the markers wake anyone: a woken thread sees it.
-    let n = pages.len() as u64;
-    sh.counters.add(&sh.counters.poisoned_pages, n);
-    for (s, n) in migrate::runs(pages.iter().map(|p| p.0)) {
-        poison_cpu_view(sh, r, s, n);
-    }
-    n
-}
-
-/// Puts poison markers on pages `[s, s+n)` of the managed view (absent
-/// there), waking whoever waits on them. Pages already present or marked
-/// are left alone.
-pub(crate) fn poison_cpu_view(sh: &Shared, r: &RegionInner, s: usize, n: usize) {
-    page_runs(
-        sh,
-        s..s + n,
-        |i, len| sh.uffd.poison(r.addr_of(i).0, len),
-        |i, _| {
-            // EEXIST: a marker (or a page) is there already. Anything else:
-            // the state says Poisoned; the CPU-fault path puts the marker in
-            // when the page is touched.
-            let _ = sh.uffd.wake(r.addr_of(i).0, PAGE_SIZE as u64);
-            Stuck::Skip
-        },
-    );
-}
-
-impl Shared {
-    /// Handles the loss of every device found lost and not handled yet.
-    /// Call with no block lock held. Returns whether any device is lost.
-    pub(crate) fn check_lost(&self) -> bool {
-        let mut any = false;
-        for (i, dev) in self.devices.iter().enumerate() {
-            if dev.is_lost() {
-                any = true;
-                self.device_lost(DeviceId(i as u8));
-            }
-        }
-        any
-    }
-
-    /// The loss of device `d`, handled once per loss (see the module docs).
-    /// Call with no block lock held. Returns `Error::DeviceLost` for callers
-    /// to pass on.
-    pub(crate) fn device_lost(&self, d: DeviceId) -> Error {
-        let bit = 1u8 << d.0;
-        let mut handled = self.failure.handled.lock();
-        if *handled & bit != 0 {
-            return Error::DeviceLost { dev: d };
-        }
-        // Counted first: threads woken by the walk below see it.
-        self.counters.add(&self.counters.devices_lost, 1);
-        let regions: Vec<_> = self.regions.read().values().cloned().collect();
-        let mut poisoned = 0;
-        for r in &regions {
-            for b in 0..r.blocks.len() {
-                let blk = &r.blocks[b];
-                let _g = blk.migrate.lock();
-                let pages: Vec<(usize, PageState)> = r
-                    .block_pages(b)
-                    .filter_map(|i| match r.states[i].load() {
-                        s @ PageState::Device { dev, .. } if dev == d => Some((i, s)),
-                        _ => None,
-                    })
-                    .collect();
-                if !pages.is_empty() {
-                    r.invalidate(b, pages.iter().map(|p| p.0), UnmapTrigger::MmuNotifyMigrate);
-                    let isolated: Vec<_> = pages
-                        .into_iter()
-                        .filter(|&(i, s)| r.states[i].isolate(s).is_ok())
-                        .collect();
-                    poisoned += poison_isolated(self, r, &isolated);
-                }
-                clear_device_table(r, b, d);
-            }
-        }
-        self.failure.poisoned_at_loss[d.0 as usize].store(poisoned, Ordering::Relaxed);
-        *handled |= bit;
-        Error::DeviceLost { dev: d }
-    }
-
-    /// `Err(DeviceLost)` (the loss handled) if device `d` is lost.
-    pub(crate) fn check_device_alive(&self, d: DeviceId) -> Result<()> {
-        if self.device(d)?.is_lost() {
-            return Err(self.device_lost(d));
-        }
-        Ok(())
-    }
-}
-
-/// Clears device `d`'s translations in block `b` (the caller holds the
-/// block lock) and drains its accesses in flight.
-fn clear_device_table(r: &RegionInner, b: usize, d: DeviceId) {
-    let blk = &r.blocks[b];
-    let bit = 1u8 << d.0;
-    if blk.mapped.load(Ordering::Acquire) & bit == 0 {
-        return;
-    }
-    let table = &r.ptes[d.0 as usize];
-    for i in r.block_pages(b) {
-        table[i].store(0, Ordering::Release);
-    }
-    blk.mapped.fetch_and(!bit, Ordering::AcqRel);
-    blk.seq.fetch_add(1, Ordering::AcqRel);
-    drop(blk.access.write());
-}
-
 /// One eviction pass of every page on device `d` to system memory.
 fn evict_pass(sh: &Shared, d: DeviceId, rep: &mut MigrateReport) {
     let regions: Vec<_> = sh.regions.read().values().cloned().collect();
@@ -203,20 +55,15 @@ fn evict_pass(sh: &Shared, d: DeviceId, rep: &mut MigrateReport) {
     }
 }
 
-/// A graceful reset of device `d`; see [`crate::Svm::reset_device`].
-pub(crate) fn reset_device(sh: &Shared, d: DeviceId) -> Result<ResetReport> {
+/// A graceful reset of device `d`; see [`crate::Svm::reset_device`]. The
+/// caller makes sure no kernel runs on the device meanwhile.
+pub(crate) fn reset_device(sh: &Shared, p: &PressureState, d: DeviceId) -> Result<ResetReport> {
     let dev = sh.device(d)?.clone();
-    let rt = &sh.runtime[d.0 as usize];
-    let _idle = rt.idle_guard().map_err(|running| Error::Busy {
-        what: "resetting the device",
-        dev: d,
-        running,
-    })?;
     let mut out = ResetReport::default();
     if dev.is_lost() {
         let _ = sh.device_lost(d);
         out.was_lost = true;
-        out.poisoned_at_loss = sh.failure.poisoned_at_loss[d.0 as usize].load(Ordering::Relaxed);
+        out.poisoned_at_loss = sh.losses.poisoned_at_loss[d.0 as usize].load(Ordering::Relaxed);
     } else {
         while out.passes < RESET_PASSES {
             out.passes += 1;
@@ -234,12 +81,13 @@ pub(crate) fn reset_device(sh: &Shared, d: DeviceId) -> Result<ResetReport> {
                 let _ = sh.device_lost(d);
                 out.was_lost = true;
                 out.poisoned_at_loss =
-                    sh.failure.poisoned_at_loss[d.0 as usize].load(Ordering::Relaxed);
+                    sh.losses.poisoned_at_loss[d.0 as usize].load(Ordering::Relaxed);
                 break;
             }
         }
     }
-    let left = crate::account::usage(sh).devices[d.0 as usize].resident_bytes / PAGE_SIZE as u64;
+    let left = crate::pressure::account::usage(sh, p).devices[d.0 as usize].resident_bytes
+        / PAGE_SIZE as u64;
     if left > 0 {
         return Err(Error::Device {
             dev: d,
@@ -251,7 +99,7 @@ pub(crate) fn reset_device(sh: &Shared, d: DeviceId) -> Result<ResetReport> {
         });
     }
     dev.reset()?;
-    *sh.failure.handled.lock() &= !(1u8 << d.0);
+    *sh.losses.handled.lock() &= !(1u8 << d.0);
     let (free, cap) = (dev.free_pages(), dev.capacity_pages());
     if free != cap {
         return Err(Error::Device {

@@ -31,12 +31,13 @@
 use std::sync::atomic::{AtomicU16, Ordering as O};
 use std::sync::{Arc, OnceLock};
 
+use super::PressureState;
 use crate::addr::{BLOCK_PAGES, PAGE_SIZE};
 use crate::error::{Error, Result};
-use crate::migrate::{self, Trigger};
-use crate::space::RegionInner;
-use crate::state::PageState;
-use crate::svm::Shared;
+use crate::mm::ctx::Shared;
+use crate::mm::migrate::{self, Trigger};
+use crate::mm::space::RegionInner;
+use crate::mm::state::PageState;
 
 /// A region's pins; the table exists once the region was first pinned.
 #[derive(Debug, Default)]
@@ -150,8 +151,14 @@ fn per_block(
 }
 
 /// Pins pages `[first, first+n)` of `r` (see the module docs).
-pub(crate) fn pin(sh: &Shared, r: &Arc<RegionInner>, first: usize, n: usize) -> Result<()> {
-    let acct = &sh.account;
+pub(crate) fn pin(
+    sh: &Shared,
+    p: &PressureState,
+    r: &Arc<RegionInner>,
+    first: usize,
+    n: usize,
+) -> Result<()> {
+    let acct = &p.account;
     let _p = acct.pin_lock.lock();
     if !is_live(sh, r) {
         return Err(freed(r, first, n));
@@ -217,8 +224,14 @@ pub(crate) fn pin(sh: &Shared, r: &Arc<RegionInner>, first: usize, n: usize) -> 
 }
 
 /// Drops one pin of each page of `[first, first+n)`; every page must be pinned.
-pub(crate) fn unpin(sh: &Shared, r: &Arc<RegionInner>, first: usize, n: usize) -> Result<()> {
-    let acct = &sh.account;
+pub(crate) fn unpin(
+    sh: &Shared,
+    p: &PressureState,
+    r: &Arc<RegionInner>,
+    first: usize,
+    n: usize,
+) -> Result<()> {
+    let acct = &p.account;
     let _p = acct.pin_lock.lock();
     if !is_live(sh, r) {
         return Err(freed(r, first, n));
@@ -243,54 +256,11 @@ pub(crate) fn unpin(sh: &Shared, r: &Arc<RegionInner>, first: usize, n: usize) -
 
 /// A region is being freed (already out of the region map): its pins no
 /// longer count.
-pub(crate) fn release_region(sh: &Shared, r: &RegionInner) {
-    let _p = sh.account.pin_lock.lock();
+pub(crate) fn release_region(_sh: &Shared, p: &PressureState, r: &RegionInner) {
+    let _p = p.account.pin_lock.lock();
     if let Some(t) = r.pins.table.get() {
-        sh.account
+        p.account
             .pinned_pages
             .fetch_sub(t.pinned_pages(), O::AcqRel);
-    }
-}
-
-impl crate::Svm {
-    /// Pins the page-aligned range `[addr, addr+len)` (inside one region) to
-    /// system memory: its device-resident pages migrate back now and no
-    /// migration takes them to a device until they are unpinned (migrations
-    /// report them `skipped_pinned`; device accesses and faults map the
-    /// system pages in place). Pins nest: each pin needs its unpin.
-    ///
-    /// This is a long-term pin (`FOLL_LONGTERM`): like the kernel, which
-    /// moves long-term-pinned pages out of coherent device memory first,
-    /// svmem always moves pinned pages to system memory, whatever the
-    /// device's memory type.
-    ///
-    /// Errors, each leaving every pin count unchanged:
-    /// [`Error::PinLimit`] if the pages not pinned yet would take the pinned
-    /// bytes past the pin limit ([`crate::SvmBuilder::pin_limit`]);
-    /// [`Error::PinOverflow`] if a page is already pinned 65535 times;
-    /// [`Error::PinBusy`] if some pages stayed on a device (busy, or no room
-    /// for a bounce buffer under the memory limit); [`Error::MemoryLimit`] if
-    /// the region's pin table (2 bytes per page, allocated on its first pin)
-    /// does not fit; the range errors of [`crate::Svm::migrate`].
-    pub fn pin(&self, addr: crate::VirtAddr, len: u64) -> Result<()> {
-        let (r, first, n) = self.check_range(addr, len)?;
-        pin(&self.shared, &r, first, n)
-    }
-
-    /// Drops one pin of every page of the page-aligned range. If any page of
-    /// it is not pinned, fails with [`Error::NotPinned`] naming the first
-    /// such page and changes nothing. Pages whose last pin goes migrate
-    /// normally again.
-    pub fn unpin(&self, addr: crate::VirtAddr, len: u64) -> Result<()> {
-        let (r, first, n) = self.check_range(addr, len)?;
-        unpin(&self.shared, &r, first, n)
-    }
-
-    /// How many times the page holding `addr` is pinned (0 outside managed
-    /// memory).
-    pub fn pin_count(&self, addr: crate::VirtAddr) -> u32 {
-        self.shared
-            .region_at(addr.0)
-            .map_or(0, |r| r.pins.count(r.page_of(addr.0)) as u32)
     }
 }

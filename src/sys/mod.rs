@@ -19,16 +19,6 @@ pub use uffd::{Uffd, UffdMsg};
 /// The size of a base page on every platform svmem supports (x86-64, aarch64 with 4K pages).
 pub const PAGE_SIZE: usize = 4096;
 
-/// Restores the default action of SIGPIPE (end the process quietly), as a
-/// command-line tool's user expects when its output goes into `head`: Rust
-/// programs start with SIGPIPE ignored, which turns a closed pipe into a
-/// panic in `println!`.
-pub fn default_sigpipe() {
-    // SAFETY: SIG_DFL installs no handler code; it changes only this
-    // process's disposition for SIGPIPE.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-}
-
 /// The errno of the last failed libc call.
 pub(crate) fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)

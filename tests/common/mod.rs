@@ -78,3 +78,31 @@ pub fn dontneed(r: &Region<'_>, offset: usize, len: usize) {
     let rc = unsafe { libc::madvise(p, len, libc::MADV_DONTNEED) };
     assert_eq!(rc, 0, "madvise failed: {}", std::io::Error::last_os_error());
 }
+
+/// Sums `words` u64 words from `base` with a device kernel, `item_words` a
+/// work item, read in place with `Lane::read_words` (a sequential sweep).
+pub fn sum_kernel(
+    svm: &Svm,
+    dev: svmem::DeviceId,
+    base: svmem::VirtAddr,
+    words: u64,
+    item_words: u64,
+) -> svmem::Result<u64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let total = AtomicU64::new(0);
+    svm.device(dev)?
+        .launch(words.div_ceil(item_words), |lane, item| {
+            let lo = item * item_words;
+            let n = item_words.min(words - lo);
+            let mut sum = 0u64;
+            lane.read_words(base.offset(lo * 8), n, |ws| {
+                sum = ws
+                    .iter()
+                    .fold(sum, |a, w| a.wrapping_add(w.load(Ordering::Relaxed)));
+            })?;
+            total.fetch_add(sum, Ordering::Relaxed);
+            Ok(())
+        })?
+        .check()?;
+    Ok(total.into_inner())
+}

@@ -9,8 +9,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use svmem::bench::{fill_pattern, prefaulted, sum_words};
 use svmem::{DeviceId, Location, Svm};
+use svmem_cli::bench::{fill_pattern, prefaulted, sum_words};
 
 const SIZE: usize = 64 << 20;
 const SEED: u64 = 0x6d69_6772_6174_6521;

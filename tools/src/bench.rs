@@ -7,12 +7,12 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use crate::addr::{DeviceId, Location, VirtAddr};
-use crate::device::EmulatedConfig;
-use crate::error::Error;
-use crate::migrate::MigrateReport;
-use crate::stats::Stats;
-use crate::svm::Svm;
+use svmem::EmulatedConfig;
+use svmem::Error;
+use svmem::MigrateReport;
+use svmem::Stats;
+use svmem::Svm;
+use svmem::{DeviceId, Location, VirtAddr};
 
 /// Why a benchmark failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +109,7 @@ pub fn prefaulted(len: usize) -> Vec<u8> {
 
 /// The machine's single-thread copy limit for a set of bytes, measured once
 /// each way: glibc's `memcpy`, and a streaming copy (non-temporal stores,
-/// [`crate::sys::stream_copy`], what the emulated copy engines use). The
+/// [`svmem::device::stream_copy`], what the emulated copy engines use). The
 /// faster one is the limit the benchmarks divide by, so an engine's better
 /// copy loop never inflates a ratio.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -136,7 +136,7 @@ pub fn copy_limit(dst: &mut [u8], src: &[u8]) -> CopyLimit {
     let libc = t.elapsed();
     black_box(&mut *dst);
     let t = Instant::now();
-    crate::sys::stream_copy(dst, black_box(src));
+    svmem::device::stream_copy(dst, black_box(src));
     let stream = t.elapsed();
     black_box(&mut *dst);
     CopyLimit {
@@ -203,7 +203,7 @@ pub fn check_pattern(words: &[u64], seed: u64, first_index: u64) -> Option<Misma
 }
 
 /// Runs a kernel on device `dev` that reads the `words` u64 words at `base`
-/// in place ([`crate::Lane::read_words`]) in work items of `item_words` (in
+/// in place ([`svmem::Lane::read_words`]) in work items of `item_words` (in
 /// ascending order) and returns their wrapping sum, so every read happens; a
 /// fatal fault is an error.
 pub fn sum_kernel(
@@ -395,7 +395,7 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
         .map_err(|_| BenchError::Params(format!("size {size} does not fit in memory")))?;
     let config = EmulatedConfig {
         name: "bench".into(),
-        memory_bytes: size.next_multiple_of(crate::PAGE_SIZE as u64),
+        memory_bytes: size.next_multiple_of(svmem::PAGE_SIZE as u64),
         ..EmulatedConfig::default()
     };
     let (device_memory_bytes, copy_engines) = (config.memory_bytes, config.copy_engines);

@@ -19,29 +19,30 @@
 //!    block after block, in an order fault-ahead cannot predict:
 //!    the fault buffer fills while the service thread migrates the previous
 //!    block, and batches of 256 faults of one block follow. Its batch times
-//!    come from [`crate::BatchStats`] of a device built for the run.
+//!    come from [`svmem::BatchStats`] of a device built for the run.
 //!
 //! Every sum is checked against the data the CPU wrote.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::addr::{DeviceId, Location, BLOCK_PAGES, BLOCK_SIZE, PAGE_SIZE};
-use crate::attr::Attr;
 use crate::bench::{
     copy_limit, fill_pattern, gbps, pattern_word, prefaulted, sum_kernel, BenchError, Machine,
     Spread,
 };
-use crate::device::{EmulatedConfig, MemoryType};
-use crate::stats::Stats;
-use crate::svm::{Region, Svm};
+use svmem::addr::BLOCK_PAGES;
+use svmem::Attr;
+use svmem::Stats;
+use svmem::{DeviceId, Location, BLOCK_SIZE, PAGE_SIZE};
+use svmem::{EmulatedConfig, MemoryType};
+use svmem::{Region, Svm};
 
 /// Default size of the sweep region: 1 GiB.
 pub const DEFAULT_FAULTS_SIZE: u64 = 1 << 30;
 /// Bytes one sweep work item reads in bulk.
 pub const SWEEP_ITEM_BYTES: u64 = 2 << 20;
 /// Lanes of the fault-service device: one full fault batch.
-pub const SERVICE_LANES: usize = crate::fault::MAX_BATCH;
+pub const SERVICE_LANES: usize = svmem::MAX_BATCH;
 /// 2 MiB blocks the fault-service kernel walks through.
 pub const SERVICE_BLOCKS: u64 = 64;
 /// Blocks migrated one by one for the block-migrate time.

@@ -20,11 +20,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::addr::{DeviceId, Location, PAGE_SIZE};
-use crate::attr::Attr;
 use crate::bench::{fill_pattern, gbps, sum_kernel, BenchError, Machine, Spread};
-use crate::device::EmulatedConfig;
-use crate::svm::Svm;
+use svmem::Attr;
+use svmem::EmulatedConfig;
+use svmem::Svm;
+use svmem::{DeviceId, Location, PAGE_SIZE};
 
 /// Working sets, as multiples of device memory.
 pub const RATIOS: [f64; 4] = [0.5, 1.25, 1.5, 2.0];
@@ -185,7 +185,7 @@ fn one(
     mitigation: bool,
 ) -> Result<OversubRun, BenchError> {
     let window = if mitigation {
-        Duration::from_millis(crate::policy::THRASH_WINDOW_MS)
+        Duration::from_millis(svmem::placement::policy::THRASH_WINDOW_MS)
     } else {
         Duration::ZERO
     };

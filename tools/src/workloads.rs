@@ -21,13 +21,13 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::addr::{DeviceId, Location, VirtAddr, PAGE_SIZE};
-use crate::attr::{AccessMode, Attr};
 use crate::bench::pattern_word;
-use crate::error::Error;
-use crate::kernel::{DeviceFault, Lane, LaunchReport};
-use crate::stats::Stats;
-use crate::svm::{Region, Svm};
+use svmem::Error;
+use svmem::Stats;
+use svmem::{AccessMode, Attr};
+use svmem::{DeviceFault, Lane, LaunchReport};
+use svmem::{DeviceId, Location, VirtAddr, PAGE_SIZE};
+use svmem::{Region, Svm};
 
 /// The device every workload runs on.
 const DEV: DeviceId = DeviceId(0);
@@ -231,7 +231,7 @@ pub enum RunError {
 }
 
 /// Runs workload `w` on device 0 of `svm`; see the module docs.
-pub fn run(svm: &Svm, w: Workload, cfg: &RunConfig) -> crate::Result<RunReport, RunError> {
+pub fn run(svm: &Svm, w: Workload, cfg: &RunConfig) -> std::result::Result<RunReport, RunError> {
     if cfg.xnack != svm.xnack() {
         return Err(RunError::Config(format!(
             "the run asks for XNACK {} but the Svm was built with XNACK {}",

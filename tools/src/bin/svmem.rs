@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use svmem::bench::{self, BenchError, Machine, MigrateBench, Spread};
-use svmem::bench_faults::{self, FaultsBench};
-use svmem::bench_oversub::{self, OversubBench};
-use svmem::workloads::{self, RunConfig, RunError, RunReport, Workload};
 use svmem::{DeviceId, EmulatedConfig, Location, MemoryType, Stats, Svm};
+use svmem_cli::bench::{self, BenchError, Machine, MigrateBench, Spread};
+use svmem_cli::bench_faults::{self, FaultsBench};
+use svmem_cli::bench_oversub::{self, OversubBench};
+use svmem_cli::workloads::{self, RunConfig, RunError, RunReport, Workload};
 
 #[derive(Parser)]
 #[command(
@@ -243,7 +243,7 @@ fn human_bytes(b: u64) -> String {
 }
 
 fn main() -> ExitCode {
-    svmem::sys::default_sigpipe();
+    svmem_cli::default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo {

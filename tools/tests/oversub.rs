@@ -7,8 +7,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use svmem::workloads::{self, RunConfig, Workload};
 use svmem::{DeviceId, EmulatedConfig, EventKind, Location, Svm};
+use svmem_cli::workloads::{self, RunConfig, Workload};
 
 const D0: DeviceId = DeviceId(0);
 const DEV_MIB: u64 = 16;
@@ -135,7 +135,7 @@ fn evictions_are_reported_as_events() {
             trigger, to, from, ..
         } = ev.kind
         {
-            if trigger == svmem::events::MigrateTrigger::Eviction {
+            if trigger == svmem::observe::events::MigrateTrigger::Eviction {
                 assert_eq!(to, Location::System);
                 assert_eq!(from, Location::Device(D0));
                 ends += 1;

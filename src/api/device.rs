@@ -1,0 +1,152 @@
+//! [`DeviceHandle`]: one device of an `Svm`, as the program sees it.
+
+use super::svm::Svm;
+use crate::addr::{DeviceId, VirtAddr, PAGE_SIZE};
+use crate::device::MemoryType;
+use crate::error::{DeviceFault, Result};
+use crate::gpu::access::{self, AccessReport, Op, PageView};
+use crate::gpu::fault::BatchStats;
+use crate::gpu::kernel::{Lane, LaunchReport};
+use crate::mm::migrate::{self, MigrateReport, Trigger};
+use crate::mm::state::PageState;
+
+/// Static facts about a device.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceInfo {
+    pub id: u8,
+    pub name: String,
+    pub memory_type: MemoryType,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// One device of an `Svm`, as the application drives it.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceHandle<'s> {
+    pub(super) svm: &'s Svm,
+    pub(super) id: DeviceId,
+}
+
+impl DeviceHandle<'_> {
+    pub fn id(&self) -> DeviceId {
+        self.id
+    }
+
+    pub fn info(&self) -> DeviceInfo {
+        let d = &self.svm.shared.devices[self.id.0 as usize];
+        DeviceInfo {
+            id: self.id.0,
+            name: d.name().to_string(),
+            memory_type: d.memory_type(),
+            capacity_bytes: d.capacity_pages() * PAGE_SIZE as u64,
+            free_bytes: d.free_pages() * PAGE_SIZE as u64,
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `addr` through the device's page table.
+    pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<AccessReport> {
+        let sh = &self.svm.shared;
+        sh.check_device_alive(self.id)?;
+        let res = access::access(sh, self.id, addr, Op::Read(buf));
+        crate::pressure::failure::after_access(sh, self.id, res)
+    }
+
+    /// Writes `buf` at `addr` through the device's page table.
+    pub fn write(&self, addr: VirtAddr, buf: &[u8]) -> Result<AccessReport> {
+        let sh = &self.svm.shared;
+        sh.check_device_alive(self.id)?;
+        let res = access::access(sh, self.id, addr, Op::Write(buf));
+        crate::pressure::failure::after_access(sh, self.id, res)
+    }
+
+    /// Applies fault-injection settings to this device (validated as a
+    /// whole first: refused settings change nothing). Devices without fault
+    /// injection refuse.
+    pub fn inject(&self, inj: crate::device::Injection) -> Result<()> {
+        self.svm.shared.devices[self.id.0 as usize].inject(inj)
+    }
+
+    /// The fault-injection settings in force (`None`: not supported).
+    pub fn injection(&self) -> Option<crate::device::Injection> {
+        self.svm.shared.devices[self.id.0 as usize].injection()
+    }
+
+    /// Clears injected copy and allocation failures.
+    pub fn clear_injection(&self) -> Result<()> {
+        self.svm.shared.devices[self.id.0 as usize].clear_injection()
+    }
+
+    /// Simulates losing the device without warning: from now on every copy,
+    /// load, store, atomic and allocation on it fails. svmem finds out at
+    /// the next operation that touches the device, poisons the pages whose
+    /// data was on it, and refuses further use until
+    /// [`Svm::reset_device`].
+    pub fn lose(&self) -> Result<()> {
+        self.svm.shared.devices[self.id.0 as usize].lose()
+    }
+
+    /// Whether the device is lost (and not reset since).
+    pub fn is_lost(&self) -> bool {
+        self.svm.shared.devices[self.id.0 as usize].is_lost()
+    }
+
+    /// What the device would see of `npages` pages from `addr`, faulting nothing.
+    pub fn snapshot(&self, addr: VirtAddr, npages: usize) -> Result<Vec<PageView>> {
+        access::snapshot(&self.svm.shared, self.id, addr, npages)
+    }
+
+    /// Runs `kernel(lane, item)` for every work item in `0..grid` on the
+    /// device's compute units. Accesses go through the device's page table;
+    /// a fatal device fault stops the launch and is in the report (use
+    /// [`LaunchReport::check`] to turn it into an error).
+    pub fn launch<F>(&self, grid: u64, kernel: F) -> Result<LaunchReport>
+    where
+        F: Fn(&mut Lane<'_>, u64) -> std::result::Result<(), DeviceFault> + Sync,
+    {
+        let sh = &self.svm.shared;
+        sh.check_device_alive(self.id)?;
+        let rep = crate::gpu::kernel::launch(sh, self.id, grid, kernel);
+        sh.check_lost();
+        rep
+    }
+
+    /// Fault-service statistics of this device (recent batches).
+    pub fn fault_stats(&self) -> BatchStats {
+        self.svm.shared.runtime[self.id.0 as usize].batch_stats()
+    }
+
+    /// Evicts every page this device holds back to system memory.
+    pub fn release(&self) -> MigrateReport {
+        let sh = &self.svm.shared;
+        let regions: Vec<_> = sh.regions.read().values().cloned().collect();
+        let mut rep = MigrateReport::default();
+        for r in regions {
+            // Pipelined like any migration: blocks locked in ascending order,
+            // up to `pipeline_depth` in flight.
+            let mut inflight = std::collections::VecDeque::new();
+            for b in 0..r.blocks.len() {
+                let pages = r.block_pages(b);
+                let guard = r.blocks[b].migrate.lock();
+                let idxs: Vec<usize> = pages
+                    .filter(|&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if dev == self.id))
+                    .collect();
+                rep.requested += idxs.len() as u64;
+                if let Some(p) =
+                    migrate::isolate_to_system(sh, &r, b, &idxs, false, Some(guard), &mut rep)
+                {
+                    inflight.push_back(p);
+                }
+                while inflight.len() > sh.pipeline_depth {
+                    if let Some(p) = inflight.pop_front() {
+                        migrate::finish_to_system(sh, &r, p, Trigger::Release, &mut rep);
+                    }
+                }
+            }
+            while let Some(p) = inflight.pop_front() {
+                migrate::finish_to_system(sh, &r, p, Trigger::Release, &mut rep);
+            }
+        }
+        sh.check_lost();
+        rep
+    }
+}

@@ -1,0 +1,10 @@
+//! The public handles: [`Svm`] and its builder, [`Region`], [`DeviceHandle`].
+//! Every public method of them lives here.
+
+mod device;
+mod region;
+mod svm;
+
+pub use device::{DeviceHandle, DeviceInfo};
+pub use region::Region;
+pub use svm::{huge_mapped, MemAdvice, Svm, SvmBuilder};

@@ -1,0 +1,3 @@
+//! The CPU side: the userfaultfd reader thread and CPU fault resolution.
+
+pub(crate) mod reader;

@@ -1,0 +1,151 @@
+//! The core's shared state: what every migration, fault and access path
+//! needs, and nothing of the layers above (eviction, accounting, placement,
+//! device-side runtime own their state and reach this one).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::huge::HugePool;
+use super::poison::LossState;
+use super::space::RegionInner;
+use crate::addr::{DeviceId, VirtAddr, PAGE_SIZE};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::observe::notify::Notifier;
+use crate::observe::stats::Counters;
+use crate::sys::{Advice, Mapping, Uffd};
+
+/// Everything the reader thread and the API calls share.
+pub(crate) struct Shared {
+    /// Managed regions (MISSING + WP) and their staging mirrors (MISSING)
+    /// register here: `UFFDIO_MOVE` needs both ends on one context.
+    pub uffd: Uffd,
+    /// Messages read early by a [`super::staging::Backoff`] on the reader thread.
+    pub pending: parking_lot::Mutex<std::collections::VecDeque<crate::sys::UffdMsg>>,
+    pub devices: Vec<Arc<dyn Device>>,
+    pub regions: RwLock<BTreeMap<u64, Arc<RegionInner>>>,
+    pub counters: Counters,
+    /// 2 MiB of zeros, the source of zero-filling `UFFDIO_COPY`s.
+    pub zeros: Mapping,
+    pub pipeline_depth: usize,
+    pub granularity: u8,
+    /// Event stream and queue control, shared with every region.
+    pub notifier: Arc<Notifier>,
+    /// Which device losses have been handled (see [`super::poison`]).
+    pub losses: LossState,
+    /// Huge-page slots for first touch of whole blocks (see [`super::huge`]).
+    pub huge: HugePool,
+    /// The memory-pressure layer, seen through what the core needs of it.
+    pub pressure: Arc<dyn Pressure>,
+}
+
+/// What the core asks of the memory-pressure layer (eviction and accounting
+/// live above the core; it reaches them only through this trait).
+pub(crate) trait Pressure: Send + Sync {
+    /// Evicts from device `d` until `pages` pages are free or nothing more
+    /// can go; returns whether anything was freed.
+    fn make_room(&self, sh: &Shared, d: DeviceId, pages: u64) -> bool;
+    /// Block `b` of `r` now holds pages on device `d` (caller holds the block lock).
+    fn note_resident(&self, sh: &Shared, r: &RegionInner, b: usize, d: DeviceId);
+    /// Charges a bounce buffer of `bytes` against the memory limit; `None`
+    /// if it does not fit. The charge lasts as long as the returned value.
+    fn charge_bounce(&self, sh: &Shared, bytes: u64) -> Option<Charge>;
+    /// Host bytes of metadata kept above the core (eviction rings, range
+    /// attributes), counted with the core's own in [`Shared::metadata_bytes`].
+    fn metadata_bytes(&self) -> u64;
+}
+
+/// A charge held against the memory limit; dropping it un-charges.
+pub(crate) type Charge = Box<dyn Send + Sync>;
+
+thread_local! {
+    static PAST_LIMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's bounce-buffer charges allowed past the
+/// memory limit (for CPU faults, which must be served).
+pub(crate) fn past_limit<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PAST_LIMIT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(PAST_LIMIT.with(|c| c.replace(true)));
+    f()
+}
+
+/// Whether this thread is inside [`past_limit`].
+pub(crate) fn is_past_limit() -> bool {
+    PAST_LIMIT.with(|c| c.get())
+}
+
+impl Shared {
+    pub fn device(&self, d: DeviceId) -> Result<&Arc<dyn Device>> {
+        self.devices.get(d.0 as usize).ok_or(Error::UnknownDevice {
+            id: d,
+            count: self.devices.len(),
+        })
+    }
+
+    pub fn region_at(&self, addr: u64) -> Option<Arc<RegionInner>> {
+        let g = self.regions.read();
+        let (_, r) = g.range(..=addr).next_back()?;
+        r.contains(addr, 1).then(|| r.clone())
+    }
+
+    /// The region holding all of `[addr, addr+len)`.
+    pub fn region_for(&self, addr: VirtAddr, len: u64) -> Result<Arc<RegionInner>> {
+        self.region_at(addr.0)
+            .filter(|r| r.contains(addr.0, len))
+            .ok_or(Error::OutsideManaged { start: addr, len })
+    }
+
+    pub fn regions_overlapping(&self, start: u64, end: u64) -> Vec<Arc<RegionInner>> {
+        self.regions
+            .read()
+            .values()
+            .filter(|r| r.base() < end && start < r.base() + r.len())
+            .cloned()
+            .collect()
+    }
+
+    /// Drops the staged system pages of pages `[k, k+n)` (their data was
+    /// discarded). The run is unregistered around the `MADV_DONTNEED`, so no
+    /// REMOVE event is raised and any thread, the reader included, may call
+    /// this. The caller holds the block lock, so nothing moves in meanwhile.
+    pub fn drop_staged(&self, r: &RegionInner, k: usize, n: usize) {
+        let (at, len) = (r.staging_addr(k), (n * PAGE_SIZE) as u64);
+        let res = self
+            .uffd
+            .unregister(at, len)
+            .and_then(|_| {
+                r.staging
+                    .madvise(k * PAGE_SIZE, n * PAGE_SIZE, Advice::DontNeed)
+            })
+            .and_then(|_| self.uffd.register(at, len, false));
+        if let Err(e) = res {
+            eprintln!(
+                "svmem: dropping staging pages {at:#x}+{len:#x} failed: {e}; pages {k}..{} of region {:#x} will not migrate again",
+                k + n,
+                r.base()
+            );
+        }
+    }
+
+    /// Host bytes of all svmem metadata: regions and device allocators, and
+    /// what the layers above report through [`Pressure::metadata_bytes`].
+    pub(crate) fn metadata_bytes(&self) -> u64 {
+        let regions: u64 = self
+            .regions
+            .read()
+            .values()
+            .map(|r| r.metadata_bytes())
+            .sum();
+        regions
+            + self.devices.iter().map(|d| d.metadata_bytes()).sum::<u64>()
+            + self.pressure.metadata_bytes()
+    }
+}

@@ -1,0 +1,174 @@
+//! Staging: taking pages out of the CPU view into a region's staging mirror
+//! and putting them back (`UFFDIO_MOVE`), the ranged-ioctl retry loop that
+//! every such walk uses, and the bounded wait for unread uffd events.
+
+use super::ctx::Shared;
+use super::space::RegionInner;
+use crate::addr::PAGE_SIZE;
+use crate::sys::uffd::UffdMsg;
+
+thread_local! {
+    static IS_READER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as the uffd reader: a [`Backoff`] on it reads unread
+/// events itself (nobody else would).
+pub(crate) fn mark_reader_thread() {
+    IS_READER.with(|r| r.set(true));
+}
+
+/// What [`page_runs`] does with the page a ranged ioctl stopped at.
+pub(crate) enum Stuck {
+    /// Try the ioctl again from this page.
+    Retry,
+    /// Go on after this page.
+    Skip,
+}
+
+/// Runs a ranged uffd ioctl `op(first_page, len)` over the pages of `pages`,
+/// resuming after partial progress. A stop on an unread event (`EAGAIN`) is
+/// waited out with a [`Backoff`]; any other stop, or `EAGAIN` once the
+/// backoff gives up, goes to `stuck(page, errno)`.
+pub(crate) fn page_runs(
+    sh: &Shared,
+    pages: std::ops::Range<usize>,
+    mut op: impl FnMut(usize, u64) -> Result<u64, crate::sys::uffd::Partial>,
+    mut stuck: impl FnMut(usize, i32) -> Stuck,
+) {
+    let (mut i, end) = (pages.start, pages.end);
+    let mut backoff = Backoff::new(sh);
+    while i < end {
+        match op(i, ((end - i) * PAGE_SIZE) as u64) {
+            Ok(_) => break,
+            Err(p) => {
+                i += p.done as usize / PAGE_SIZE;
+                if i >= end {
+                    break;
+                }
+                if p.errno == libc::EAGAIN && backoff.wait() {
+                    continue;
+                }
+                if let Stuck::Skip = stuck(i, p.errno) {
+                    i += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Bounded waiting for an ioctl that returned `EAGAIN` because a
+/// non-cooperative event (REMOVE, UNMAP) is not read yet. On the reader thread
+/// it reads the pending messages into `Shared::pending` (which releases the
+/// thread that raised the event; the reader handles them next); elsewhere it
+/// yields, then sleeps, giving the reader time. Gives up after about 100 ms so
+/// that no caller can wait forever on a reader that waits for the caller's
+/// block lock.
+pub(crate) struct Backoff<'a> {
+    sh: &'a Shared,
+    tries: u32,
+}
+
+impl<'a> Backoff<'a> {
+    pub fn new(sh: &'a Shared) -> Self {
+        Backoff { sh, tries: 0 }
+    }
+
+    /// Waits a little; false once the budget is spent.
+    pub fn wait(&mut self) -> bool {
+        self.tries += 1;
+        if self.tries > 1100 {
+            return false;
+        }
+        if IS_READER.with(|r| r.get()) {
+            let mut buf = [UffdMsg::default(); 16];
+            if let Ok(n) = self.sh.uffd.read_msgs(&mut buf) {
+                self.sh.pending.lock().extend(buf[..n].iter().copied());
+            }
+        }
+        if self.tries < 100 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        true
+    }
+}
+
+/// Runs of consecutive values in ascending indices, as (first, count).
+pub(crate) fn runs(idx: impl Iterator<Item = usize>) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for i in idx {
+        match out.last_mut() {
+            Some((s, n)) if *s + *n == i => *n += 1,
+            _ => out.push((i, 1)),
+        }
+    }
+    out
+}
+
+/// The outcome of moving one page out of the CPU view.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Taken {
+    Moved,
+    /// No page was there (discarded under us): its content is zeros.
+    Hole,
+    Busy,
+}
+
+/// Moves `[start, start+n)` of the managed view into staging. Busy pages are
+/// retried up to 3 times.
+pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<Taken> {
+    let mut out = vec![Taken::Moved; n];
+    // (page, tries): busy retries belong to the page that is busy.
+    let mut busy = (usize::MAX, 0);
+    page_runs(
+        sh,
+        start..start + n,
+        |i, len| {
+            sh.uffd
+                .move_pages(r.staging_addr(i), r.addr_of(i).0, len, false, true)
+        },
+        |i, errno| match errno {
+            libc::ENOENT => {
+                out[i - start] = Taken::Hole;
+                Stuck::Skip
+            }
+            libc::EBUSY if busy.0 != i || busy.1 < 2 => {
+                busy = (i, if busy.0 == i { busy.1 + 1 } else { 1 });
+                std::thread::yield_now();
+                Stuck::Retry
+            }
+            _ => {
+                out[i - start] = Taken::Busy;
+                Stuck::Skip
+            }
+        },
+    );
+    out
+}
+
+/// Puts staged pages back into the CPU view (rollback, or the end of a
+/// migration to system memory). Returns the pages that could not be put back.
+/// Waiters are not woken: callers wake the pages once states and counters
+/// are committed.
+pub(crate) fn return_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<usize> {
+    let mut failed = Vec::new();
+    page_runs(
+        sh,
+        start..start + n,
+        |i, len| {
+            sh.uffd
+                .move_pages(r.addr_of(i).0, r.staging_addr(i), len, false, true)
+        },
+        |i, _| {
+            // MOVE refused this page: copy it instead, then drop the staged page.
+            let src = r.staging_addr(i);
+            match sh.uffd.copy(r.addr_of(i).0, src, PAGE_SIZE as u64, true) {
+                Ok(_) => sh.drop_staged(r, i, 1),
+                Err(_) => failed.push(i),
+            }
+            Stuck::Skip
+        },
+    );
+    failed
+}
