@@ -93,3 +93,5 @@ pub enum AccessKind {
 
 /// Most devices one `Svm` can hold.
 pub const MAX_DEVICES: usize = 8;
+/// Largest device page number the state word can hold.
+pub const MAX_DEV_PAGES: u64 = 1 << 25;

@@ -731,7 +731,7 @@ impl Svm {
     /// for a bounce buffer under the memory limit); [`Error::MemoryLimit`] if
     /// the region's pin table (2 bytes per page, allocated on its first pin)
     /// does not fit; the range errors of [`crate::Svm::migrate`].
-    pub fn pin(&self, addr: crate::VirtAddr, len: u64) -> Result<()> {
+    pub fn pin(&self, addr: VirtAddr, len: u64) -> Result<()> {
         let (r, first, n) = self.check_range(addr, len)?;
         crate::pressure::pin::pin(&self.shared, &self.shared.pressure, &r, first, n)
     }
@@ -740,14 +740,14 @@ impl Svm {
     /// it is not pinned, fails with [`Error::NotPinned`] naming the first
     /// such page and changes nothing. Pages whose last pin goes migrate
     /// normally again.
-    pub fn unpin(&self, addr: crate::VirtAddr, len: u64) -> Result<()> {
+    pub fn unpin(&self, addr: VirtAddr, len: u64) -> Result<()> {
         let (r, first, n) = self.check_range(addr, len)?;
         crate::pressure::pin::unpin(&self.shared, &self.shared.pressure, &r, first, n)
     }
 
     /// How many times the page holding `addr` is pinned (0 outside managed
     /// memory).
-    pub fn pin_count(&self, addr: crate::VirtAddr) -> u32 {
+    pub fn pin_count(&self, addr: VirtAddr) -> u32 {
         self.shared
             .region_at(addr.0)
             .map_or(0, |r| r.pins.count(r.page_of(addr.0)) as u32)

@@ -9,9 +9,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::inject::{Injection, Injector};
 use super::{AtomicOp, Buddy, CopyJob, CopyOp, DevRun, Device, DeviceError, Fence, MemoryType};
+use crate::addr::MAX_DEV_PAGES;
 use crate::addr::{DevPage, PAGE_SIZE};
 use crate::error::{Error, Result};
-use crate::mm::state::MAX_DEV_PAGES;
 use crate::sys::{Advice, Mapping, Prot};
 
 /// How to build an emulated device.

@@ -7,6 +7,7 @@ pub(crate) mod announce;
 pub(crate) mod ctx;
 pub(crate) mod huge;
 pub(crate) mod migrate;
+pub(crate) mod pins;
 pub(crate) mod poison;
 pub(crate) mod populate;
 pub(crate) mod space;

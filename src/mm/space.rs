@@ -113,8 +113,8 @@ pub(crate) struct RegionInner {
     pub dev_sweep_end: Box<[AtomicUsize]>,
     /// Queue control and event stream, told about every invalidation.
     pub notifier: Arc<Notifier>,
-    /// Pin counts (see [`crate::pressure::pin`]).
-    pub pins: crate::pressure::pin::Pins,
+    /// Pin counts (see [`super::pins`]).
+    pub pins: super::pins::Pins,
     /// Set by `free_region` before it takes any block lock: a migration
     /// that finds it set under a block lock must not give the block device
     /// pages (nobody would free them).

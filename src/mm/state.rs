@@ -22,9 +22,8 @@
 use crate::addr::{DevPage, DeviceId};
 use crate::sync::{AtomicU32, Ordering};
 
-/// Largest device page number the state word can hold.
-pub const MAX_DEV_PAGES: u64 = 1 << 25;
 pub use crate::addr::MAX_DEVICES;
+pub use crate::addr::MAX_DEV_PAGES;
 
 /// The state of one managed page.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

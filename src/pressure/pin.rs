@@ -28,94 +28,17 @@
 //! migrated pages back to system memory (best effort, as any migration) and
 //! allocated the region's pin table.
 
-use std::sync::atomic::{AtomicU16, Ordering as O};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering as O;
+use std::sync::Arc;
 
 use super::PressureState;
 use crate::addr::{BLOCK_PAGES, PAGE_SIZE};
 use crate::error::{Error, Result};
 use crate::mm::ctx::Shared;
 use crate::mm::migrate::{self, Trigger};
+use crate::mm::pins::PinTable;
 use crate::mm::space::RegionInner;
 use crate::mm::state::PageState;
-
-/// A region's pins; the table exists once the region was first pinned.
-#[derive(Debug, Default)]
-pub(crate) struct Pins {
-    table: OnceLock<PinTable>,
-}
-
-#[derive(Debug)]
-struct PinTable {
-    /// Pin count per page.
-    counts: Box<[AtomicU16]>,
-    /// Pages with a non-zero count, per 2 MiB block.
-    per_block: Box<[AtomicU16]>,
-}
-
-impl PinTable {
-    fn new(npages: usize) -> PinTable {
-        PinTable {
-            counts: (0..npages).map(|_| AtomicU16::new(0)).collect(),
-            per_block: (0..npages.div_ceil(BLOCK_PAGES))
-                .map(|_| AtomicU16::new(0))
-                .collect(),
-        }
-    }
-
-    fn bytes_for(npages: usize) -> u64 {
-        ((npages + npages.div_ceil(BLOCK_PAGES)) * std::mem::size_of::<AtomicU16>()) as u64
-    }
-
-    /// One more pin of page `i` (block `b`); the caller checked for overflow.
-    /// Returns whether the page became pinned.
-    fn inc(&self, b: usize, i: usize) -> bool {
-        let first = self.counts[i].fetch_add(1, O::AcqRel) == 0;
-        if first {
-            self.per_block[b].fetch_add(1, O::AcqRel);
-        }
-        first
-    }
-
-    /// One pin less; the caller checked the page is pinned. Returns whether
-    /// the page became unpinned.
-    fn dec(&self, b: usize, i: usize) -> bool {
-        let last = self.counts[i].fetch_sub(1, O::AcqRel) == 1;
-        if last {
-            self.per_block[b].fetch_sub(1, O::AcqRel);
-        }
-        last
-    }
-
-    fn pinned_pages(&self) -> u64 {
-        self.per_block
-            .iter()
-            .map(|c| c.load(O::Acquire) as u64)
-            .sum()
-    }
-}
-
-impl Pins {
-    /// Whether page `i` (in block `b`) is pinned. Stable while the caller
-    /// holds the block's migration lock.
-    pub fn pinned(&self, b: usize, i: usize) -> bool {
-        self.table.get().is_some_and(|t| {
-            t.per_block[b].load(O::Acquire) != 0 && t.counts[i].load(O::Acquire) != 0
-        })
-    }
-
-    /// Bytes of the pin table (0 before the region's first pin).
-    pub fn metadata_bytes(&self) -> u64 {
-        self.table
-            .get()
-            .map_or(0, |t| PinTable::bytes_for(t.counts.len()))
-    }
-
-    /// The pin count of page `i`.
-    pub fn count(&self, i: usize) -> u16 {
-        self.table.get().map_or(0, |t| t.counts[i].load(O::Acquire))
-    }
-}
 
 /// Whether `r` is still one of the `Svm`'s regions (not freed).
 fn is_live(sh: &Shared, r: &Arc<RegionInner>) -> bool {
