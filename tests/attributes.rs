@@ -384,3 +384,67 @@ fn the_event_stream_reports_migrations_faults_and_queue_evictions() {
     }
     assert!(evicted && restored, "{:?}", svm.stats());
 }
+
+/// `DEVICE_READ_ONLY` holds on every device write path, whether or not the
+/// pages were mapped for the device before (a read maps them), in both fault
+/// modes: `DeviceHandle::write`, lane stores, bulk writes and atomics are
+/// refused and leave every byte as it was. (Before the mapping routines were
+/// one, `DeviceHandle::read` mapped pages writable and `DeviceHandle::write`
+/// changed the data.)
+#[test]
+fn device_read_only_refuses_every_device_write_path() {
+    for xnack in [true, false] {
+        let svm = svm(1, xnack);
+        let mut r = svm.alloc(2 << 20).unwrap();
+        r.as_mut_slice::<u64>().fill(7);
+        svm.set_attributes(
+            r.addr(),
+            r.len(),
+            &[Attr::SetFlags(AttrFlags::DEVICE_READ_ONLY)],
+        )
+        .unwrap();
+        let dev = svm.device(D0).unwrap();
+        // Reads work, and map the pages for the device.
+        let mut buf = [0u8; 8];
+        dev.read(r.at(64), &mut buf).unwrap();
+        assert_eq!(u64::from_ne_bytes(buf), 7);
+        let err = dev.write(r.at(64), &1u64.to_ne_bytes()).unwrap_err();
+        assert!(matches!(err, Error::ReadOnly { dev: D0, .. }), "{err}");
+        // Also on pages never mapped for the device, and partly read-only:
+        // the refusal comes before any byte changes.
+        let err = dev.write(r.at(1 << 20), &[1u8; 3 * 4096]).unwrap_err();
+        assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+        type Kernel = fn(&mut svmem::Lane<'_>, svmem::VirtAddr) -> Result<(), svmem::DeviceFault>;
+        let kernels: [(&str, Kernel); 5] = [
+            ("store", |l, a| l.store::<u64>(a, 1)),
+            ("write_slice", |l, a| l.write_slice::<u64>(a, &[1, 2, 3])),
+            ("atomic_add_u32", |l, a| l.atomic_add_u32(a, 1).map(|_| ())),
+            ("atomic_add_u64", |l, a| l.atomic_add_u64(a, 1).map(|_| ())),
+            ("compare_exchange_u64", |l, a| {
+                l.compare_exchange_u64(a, 7, 1).map(|_| ())
+            }),
+        ];
+        for (name, k) in kernels {
+            for at in [64u64, 4096 * 300] {
+                let rep = dev.launch(1, |lane, _| k(lane, r.at(at))).unwrap();
+                assert!(
+                    rep.fatal.is_some(),
+                    "{name} at {at:#x} (xnack {xnack}) was not refused: {rep:?}"
+                );
+            }
+        }
+        assert!(
+            r.as_slice::<u64>().iter().all(|&w| w == 7),
+            "a device write changed device-read-only memory (xnack {xnack})"
+        );
+        // Clearing the flag lets writes through again.
+        svm.set_attributes(
+            r.addr(),
+            r.len(),
+            &[Attr::ClearFlags(AttrFlags::DEVICE_READ_ONLY)],
+        )
+        .unwrap();
+        dev.write(r.at(64), &1u64.to_ne_bytes()).unwrap();
+        assert_eq!(r.as_slice::<u64>()[8], 1);
+    }
+}

@@ -4,6 +4,7 @@
 //! system pages in place (remote access), zero-fills untouched pages, and pulls
 //! pages held by another device; then the access resumes.
 
+use super::map::{block_segments, map_locked};
 use super::Ctx;
 use crate::addr::{DeviceId, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
 use crate::device::DeviceError;
@@ -11,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::mm::migrate::{self, Trigger};
 use crate::mm::space::{Pte, RegionInner};
 use crate::mm::state::PageState;
+use crate::placement::attr::AttrFlags;
 use crate::sync::Ordering;
 
 /// What a device read or write covered.
@@ -49,8 +51,9 @@ pub(crate) enum Op<'b> {
     Write(&'b [u8]),
 }
 
-/// Maps pages `[from, to)` of `r` for device `d` (write: writable), pulling and
-/// populating as needed. One pass.
+/// Maps pages `[from, to)` of `r` for device `d`, pulling pages held by
+/// other devices and populating untouched ones, through the one mapping
+/// routine ([`map_locked`], which honours the range's attributes). One pass.
 fn fault_pass(
     sh: &Ctx,
     r: &RegionInner,
@@ -59,31 +62,26 @@ fn fault_pass(
     to: usize,
     write: bool,
 ) -> Result<()> {
-    let table = &r.ptes[d.0 as usize];
-    let writable = r.is_writable();
+    // A lost device gets no translations: say so instead of retrying.
+    sh.check_device_alive(d)?;
     let mut i = from;
     while i < to {
         let b = i / BLOCK_PAGES;
         let hi = to.min((b + 1) * BLOCK_PAGES);
+        let segs = block_segments(sh, r, b);
         let _g = r.blocks[b].migrate.lock();
         if let Some(k) = (i..hi).find(|&k| r.states[k].load() == PageState::Poisoned) {
             return Err(Error::Poisoned { addr: r.addr_of(k) });
         }
         migrate::pull_to_system(sh, r, i..hi, Some(d), Trigger::DeviceFault);
-        crate::mm::populate::populate(sh, r, i, hi, write);
-        for k in i..hi {
-            let pte = match r.states[k].load() {
-                PageState::System => Pte::System { write: writable },
-                PageState::Device { dev, page, .. } if dev == d => Pte::Device {
-                    page,
-                    write: writable,
-                },
-                // Left elsewhere (a failed pull): the access will retry.
-                _ => continue,
-            };
-            table[k].store(pte.encode(), Ordering::Release);
+        for (lo, shi, attrs) in segs {
+            let (lo, shi) = (lo.max(i), shi.min(hi));
+            if lo < shi {
+                // Pages left elsewhere (a failed pull) stay unmapped: the
+                // access retries them.
+                map_locked(sh, r, d, lo, shi, write, attrs.flags);
+            }
         }
-        r.blocks[b].mapped.fetch_or(1 << d.0, Ordering::AcqRel);
         i = hi;
     }
     sh.counters.add(&sh.counters.device_fault_passes, 1);
@@ -114,6 +112,22 @@ pub(crate) fn access(
     }
     let first = r.page_of(addr.0);
     let last = r.page_of(addr.0 + len - 1);
+    if write {
+        // A device-read-only range refuses every device write before any
+        // byte changes (its translations are read-only; this says so once).
+        let base = r.base() / PAGE_SIZE as u64;
+        let segs = sh
+            .attrs
+            .read()
+            .segments(base + first as u64, base + last as u64 + 1);
+        if let Some((s, _, _)) = segs
+            .iter()
+            .find(|s| s.2.flags.contains(AttrFlags::DEVICE_READ_ONLY))
+        {
+            let at = VirtAddr((*s * PAGE_SIZE as u64).max(addr.0));
+            return Err(Error::ReadOnly { dev: d, addr: at });
+        }
+    }
     if let Some(k) = (first..=last).find(|&k| r.states[k].load() == PageState::Poisoned) {
         return Err(Error::Poisoned { addr: r.addr_of(k) });
     }

@@ -53,7 +53,11 @@ pub(crate) fn map_locked(
 }
 
 /// The attribute segments of block `b`, as page ranges of `r`.
-fn block_segments(sh: &Ctx, r: &RegionInner, b: usize) -> Vec<(usize, usize, RangeAttrs)> {
+pub(crate) fn block_segments(
+    sh: &Ctx,
+    r: &RegionInner,
+    b: usize,
+) -> Vec<(usize, usize, RangeAttrs)> {
     let pages = r.block_pages(b);
     let base = r.base() / PAGE_SIZE as u64;
     sh.attrs
