@@ -81,7 +81,7 @@ fn crate_paths(code: &str) -> Vec<(usize, String)> {
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
             out.push((n + 1, name));
-            rest = &tail[..];
+            rest = tail;
         }
     }
     out

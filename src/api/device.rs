@@ -1,14 +1,13 @@
 //! [`DeviceHandle`]: one device of an `Svm`, as the program sees it.
 
 use super::svm::Svm;
-use crate::addr::{DeviceId, VirtAddr, PAGE_SIZE};
+use crate::addr::{DeviceId, Location, VirtAddr, PAGE_SIZE};
 use crate::device::MemoryType;
 use crate::error::{DeviceFault, Result};
 use crate::gpu::access::{self, AccessReport, Op, PageView};
 use crate::gpu::fault::BatchStats;
 use crate::gpu::kernel::{Lane, LaunchReport};
 use crate::mm::migrate::{self, MigrateReport, Trigger};
-use crate::mm::state::PageState;
 
 /// Static facts about a device.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -121,30 +120,8 @@ impl DeviceHandle<'_> {
         let regions: Vec<_> = sh.regions.read().values().cloned().collect();
         let mut rep = MigrateReport::default();
         for r in regions {
-            // Pipelined like any migration: blocks locked in ascending order,
-            // up to `pipeline_depth` in flight.
-            let mut inflight = std::collections::VecDeque::new();
-            for b in 0..r.blocks.len() {
-                let pages = r.block_pages(b);
-                let guard = r.blocks[b].migrate.lock();
-                let idxs: Vec<usize> = pages
-                    .filter(|&i| matches!(r.states[i].load(), PageState::Device { dev, .. } if dev == self.id))
-                    .collect();
-                rep.requested += idxs.len() as u64;
-                if let Some(p) =
-                    migrate::isolate_to_system(sh, &r, b, &idxs, false, Some(guard), &mut rep)
-                {
-                    inflight.push_back(p);
-                }
-                while inflight.len() > sh.pipeline_depth {
-                    if let Some(p) = inflight.pop_front() {
-                        migrate::finish_to_system(sh, &r, p, Trigger::Release, &mut rep);
-                    }
-                }
-            }
-            while let Some(p) = inflight.pop_front() {
-                migrate::finish_to_system(sh, &r, p, Trigger::Release, &mut rep);
-            }
+            let (to, from) = (Location::System, Some(self.id));
+            migrate::pipeline(sh, &r, 0..r.npages, to, from, Trigger::Release, &mut rep);
         }
         sh.check_lost();
         rep

@@ -84,10 +84,7 @@ impl Region<'_> {
     /// migrate (reported not migratable).
     pub fn protect(&self, prot: Prot) -> Result<()> {
         let r = &self.inner;
-        for b in 0..r.blocks.len() {
-            let _g = r.blocks[b].migrate.lock();
-            r.invalidate(b, r.block_pages(b), UnmapTrigger::MmuNotify);
-        }
+        r.invalidate_range(0..r.npages, UnmapTrigger::MmuNotify, |_, _| {});
         r.managed
             .protect(prot)
             .map_err(|e| Error::os("mprotect", e))?;

@@ -453,18 +453,12 @@ impl Svm {
             .set(start, start + n as u64, attrs, sh.devices.len())?;
         let mut blocks: Vec<usize> = Vec::new();
         for (s, e) in changed {
-            let (lo, hi) = ((s - base) as usize, (e - base) as usize);
-            let mut i = lo;
-            while i < hi {
-                let b = i / BLOCK_PAGES;
-                let bhi = hi.min((b + 1) * BLOCK_PAGES);
-                let _g = r.blocks[b].migrate.lock();
-                r.invalidate(b, i..bhi, UnmapTrigger::MmuNotify);
+            let pages = (s - base) as usize..(e - base) as usize;
+            r.invalidate_range(pages, UnmapTrigger::MmuNotify, |b, _| {
                 if blocks.last() != Some(&b) {
                     blocks.push(b);
                 }
-                i = bhi;
-            }
+            });
         }
         for &b in &blocks {
             crate::gpu::map::refresh_block(sh, &r, b);
@@ -628,17 +622,18 @@ impl Svm {
         let sh = &self.shared;
         r.freed.store(true, std::sync::atomic::Ordering::Release);
         sh.regions.write().remove(&r.base());
-        for b in 0..r.blocks.len() {
-            let _g = r.blocks[b].migrate.lock();
-            r.blocks[b].keep_mapped.store(0, Ordering::Release);
-            r.invalidate(b, r.block_pages(b), UnmapTrigger::UnmapFromCpu);
+        for blk in r.blocks.iter() {
+            // No restore worker maps a block of a region being freed.
+            blk.keep_mapped.store(0, Ordering::Release);
+        }
+        r.invalidate_range(0..r.npages, UnmapTrigger::UnmapFromCpu, |_, pages| {
             let mut freed = FreeBatch::new(&sh.devices);
-            for i in r.block_pages(b) {
+            for i in pages {
                 if let Ok(PageState::Device { dev, page, .. }) = r.states[i].discard() {
                     freed.push(dev, page);
                 }
             }
-        }
+        });
         crate::pressure::evict::forget_region(sh, &sh.pressure, r);
         let first = r.base() / PAGE_SIZE as u64;
         sh.attrs.write().remove(first, first + r.npages as u64);

@@ -23,6 +23,7 @@ use crate::mm::populate::populate;
 use crate::mm::space::RegionInner;
 use crate::mm::staging;
 use crate::mm::state::PageState;
+use crate::observe::events::UnmapTrigger;
 use crate::sync::Ordering;
 use crate::sys::uffd::{self, UffdMsg};
 use crate::sys::EventFd;
@@ -87,20 +88,11 @@ fn discard(sh: &Shared, start: u64, end: u64) {
     for r in sh.regions_overlapping(start, end) {
         let lo = r.page_of(start.max(r.base()));
         let hi = r.page_of(end.min(r.base() + r.len()) + PAGE_SIZE as u64 - 1);
-        let mut i = lo;
-        while i < hi {
-            let b = i / BLOCK_PAGES;
-            let bhi = hi.min((b + 1) * BLOCK_PAGES);
-            let _g = r.blocks[b].migrate.lock();
-            r.invalidate(
-                b,
-                i..bhi,
-                crate::observe::events::UnmapTrigger::UnmapFromCpu,
-            );
+        r.invalidate_range(lo..hi, UnmapTrigger::UnmapFromCpu, |_, pages| {
             let mut freed = crate::device::FreeBatch::new(&sh.devices);
             let mut staged_pages = Vec::new();
             let mut system_pages = Vec::new();
-            for k in i..bhi {
+            for k in pages {
                 match r.states[k].discard() {
                     Ok(PageState::Device { dev, page, staged }) => {
                         freed.push(dev, page);
@@ -129,8 +121,7 @@ fn discard(sh: &Shared, start: u64, end: u64) {
             for (s, n) in staging::runs(staged_pages.into_iter()) {
                 sh.drop_staged(&r, s, n);
             }
-            i = bhi;
-        }
+        });
     }
 }
 

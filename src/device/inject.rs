@@ -67,8 +67,10 @@ impl Injection {
     }
 }
 
-/// splitmix64: a few lines, good enough to draw failures reproducibly.
-fn splitmix64(state: &mut u64) -> u64 {
+/// One step of SplitMix64 (advances `state`, returns the next value): the
+/// generator fault injection draws failures from, reproducibly; workloads
+/// and benchmarks use it for their patterns.
+pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -14,7 +14,7 @@ use parking_lot::{Condvar, Mutex};
 
 pub use buddy::Buddy;
 pub use emulated::{EmulatedConfig, EmulatedDevice};
-pub use inject::{CopyFailure, Injection};
+pub use inject::{splitmix64, CopyFailure, Injection};
 
 use crate::addr::{DevPage, DeviceId};
 use crate::sys::Mapping;

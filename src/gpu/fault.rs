@@ -452,14 +452,6 @@ pub(crate) fn service_batch(sh: &Ctx, d: DeviceId, batch: &mut Vec<Fault>) -> Op
     ahead
 }
 
-/// Where page `k`'s data is, for the policy.
-fn resident(r: &RegionInner, k: usize) -> Location {
-    match r.states[k].load() {
-        PageState::Device { dev, .. } => Location::Device(dev),
-        _ => Location::System,
-    }
-}
-
 /// Decides, migrates and maps the faults of block `b`; fills each fault's
 /// outcome. Returns the end of the last window if this continued a
 /// sequential sweep of device memory (fault-ahead starts there).
@@ -511,7 +503,7 @@ fn service_block(
                 dev: d,
                 addr: r.addr_of(m.idx),
                 kind: m.kind,
-                resident: resident(r, m.idx),
+                resident: r.location(m.idx),
                 attrs: &attrs,
                 xnack,
                 region_writable: r.is_writable(),

@@ -3,7 +3,6 @@
 
 use super::migrate::{MigrateReport, Trigger};
 use super::space::RegionInner;
-use super::state::PageState;
 use crate::addr::Location;
 use crate::observe::events::EventKind;
 
@@ -56,14 +55,6 @@ impl<'a> Announce<'a> {
             trigger: a.trigger,
             error: error_code(rep),
         });
-    }
-}
-
-/// Where page `k` is now, for events (`System` unless on a device).
-pub(crate) fn location_of(r: &RegionInner, k: usize) -> Location {
-    match r.states[k].load() {
-        PageState::Device { dev, .. } => Location::Device(dev),
-        _ => Location::System,
     }
 }
 

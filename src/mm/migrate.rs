@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use parking_lot::MutexGuard;
 
-use super::announce::{location_of, Announce};
+use super::announce::Announce;
 use super::staging::{return_cpu_pages, runs, take_cpu_pages, Taken};
 use crate::addr::{DevPage, DeviceId, Location, BLOCK_PAGES, PAGE_SIZE};
 use crate::device::{
@@ -671,7 +671,7 @@ fn pull(
     let Some(&first) = idxs.first() else {
         return rep;
     };
-    let from = location_of(r, first);
+    let from = r.location(first);
     let told = Announce::start(r, first, idxs.len(), from, Location::System, trigger);
     if let Some(mut p) = isolate_to_system(sh, r, b, &idxs, true, None, &mut rep) {
         p.poison_on_failure = poison_on_failure;
@@ -706,15 +706,12 @@ pub(crate) fn migrate_range(
     to: Location,
     trigger: Trigger,
 ) -> MigrateReport {
-    let mut rep = MigrateReport {
-        requested: n as u64,
-        ..Default::default()
-    };
+    let mut rep = MigrateReport::default();
     let events = &r.notifier.events;
     let from = || match to {
         Location::Device(_) => Location::System,
         Location::System => (first..first + n)
-            .map(|k| location_of(r, k))
+            .map(|k| r.location(k))
             .find(|l| *l != Location::System)
             .unwrap_or(Location::System),
     };
@@ -724,30 +721,57 @@ pub(crate) fn migrate_range(
         Location::System
     };
     let told = Announce::start(r, first, n, from, to, trigger);
+    pipeline(sh, r, first..first + n, to, None, trigger, &mut rep);
+    told.end(&rep);
+    rep
+}
+
+/// The pipelined migration loop every multi-block caller shares: blocks in
+/// ascending order (their locks are taken in that order), each isolated and
+/// its copy started, up to `pipeline_depth` blocks in flight before the
+/// oldest is finished. `only_from` (to system only): move just the pages
+/// held by that device, and count just those as requested; otherwise every
+/// page of `pages` is requested, and pages already there are counted so.
+pub(crate) fn pipeline(
+    sh: &Shared,
+    r: &RegionInner,
+    pages: std::ops::Range<usize>,
+    to: Location,
+    only_from: Option<DeviceId>,
+    trigger: Trigger,
+    rep: &mut MigrateReport,
+) {
     let mut q: VecDeque<Plan<'_>> = VecDeque::new();
     let finish = |p: Plan<'_>, rep: &mut MigrateReport| match p {
         Plan::ToDevice(p) => drop(finish_to_device(sh, r, p, rep)),
         Plan::ToSystem(p) => finish_to_system(sh, r, p, trigger, rep),
     };
-    let (mut i, end) = (first, first + n);
-    while i < end {
+    let mut i = pages.start;
+    while i < pages.end {
         let b = i / BLOCK_PAGES;
-        let hi = end.min((b + 1) * BLOCK_PAGES);
+        let hi = pages.end.min((b + 1) * BLOCK_PAGES);
         let plan = match to {
             Location::Device(d) => {
-                isolate_to_device(sh, r, b, i..hi, d, trigger, &mut rep).map(Plan::ToDevice)
+                rep.requested += (hi - i) as u64;
+                isolate_to_device(sh, r, b, i..hi, d, trigger, rep).map(Plan::ToDevice)
             }
             Location::System => {
                 let guard = r.blocks[b].migrate.lock();
                 let mut idxs = Vec::new();
                 for k in i..hi {
-                    match r.states[k].load() {
-                        PageState::Device { .. } => idxs.push(k),
-                        PageState::Poisoned => rep.skipped_not_migratable += 1,
-                        _ => rep.already_there += 1,
+                    match (r.states[k].load(), only_from) {
+                        (PageState::Device { dev, .. }, Some(d)) if dev != d => {}
+                        (PageState::Device { .. }, _) => idxs.push(k),
+                        (_, Some(_)) => {}
+                        (PageState::Poisoned, None) => rep.skipped_not_migratable += 1,
+                        (_, None) => rep.already_there += 1,
                     }
                 }
-                isolate_to_system(sh, r, b, &idxs, false, Some(guard), &mut rep).map(Plan::ToSystem)
+                rep.requested += match only_from {
+                    Some(_) => idxs.len(),
+                    None => hi - i,
+                } as u64;
+                isolate_to_system(sh, r, b, &idxs, false, Some(guard), rep).map(Plan::ToSystem)
             }
         };
         if let Some(p) = plan {
@@ -755,14 +779,12 @@ pub(crate) fn migrate_range(
         }
         while q.len() > sh.pipeline_depth {
             if let Some(p) = q.pop_front() {
-                finish(p, &mut rep);
+                finish(p, rep);
             }
         }
         i = hi;
     }
     while let Some(p) = q.pop_front() {
-        finish(p, &mut rep);
+        finish(p, rep);
     }
-    told.end(&rep);
-    rep
 }

@@ -171,6 +171,15 @@ impl RegionInner {
     pub fn page_of(&self, addr: u64) -> usize {
         ((addr - self.base()) / PAGE_SIZE as u64) as usize
     }
+    /// Where page `idx`'s data lives for placement decisions: its device, or
+    /// system memory (unpopulated, migrating and poisoned pages included).
+    pub fn location(&self, idx: usize) -> crate::addr::Location {
+        match self.states[idx].load() {
+            crate::mm::state::PageState::Device { dev, .. } => crate::addr::Location::Device(dev),
+            _ => crate::addr::Location::System,
+        }
+    }
+
     pub fn addr_of(&self, idx: usize) -> VirtAddr {
         VirtAddr(self.base() + (idx * PAGE_SIZE) as u64)
     }
@@ -242,6 +251,29 @@ impl RegionInner {
         // cache an old translation under it.
         blk.seq.fetch_add(1, Ordering::AcqRel);
         drop(blk.access.write());
+    }
+
+    /// Walks the blocks of pages `pages`: for each, takes the block's
+    /// migration lock, invalidates every device's translations of its pages
+    /// in the range (`why` goes to the unmap events), then runs
+    /// `f(block, pages of the range in it)` under the lock. The one place
+    /// that changes a range's CPU view, attributes or protection reaches
+    /// devices first (invariant 2).
+    pub fn invalidate_range(
+        &self,
+        pages: std::ops::Range<usize>,
+        why: UnmapTrigger,
+        mut f: impl FnMut(usize, std::ops::Range<usize>),
+    ) {
+        let mut i = pages.start;
+        while i < pages.end {
+            let b = i / BLOCK_PAGES;
+            let hi = pages.end.min((b + 1) * BLOCK_PAGES);
+            let _g = self.blocks[b].migrate.lock();
+            self.invalidate(b, i..hi, why);
+            f(b, i..hi);
+            i = hi;
+        }
     }
 
     /// Host bytes of metadata this region keeps.

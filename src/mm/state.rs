@@ -1,13 +1,20 @@
 //! The per-page state machine: one `AtomicU32` per 4 KiB managed page.
 //!
 //! ```text
-//!                 populate               isolate
-//!  Unpopulated ─────────────▶ System ─────────────▶ Migrating ──commit──▶ Device{dev,page,staged}
-//!      │  ▲                    ▲  │                  │   ▲                       │
-//!      │  └──── discard ───────┘  └──────◀ commit ───┘   └────── isolate ────────┘
-//!      └────────── isolate ─────────────────────────▶ │ rollback ▶ (the state it left)
-//!                                                     └─ commit ─▶ Poisoned (data lost)
+//!  from \ to    Unpopulated   System     Migrating   Device     Poisoned
+//!  Unpopulated   -             populate   isolate     -          -
+//!  System        discard       -          isolate     -          -
+//!  Migrating     rollback      commit,    -           commit,    commit
+//!                               rollback               rollback   (data lost)
+//!  Device        discard       -          isolate     -          -
+//!  Poisoned      discard       -          -           -          -
 //! ```
+//!
+//! Every edge: `populate` (first touch), `isolate` (from Unpopulated, System
+//! or Device, to Migrating), `commit` (Migrating to System, Device or
+//! Poisoned), rollback (Migrating back to the state it left, a commit to the
+//! old value), `discard` (System, Device or Poisoned to Unpopulated: madvise
+//! DONTNEED, munmap, region free; refused while Migrating).
 //!
 //! Who may do what: every transition out of `Unpopulated`, `System` and
 //! `Device` happens with the page's 2 MiB block migration lock held, so two

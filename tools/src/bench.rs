@@ -149,12 +149,8 @@ pub fn copy_limit(dst: &mut [u8], src: &[u8]) -> CopyLimit {
 /// (a SplitMix64 step: every word differs, no page is all zeros).
 #[inline]
 pub fn pattern_word(seed: u64, i: u64) -> u64 {
-    let mut z = seed
-        .wrapping_add(i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
-        .wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    let mut state = seed.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    svmem::device::splitmix64(&mut state)
 }
 
 /// A sequential read of every word, folded into a checksum (wrapping sum).
