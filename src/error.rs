@@ -32,6 +32,20 @@ pub enum Error {
     #[error("range {start}+{len:#x} is not inside one managed region")]
     OutsideManaged { start: VirtAddr, len: u64 },
 
+    #[error(
+        "{what} at {start} of {count} {unit} runs past the end of the address space: \
+         give a length that fits the managed region"
+    )]
+    RangeOverflow {
+        what: &'static str,
+        start: VirtAddr,
+        count: u64,
+        unit: &'static str,
+    },
+
+    #[error("{what} of zero bytes: give a length of at least one byte")]
+    ZeroLength { what: &'static str },
+
     #[error("unknown device {id}: this Svm has {count} device(s)")]
     UnknownDevice { id: DeviceId, count: usize },
 

@@ -326,11 +326,72 @@ fn snapshot_of_unknown_device_or_bad_address() {
 fn zero_length_alloc() {
     let svm = svm(16 << 20);
     let e = svm.alloc(0).expect_err("zero-length alloc");
-    assert!(
-        matches!(e, Error::AllocTooLarge { requested: 0, .. }),
-        "{e:?}"
-    );
-    mentions(&e, "0 bytes");
+    // It is not "too large": the error names the zero length (issue 10).
+    assert!(matches!(e, Error::ZeroLength { .. }), "{e:?}");
+    mentions(&e, "zero bytes");
+}
+
+/// Lengths, page counts and addresses near `u64::MAX` get a typed error
+/// from every call that takes them; nothing panics, aborts or wraps.
+#[test]
+fn lengths_and_addresses_near_u64_max_are_typed_errors() {
+    let svm = svm(16 << 20);
+    let r = svm.alloc(1 << 20).unwrap();
+    let dev = svm.device(DeviceId(0)).unwrap();
+    let big = !(PAGE_SIZE as u64 - 1); // the last page of the address space
+                                       // snapshot: npages * PAGE_SIZE used to wrap, then allocate a giant vector.
+    for n in [usize::MAX, usize::MAX / PAGE_SIZE + 1, 1 << 52] {
+        let e = dev.snapshot(r.addr(), n).expect_err("huge snapshot");
+        assert!(matches!(e, Error::RangeOverflow { .. }), "{n:#x}: {e:?}");
+        mentions(&e, "past the end of the address space");
+    }
+    let e = dev
+        .snapshot(VirtAddr(big), 2)
+        .expect_err("snapshot at the top");
+    assert!(matches!(e, Error::RangeOverflow { .. }), "{e:?}");
+    for len in [big, u64::MAX - (PAGE_SIZE as u64 - 1)] {
+        let checks: [(&str, svmem::Result<()>); 5] = [
+            (
+                "migrate",
+                svm.migrate(r.addr(), len, Location::System).map(|_| ()),
+            ),
+            (
+                "prefetch",
+                svm.prefetch(r.addr(), len, Location::System).map(|_| ()),
+            ),
+            ("set_granularity", svm.set_granularity(r.addr(), len, 0)),
+            ("pin", svm.pin(r.addr(), len)),
+            ("attributes", svm.attributes(r.addr(), len).map(|_| ())),
+        ];
+        for (what, res) in checks {
+            let e = res.expect_err(what);
+            assert!(
+                matches!(e, Error::OutsideManaged { .. }),
+                "{what} with length {len:#x}: {e:?}"
+            );
+        }
+    }
+    // A range that starts near the top of the address space.
+    let e = svm
+        .migrate(VirtAddr(big), 2 * PAGE_SIZE as u64, Location::System)
+        .expect_err("migrate at the top");
+    assert!(matches!(e, Error::OutsideManaged { .. }), "{e:?}");
+    let mut buf = [0u8; 16];
+    let e = dev
+        .read(VirtAddr(u64::MAX - 7), &mut buf)
+        .expect_err("read");
+    assert!(matches!(e, Error::OutsideManaged { .. }), "{e:?}");
+    let e = dev.write(VirtAddr(u64::MAX - 7), &buf).expect_err("write");
+    assert!(matches!(e, Error::OutsideManaged { .. }), "{e:?}");
+    assert_eq!(svm.location(VirtAddr(u64::MAX)), None);
+    assert_eq!(svm.pin_count(VirtAddr(u64::MAX)), 0);
+    // A kernel touching the top of the address space gets a fault, not a panic.
+    let rep = dev
+        .launch(1, |lane, _| {
+            lane.load::<u64>(VirtAddr(u64::MAX - 3)).map(|_| ())
+        })
+        .unwrap();
+    assert!(rep.fatal.is_some(), "{rep:?}");
 }
 
 #[test]

@@ -8,6 +8,7 @@ use crate::gpu::access::{self, AccessReport, Op, PageView};
 use crate::gpu::fault::BatchStats;
 use crate::gpu::kernel::{Lane, LaunchReport};
 use crate::mm::migrate::{self, MigrateReport, Trigger};
+use crate::sys::AsyncSignalsBlocked;
 
 /// Static facts about a device.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -44,6 +45,7 @@ impl DeviceHandle<'_> {
 
     /// Reads `buf.len()` bytes at `addr` through the device's page table.
     pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<AccessReport> {
+        let _signals = AsyncSignalsBlocked::new();
         let sh = &self.svm.shared;
         sh.check_device_alive(self.id)?;
         let res = access::access(sh, self.id, addr, Op::Read(buf));
@@ -52,6 +54,7 @@ impl DeviceHandle<'_> {
 
     /// Writes `buf` at `addr` through the device's page table.
     pub fn write(&self, addr: VirtAddr, buf: &[u8]) -> Result<AccessReport> {
+        let _signals = AsyncSignalsBlocked::new();
         let sh = &self.svm.shared;
         sh.check_device_alive(self.id)?;
         let res = access::access(sh, self.id, addr, Op::Write(buf));
@@ -116,6 +119,7 @@ impl DeviceHandle<'_> {
 
     /// Evicts every page this device holds back to system memory.
     pub fn release(&self) -> MigrateReport {
+        let _signals = AsyncSignalsBlocked::new();
         let sh = &self.svm.shared;
         let regions: Vec<_> = sh.regions.read().values().cloned().collect();
         let mut rep = MigrateReport::default();

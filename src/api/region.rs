@@ -7,7 +7,7 @@ use crate::addr::VirtAddr;
 use crate::error::{Error, Result};
 use crate::mm::space::RegionInner;
 use crate::observe::events::UnmapTrigger;
-use crate::sys::Prot;
+use crate::sys::{AsyncSignalsBlocked, Prot};
 
 /// Managed memory: the same pointers are valid on the CPU and on every device
 /// of its `Svm`. Freed (with its device and staging pages) on drop.
@@ -83,6 +83,7 @@ impl Region<'_> {
     /// device. Device writes to a read-only region fail; its pages do not
     /// migrate (reported not migratable).
     pub fn protect(&self, prot: Prot) -> Result<()> {
+        let _signals = AsyncSignalsBlocked::new();
         let r = &self.inner;
         r.invalidate_range(0..r.npages, UnmapTrigger::MmuNotify, |_, _| {});
         r.managed

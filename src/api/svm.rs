@@ -27,6 +27,7 @@ use crate::placement::policy::{KfdPolicy, PlacementPolicy};
 use crate::pressure::{MemoryUsage, PressureState};
 use crate::sync::Ordering;
 use crate::sys::uffd::{OpenError, REQUIRED_FEATURES};
+use crate::sys::AsyncSignalsBlocked;
 use crate::sys::{Advice, EventFd, Mapping, Prot, Uffd};
 use std::sync::atomic::AtomicBool;
 
@@ -281,9 +282,8 @@ impl Svm {
     pub fn alloc(&self, len: usize) -> Result<Region<'_>> {
         let pages = len.div_ceil(PAGE_SIZE);
         if pages == 0 {
-            return Err(Error::AllocTooLarge {
-                requested: 0,
-                reason: "a region needs at least one byte".into(),
+            return Err(Error::ZeroLength {
+                what: "an allocation",
             });
         }
         if pages > MAX_REGION_PAGES {
@@ -372,6 +372,7 @@ impl Svm {
     /// Migrates the page-aligned range `[addr, addr+len)` to `to`, best effort
     /// per page; the report says what moved and why the rest did not.
     pub fn migrate(&self, addr: VirtAddr, len: u64, to: Location) -> Result<MigrateReport> {
+        let _signals = AsyncSignalsBlocked::new();
         if let Location::Device(d) = to {
             self.shared.check_device_alive(d)?;
         }
@@ -396,6 +397,7 @@ impl Svm {
     /// empty. Refused while kernels run on it (`Error::Busy`), or if pages
     /// stay on it after the retries (`Error::Device`, data kept).
     pub fn reset_device(&self, d: DeviceId) -> Result<crate::pressure::failure::ResetReport> {
+        let _signals = AsyncSignalsBlocked::new();
         let sh = &self.shared;
         sh.device(d)?;
         let _idle = sh.runtime[d.0 as usize]
@@ -433,6 +435,7 @@ impl Svm {
         len: u64,
         attrs: &[Attr],
     ) -> Result<Option<MigrateReport>> {
+        let _signals = AsyncSignalsBlocked::new();
         let (r, first, n) = self.check_range(addr, len)?;
         let sh = &self.shared;
         // Prefetching to a lost device, or more than the device can hold, is
@@ -539,6 +542,7 @@ impl Svm {
     /// Switches retry faults on or off; refused while any kernel runs.
     /// Switching off maps every range devices have access to ahead.
     pub fn set_xnack(&self, on: bool) -> Result<()> {
+        let _signals = AsyncSignalsBlocked::new();
         let sh = &self.shared;
         let mut guards = Vec::new();
         for (i, rt) in sh.runtime.iter().enumerate() {
@@ -619,6 +623,7 @@ impl Svm {
     }
 
     pub(crate) fn free_region(&self, r: &Arc<RegionInner>) {
+        let _signals = AsyncSignalsBlocked::new();
         let sh = &self.shared;
         r.freed.store(true, std::sync::atomic::Ordering::Release);
         sh.regions.write().remove(&r.base());
@@ -727,6 +732,7 @@ impl Svm {
     /// the region's pin table (2 bytes per page, allocated on its first pin)
     /// does not fit; the range errors of [`crate::Svm::migrate`].
     pub fn pin(&self, addr: VirtAddr, len: u64) -> Result<()> {
+        let _signals = AsyncSignalsBlocked::new();
         let (r, first, n) = self.check_range(addr, len)?;
         crate::pressure::pin::pin(&self.shared, &self.shared.pressure, &r, first, n)
     }
@@ -736,6 +742,7 @@ impl Svm {
     /// such page and changes nothing. Pages whose last pin goes migrate
     /// normally again.
     pub fn unpin(&self, addr: VirtAddr, len: u64) -> Result<()> {
+        let _signals = AsyncSignalsBlocked::new();
         let (r, first, n) = self.check_range(addr, len)?;
         crate::pressure::pin::unpin(&self.shared, &self.shared.pressure, &r, first, n)
     }

@@ -51,12 +51,30 @@ pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
         return;
     }
     if !needs_work {
-        // Resolved meanwhile (fetched ahead, or a racing commit): only wake.
-        // A `System` page can also be a hole if the application discarded it
-        // (madvise) under us: then zeros are its content. EEXIST (present) is
-        // the common, spurious case.
-        let _ = sh.uffd.zeropage(r.addr_of(idx).0, PAGE_SIZE as u64, true);
-        let _ = sh.uffd.wake(r.addr_of(idx).0, PAGE_SIZE as u64);
+        // Resolved meanwhile (fetched ahead, or a racing commit): mostly a
+        // stale message, the page is present and the zero-fill below fails
+        // with EEXIST. A `System` page can also be a hole because the
+        // application discarded it (madvise) after its REMOVE event was
+        // handled: then zeros are its content, and only then may a zero page
+        // go in. The state seen above is only a hint: without the block lock
+        // a migration may isolate the page right after it (`System →
+        // Migrating`, the page moved into staging, a hole now), a zero page
+        // would fill that hole, and the commit (`Migrating → Device`) would
+        // leave the CPU reading zeros for ever (the migration back cannot
+        // move its page over ours). Every transition out of `System` holds
+        // the block lock and a `System` page is present in the CPU view
+        // except for that discard, so under the lock `System` means "ours to
+        // zero-fill if it is a hole". Any other state (isolated, on a device,
+        // discarded to `Unpopulated`): install nothing; the thread wakes,
+        // faults again if it must, and that fault takes the full path.
+        let at = r.addr_of(idx).0;
+        {
+            let _guard = r.blocks[idx / BLOCK_PAGES].migrate.lock();
+            if r.states[idx].load() == PageState::System {
+                let _ = sh.uffd.zeropage(at, PAGE_SIZE as u64, true);
+            }
+        }
+        let _ = sh.uffd.wake(at, PAGE_SIZE as u64);
         return;
     }
     sh.counters.add(&sh.counters.cpu_fault_windows, 1);
@@ -176,9 +194,13 @@ pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
                 // Faults on a window already resolved cost one cheap check.
                 Some(r) => resolve(&sh, &r, r.page_of(addr), write),
                 None => {
-                    // A registered range we no longer track (freed concurrently):
-                    // give the toucher zeros rather than a hang.
-                    let _ = sh.uffd.zeropage(addr, PAGE_SIZE as u64, false);
+                    // A registered range no live region holds: one being freed
+                    // (unregistered next, then the fault is an ordinary one),
+                    // one being created (found once inserted), or a staging
+                    // area. Install nothing: no block lock guards such a page,
+                    // and by now the address may belong to a new region (or
+                    // its staging area) whose page-state words would not know
+                    // of a page put there. Wake; the thread faults again.
                     let _ = sh.uffd.wake(addr, PAGE_SIZE as u64);
                 }
             }

@@ -212,7 +212,16 @@ pub(crate) fn snapshot(
             value: addr.0,
         });
     }
-    let r = sh.region_for(addr, (npages * PAGE_SIZE) as u64)?;
+    let len = (npages as u64)
+        .checked_mul(PAGE_SIZE as u64)
+        .filter(|l| addr.0.checked_add(*l).is_some())
+        .ok_or(Error::RangeOverflow {
+            what: "snapshot",
+            start: addr,
+            count: npages as u64,
+            unit: "pages",
+        })?;
+    let r = sh.region_for(addr, len)?;
     let first = r.page_of(addr.0);
     let zero = crate::sys::zero_pages(addr.0, npages).map_err(|e| Error::os("PAGEMAP_SCAN", e))?;
     Ok((0..npages)

@@ -8,12 +8,14 @@ pub mod futex;
 mod mapping;
 pub mod meminfo;
 mod pagemap;
+mod signals;
 pub mod uffd;
 
 pub use copy::stream_copy;
 pub use eventfd::EventFd;
 pub use mapping::{Advice, Mapping, Prot};
 pub use pagemap::{huge_mapped, zero_pages};
+pub use signals::AsyncSignalsBlocked;
 pub use uffd::{Uffd, UffdMsg};
 
 /// The size of a base page on every platform svmem supports (x86-64, aarch64 with 4K pages).
