@@ -4,6 +4,7 @@
 //! system pages in place (remote access), zero-fills untouched pages, and pulls
 //! pages held by another device; then the access resumes.
 
+use super::kernel::Target;
 use super::map::{block_segments, map_locked};
 use super::Ctx;
 use crate::addr::{DeviceId, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
@@ -172,23 +173,12 @@ pub(crate) fn access(
             let off = (at % PAGE_SIZE as u64) as usize;
             let n = ((PAGE_SIZE - off) as u64).min(len - pos) as usize;
             let span = pos as usize..pos as usize + n;
-            let host_off = (at - r.base()) as usize;
-            match (pte, &mut op) {
-                (Pte::System { .. }, Op::Read(buf)) => r
-                    .managed
-                    .read_at(host_off, &mut buf[span])
-                    .map_err(|e| Error::os("device read", e))?,
-                (Pte::System { .. }, Op::Write(buf)) => r
-                    .managed
-                    .write_at(host_off, &buf[span])
-                    .map_err(|e| Error::os("device write", e))?,
-                (Pte::Device { page, .. }, Op::Read(buf)) => {
-                    dev.load(page, off, &mut buf[span]).map_err(dev_err)?
-                }
-                (Pte::Device { page, .. }, Op::Write(buf)) => {
-                    dev.store(page, off, &buf[span]).map_err(dev_err)?
-                }
+            let target = Target::of(&r, pte, at);
+            match &mut op {
+                Op::Read(buf) => target.read(&**dev, &mut buf[span]),
+                Op::Write(buf) => target.write(&**dev, &buf[span]),
             }
+            .map_err(dev_err)?;
             pos += n as u64;
         }
     }

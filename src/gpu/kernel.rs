@@ -75,8 +75,9 @@ struct TlbEntry {
     seq: u32,
 }
 
-/// Where one translated page's bytes are.
-enum Target<'a> {
+/// Where one translated page's bytes are: the one address translation
+/// every device access path (lanes, `DeviceHandle` reads and writes) uses.
+pub(crate) enum Target<'a> {
     System {
         r: &'a RegionInner,
         off: usize,
@@ -85,6 +86,44 @@ enum Target<'a> {
         page: crate::addr::DevPage,
         off: usize,
     },
+}
+
+impl<'a> Target<'a> {
+    /// The bytes at `at` (in `r`) under the valid translation `pte`.
+    pub(crate) fn of(r: &'a RegionInner, pte: Pte, at: u64) -> Target<'a> {
+        match pte {
+            Pte::System { .. } => Target::System {
+                r,
+                off: (at - r.base()) as usize,
+            },
+            Pte::Device { page, .. } => Target::Device {
+                page,
+                off: (at % PAGE_SIZE as u64) as usize,
+            },
+        }
+    }
+
+    /// Copies the target's bytes into `buf` (within one page).
+    pub(crate) fn read(&self, dev: &dyn Device, buf: &mut [u8]) -> Result<(), DeviceError> {
+        match *self {
+            Target::System { r, off } => r
+                .managed
+                .read_at(off, buf)
+                .map_err(|e| DeviceError::new(e.to_string())),
+            Target::Device { page, off } => dev.load(page, off, buf),
+        }
+    }
+
+    /// Copies `buf` into the target's bytes (within one page).
+    pub(crate) fn write(&self, dev: &dyn Device, buf: &[u8]) -> Result<(), DeviceError> {
+        match *self {
+            Target::System { r, off } => r
+                .managed
+                .write_at(off, buf)
+                .map_err(|e| DeviceError::new(e.to_string())),
+            Target::Device { page, off } => dev.store(page, off, buf),
+        }
+    }
 }
 
 /// The context a kernel's code runs in: one lane of one device.
@@ -215,13 +254,7 @@ impl<'a> Lane<'a> {
                     };
                     let off = (at % PAGE_SIZE as u64) as usize;
                     let n = (PAGE_SIZE - off).min(len - pos);
-                    let target = match pte {
-                        Pte::System { .. } => Target::System {
-                            r,
-                            off: (at - r.base()) as usize,
-                        },
-                        Pte::Device { page, .. } => Target::Device { page, off },
-                    };
+                    let target = Target::of(r, pte, at);
                     if let Err(e) = op(target, pos, n) {
                         return Err(self.fault(at, kind, FaultReason::Device(e.reason)));
                     }
@@ -259,24 +292,16 @@ impl<'a> Lane<'a> {
     /// Reads `buf.len()` bytes at `addr`.
     pub fn read(&mut self, addr: VirtAddr, buf: &mut [u8]) -> std::result::Result<(), DeviceFault> {
         let dev = self.dev;
-        self.run(addr.0, buf.len(), AccessKind::Read, |t, pos, n| match t {
-            Target::System { r, off } => r
-                .managed
-                .read_at(off, &mut buf[pos..pos + n])
-                .map_err(|e| DeviceError::new(e.to_string())),
-            Target::Device { page, off } => dev.load(page, off, &mut buf[pos..pos + n]),
+        self.run(addr.0, buf.len(), AccessKind::Read, |t, pos, n| {
+            t.read(dev, &mut buf[pos..pos + n])
         })
     }
 
     /// Writes `buf` at `addr`.
     pub fn write(&mut self, addr: VirtAddr, buf: &[u8]) -> std::result::Result<(), DeviceFault> {
         let dev = self.dev;
-        self.run(addr.0, buf.len(), AccessKind::Write, |t, pos, n| match t {
-            Target::System { r, off } => r
-                .managed
-                .write_at(off, &buf[pos..pos + n])
-                .map_err(|e| DeviceError::new(e.to_string())),
-            Target::Device { page, off } => dev.store(page, off, &buf[pos..pos + n]),
+        self.run(addr.0, buf.len(), AccessKind::Write, |t, pos, n| {
+            t.write(dev, &buf[pos..pos + n])
         })
     }
 
