@@ -81,6 +81,12 @@ pub enum Error {
     },
 
     #[error(
+        "device {dev} cannot be reset: migrations to it were still in flight after \
+         {waited_ms} ms; retry the reset"
+    )]
+    MigrationsInFlight { dev: DeviceId, waited_ms: u64 },
+
+    #[error(
         "system memory limit: {requested} bytes requested, {in_use} bytes in use, limit {limit} bytes"
     )]
     MemoryLimit {

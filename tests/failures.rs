@@ -661,3 +661,77 @@ fn reset_after_loss_brings_the_device_back_empty() {
     assert_eq!(svm.stats().devices_lost, 2);
     assert_eq!(svm.stats().poisoned_pages, n);
 }
+
+/// Issue 10, item 4: resets while other threads migrate to and from the
+/// device. Each reset either succeeds or says migrations were in flight; it
+/// never reports a leak or blames fault injection that is not there (about
+/// 3 % of resets did before migrations were gated), and no byte is lost.
+#[test]
+fn resets_racing_migrations_report_no_false_leak() {
+    let svm = svm(32 << 20);
+    let mut regions: Vec<Region<'_>> = (0..2).map(|_| svm.alloc(4 * MIB).unwrap()).collect();
+    for (i, r) in regions.iter_mut().enumerate() {
+        fill(r, 20 + i as u8);
+    }
+    let stop = AtomicBool::new(false);
+    let (mut ok, mut in_flight) = (0u32, 0u32);
+    std::thread::scope(|s| {
+        for r in &regions {
+            let (svm, stop) = (&svm, &stop);
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for to in [Location::Device(DEV0), Location::System] {
+                        svm.migrate(r.addr(), r.len(), to).unwrap();
+                    }
+                }
+            });
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(3) || ok < 50 {
+            match svm.reset_device(DEV0) {
+                Ok(rep) => {
+                    assert!(!rep.was_lost, "{rep:?}");
+                    ok += 1;
+                }
+                Err(Error::MigrationsInFlight { .. }) => in_flight += 1,
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!("reset {} failed falsely: {e}", ok + in_flight + 1);
+                }
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(
+        ok >= 50,
+        "{ok} resets succeeded, {in_flight} found migrations in flight"
+    );
+    for (i, r) in regions.iter().enumerate() {
+        check_cpu(r, 20 + i as u8);
+    }
+    assert_eq!(svm.stats().poisoned_pages, 0);
+}
+
+/// Issue 10, item 6: a region that outlives its `Svm` (leaked with
+/// `mem::forget`) keeps its data, device-resident pages included: dropping
+/// the `Svm` brings every page home before the userfaultfd closes. (They read
+/// zeros afterwards before.)
+#[test]
+fn a_leaked_region_keeps_its_device_resident_data_after_the_svm_drops() {
+    let svm = svm(16 << 20);
+    let mut region = svm.alloc(4 * MIB).unwrap();
+    fill(&mut region, 31);
+    svm.migrate(region.addr(), region.len(), Location::Device(DEV0))
+        .unwrap();
+    let (addr, len) = (region.addr().as_u64() as usize, region.len() as usize);
+    std::mem::forget(region);
+    drop(svm);
+    // SAFETY: the leaked region's mapping is never unmapped (its RegionInner
+    // is leaked with it); no other reference to these bytes exists now.
+    let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
+    let bad = (0..len).filter(|&i| bytes[i] != pattern(i, 31)).count();
+    assert_eq!(bad, 0, "{bad} bytes of the leaked region changed");
+}

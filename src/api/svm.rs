@@ -203,6 +203,7 @@ impl SvmBuilder {
             granularity: self.granularity,
             notifier: Arc::new(Notifier::new(ndev)),
             losses: Default::default(),
+            reset_gate: Default::default(),
             huge: crate::mm::huge::HugePool::new(self.huge_pages),
             pressure: pressure.clone(),
         });
@@ -662,6 +663,17 @@ impl Svm {
 
 impl Drop for Svm {
     fn drop(&mut self) {
+        // A region that outlives its Svm (leaked with `mem::forget`) keeps
+        // its mapping, which becomes ordinary memory once the userfaultfd
+        // closes: bring its device-resident pages home first, while the
+        // devices, the copy engines and the reader still run.
+        let regions: Vec<_> = self.shared.regions.read().values().cloned().collect();
+        for r in regions {
+            let _signals = AsyncSignalsBlocked::new();
+            let mut rep = MigrateReport::default();
+            let (to, trigger) = (Location::System, Trigger::Release);
+            migrate::pipeline(&self.shared, &r, 0..r.npages, to, None, trigger, &mut rep);
+        }
         for (rt, q) in self
             .shared
             .runtime

@@ -10,11 +10,12 @@ use parking_lot::RwLock;
 use super::huge::HugePool;
 use super::poison::LossState;
 use super::space::RegionInner;
-use crate::addr::{DeviceId, VirtAddr, PAGE_SIZE};
+use crate::addr::{DeviceId, VirtAddr, MAX_DEVICES, PAGE_SIZE};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::observe::notify::Notifier;
 use crate::observe::stats::Counters;
+use crate::sync::{AtomicBool, AtomicU32, Ordering};
 use crate::sys::{Advice, Mapping, Uffd};
 
 /// Everything the reader thread and the API calls share.
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     pub notifier: Arc<Notifier>,
     /// Which device losses have been handled (see [`super::poison`]).
     pub losses: LossState,
+    /// Per device: a reset in progress closes it to new migrations.
+    pub reset_gate: Arc<ResetGate>,
     /// Huge-page slots for first touch of whole blocks (see [`super::huge`]).
     pub huge: HugePool,
     /// The memory-pressure layer, seen through what the core needs of it.
@@ -147,5 +150,64 @@ impl Shared {
         regions
             + self.devices.iter().map(|d| d.metadata_bytes()).sum::<u64>()
             + self.pressure.metadata_bytes()
+    }
+}
+
+/// Keeps migrations to a device out while it is reset: a migration to
+/// device `d` holds a [`GateTicket`] from before it allocates device pages
+/// until it commits; a reset closes the gate (new migrations are refused and
+/// counted busy), waits for the tickets out, evicts, resets, and opens it.
+#[derive(Debug, Default)]
+pub(crate) struct ResetGate {
+    closed: [AtomicBool; MAX_DEVICES],
+    inflight: [AtomicU32; MAX_DEVICES],
+}
+
+/// A migration to a device in flight (see [`ResetGate`]).
+#[derive(Debug)]
+pub(crate) struct GateTicket {
+    gate: Arc<ResetGate>,
+    d: usize,
+}
+
+impl Drop for GateTicket {
+    fn drop(&mut self) {
+        self.gate.inflight[self.d].fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl ResetGate {
+    /// A ticket for a migration to `d`, or `None` while `d` is being reset.
+    pub fn enter(self: &Arc<Self>, d: DeviceId) -> Option<GateTicket> {
+        let d = d.0 as usize;
+        // Counted before the check, the reset's close before its wait (both
+        // SeqCst): either the reset sees this ticket and waits for it, or
+        // this check sees the gate closed.
+        self.inflight[d].fetch_add(1, Ordering::SeqCst);
+        let ticket = GateTicket {
+            gate: self.clone(),
+            d,
+        };
+        (!self.closed[d].load(Ordering::SeqCst)).then_some(ticket)
+    }
+
+    /// Closes the gate of `d` and waits until no migration to it is in
+    /// flight; false (gate open again) if that took longer than `limit`.
+    pub fn close(&self, d: DeviceId, limit: std::time::Duration) -> bool {
+        let i = d.0 as usize;
+        self.closed[i].store(true, Ordering::SeqCst);
+        let start = std::time::Instant::now();
+        while self.inflight[i].load(Ordering::SeqCst) != 0 {
+            if start.elapsed() > limit {
+                self.open(d);
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        true
+    }
+
+    pub fn open(&self, d: DeviceId) {
+        self.closed[d.0 as usize].store(false, Ordering::SeqCst);
     }
 }

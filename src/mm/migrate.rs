@@ -93,6 +93,8 @@ struct ToDevicePage {
 /// Isolated pages of one block on their way to device `d`.
 pub(crate) struct ToDevicePlan<'a> {
     guard: MutexGuard<'a, ()>,
+    /// Keeps a device reset out until this migration has committed.
+    _ticket: super::ctx::GateTicket,
     b: usize,
     d: DeviceId,
     pages: Vec<ToDevicePage>,
@@ -135,6 +137,11 @@ pub(crate) fn isolate_to_device<'a>(
     let (lo, hi) = (pages.start, pages.end);
     let guard = r.blocks[b].migrate.lock();
     let dev = &sh.devices[d.0 as usize];
+    let Some(ticket) = sh.reset_gate.enter(d) else {
+        // The device is being reset: nothing goes to it meanwhile.
+        rep.skipped_busy += (hi - lo) as u64;
+        return None;
+    };
     if r.freed.load(std::sync::atomic::Ordering::Acquire) {
         // Being freed (fault-ahead raced with the free): its device pages
         // would never be returned.
@@ -275,6 +282,7 @@ pub(crate) fn isolate_to_device<'a>(
     dev.submit(CopyJob { ops }, &fence);
     Some(ToDevicePlan {
         guard,
+        _ticket: ticket,
         b,
         d,
         pages,

@@ -39,6 +39,9 @@ pub struct ResetReport {
     pub poisoned_at_loss: u64,
 }
 
+/// How long a reset waits for migrations to the device to finish.
+const GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Most eviction passes a reset makes before it gives up.
 const RESET_PASSES: u32 = 4;
 
@@ -59,6 +62,21 @@ fn evict_pass(sh: &Shared, d: DeviceId, rep: &mut MigrateReport) {
 /// caller makes sure no kernel runs on the device meanwhile.
 pub(crate) fn reset_device(sh: &Shared, p: &PressureState, d: DeviceId) -> Result<ResetReport> {
     let dev = sh.device(d)?.clone();
+    // No migration to the device may start or be in flight meanwhile: one
+    // that allocated after the eviction passes would look like a leak.
+    if !sh.reset_gate.close(d, GATE_WAIT) {
+        return Err(Error::MigrationsInFlight {
+            dev: d,
+            waited_ms: GATE_WAIT.as_millis() as u64,
+        });
+    }
+    struct Reopen<'a>(&'a Shared, DeviceId);
+    impl Drop for Reopen<'_> {
+        fn drop(&mut self) {
+            self.0.reset_gate.open(self.1);
+        }
+    }
+    let _reopen = Reopen(sh, d);
     let mut out = ResetReport::default();
     if dev.is_lost() {
         let _ = sh.device_lost(d);
@@ -89,11 +107,17 @@ pub(crate) fn reset_device(sh: &Shared, p: &PressureState, d: DeviceId) -> Resul
     let left = crate::pressure::account::usage(sh, p).devices[d.0 as usize].resident_bytes
         / PAGE_SIZE as u64;
     if left > 0 {
+        let fix = match dev.injection() {
+            Some(i) if i != crate::device::Injection::default() => {
+                "clear fault injection and retry"
+            }
+            _ => "their copies back failed; retry",
+        };
         return Err(Error::Device {
             dev: d,
             reason: format!(
                 "reset refused: {left} page(s) could not be evicted after {} passes \
-                 (their data stays on the device; clear fault injection and retry)",
+                 (their data stays on the device; {fix})",
                 out.passes
             ),
         });
