@@ -58,6 +58,17 @@ pub enum Error {
     #[error("device {dev} write to read-only memory at {addr}")]
     ReadOnly { dev: DeviceId, addr: VirtAddr },
 
+    #[error(
+        "device {dev} {} at {addr}: the region is held by a CPU view (`Region::as_slice` \
+         bars device writes, `Region::as_mut_slice` every device access); drop the view first",
+        if *write { "write" } else { "read" }
+    )]
+    HeldByCpuView {
+        dev: DeviceId,
+        addr: VirtAddr,
+        write: bool,
+    },
+
     #[error("page at {addr} is poisoned: its data was lost in a device failure")]
     Poisoned { addr: VirtAddr },
 
@@ -155,6 +166,9 @@ pub enum FaultReason {
     Unmanaged,
     /// The page's data was lost in a device failure.
     Poisoned,
+    /// A CPU view of the region (`Region::as_slice` / `as_mut_slice`) bars
+    /// this access while it lives.
+    CpuView,
     /// An atomic on a word that is not naturally aligned.
     Misaligned,
     /// The device itself failed the access.
@@ -175,6 +189,10 @@ impl std::fmt::Display for FaultReason {
             ),
             FaultReason::Unmanaged => write!(f, "address is not in managed memory"),
             FaultReason::Poisoned => write!(f, "page is poisoned (its data was lost)"),
+            FaultReason::CpuView => write!(
+                f,
+                "the region is held by a CPU view that bars this access (drop the view first)"
+            ),
             FaultReason::Misaligned => write!(f, "atomic access is not naturally aligned"),
             FaultReason::Device(s) => write!(f, "device error: {s}"),
             FaultReason::NotConverged => write!(f, "access did not converge after repeated faults"),

@@ -49,7 +49,9 @@ mod sync;
 mod sys;
 
 pub use addr::{AccessKind, DevPage, DeviceId, Location, VirtAddr, BLOCK_SIZE, PAGE_SIZE};
-pub use api::{huge_mapped, DeviceHandle, DeviceInfo, MemAdvice, Region, Svm, SvmBuilder};
+pub use api::{
+    huge_mapped, DeviceHandle, DeviceInfo, MemAdvice, Region, Svm, SvmBuilder, View, ViewMut,
+};
 pub use device::{CopyFailure, Device, EmulatedConfig, EmulatedDevice, Injection, MemoryType};
 pub use error::{DeviceFault, Error, FaultReason, Result};
 pub use gpu::{AccessReport, BatchStats, Lane, LaunchReport, PageView, MAX_BATCH};

@@ -31,7 +31,7 @@ fn dontneed_discards_device_and_system_pages() {
     assert_eq!(dev.info().free_bytes, cap - (2 << 20));
 
     // Discard 1 MiB of each half.
-    dontneed(&r, 1 << 20, 2 << 20);
+    dontneed(r.addr(), 1 << 20, 2 << 20);
     // The kernel lets madvise return once the reader has read the event; the
     // reader frees the device pages right after.
     let t = Instant::now();
@@ -61,7 +61,7 @@ fn dontneed_discards_device_and_system_pages() {
     assert_eq!(rep.migrated + rep.already_there, rep.requested);
     let mut buf = vec![0u8; r.len() as usize];
     dev.read(r.addr(), &mut buf).unwrap();
-    assert_eq!(&buf[..], r.as_slice::<u8>());
+    assert_eq!(&buf[..], &r.as_slice::<u8>()[..]);
 }
 
 #[test]
@@ -72,7 +72,8 @@ fn dontneed_racing_with_cpu_faults_does_not_hang() {
         .granularity(4)
         .build()
         .unwrap();
-    let r = svm.alloc(8 << 20).unwrap();
+    let mut region = svm.alloc(8 << 20).unwrap();
+    let r = common::SharedRegion::new(&mut region);
     let words = r.as_atomic_u64();
     let n = words.len();
     // Even 64 KiB windows hold data that is never discarded; odd ones get discarded.
@@ -112,7 +113,7 @@ fn dontneed_racing_with_cpu_faults_does_not_hang() {
             // ...while another thread discards the odd windows.
             s.spawn(|| {
                 for off in (64 << 10..n * 8).step_by(128 << 10) {
-                    dontneed(&r, off, 64 << 10);
+                    dontneed(r.addr(), off, 64 << 10);
                 }
             });
         });

@@ -842,7 +842,7 @@ fn builder_granularity_applies_to_new_regions() {
 fn atomics_survive_migration() {
     use std::sync::atomic::Ordering;
     let svm = svm(16 << 20);
-    let region = svm.alloc(64 * PAGE_SIZE).unwrap();
+    let mut region = svm.alloc(64 * PAGE_SIZE).unwrap();
     for (i, w) in region.as_atomic_u64().iter().enumerate() {
         w.store(i as u64 * 3, Ordering::Relaxed);
     }

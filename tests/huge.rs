@@ -157,7 +157,7 @@ fn piecewise_operations_on_a_huge_block_keep_every_byte() {
     // The application discards part of a block: zeros there, the rest intact.
     r.set_granularity(9).unwrap();
     let (off, len) = (64 * PAGE_SIZE, 3 * PAGE_SIZE);
-    dontneed(&r, BLOCK_SIZE + off, len);
+    dontneed(r.addr(), BLOCK_SIZE + off, len);
     let bytes = r.as_slice::<u8>();
     for (i, &b) in bytes.iter().enumerate() {
         let zeroed = (BLOCK_SIZE + off..BLOCK_SIZE + off + len).contains(&i);

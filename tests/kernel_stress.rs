@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,8 +39,9 @@ fn run(xnack: bool, granularity: u8, duration: Duration) {
         .build()
         .unwrap();
     let len = 6 * BLOCK_SIZE + 5 * PAGE_SIZE;
-    let r = svm.alloc(len).unwrap();
-    r.set_granularity(granularity).unwrap();
+    let mut region = svm.alloc(len).unwrap();
+    region.set_granularity(granularity).unwrap();
+    let r = common::SharedRegion::new(&mut region);
     if !xnack {
         svm.set_attributes(r.addr(), r.len(), &[Attr::Access(D0, AccessMode::Access)])
             .unwrap();

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -58,7 +60,8 @@ fn scale_workload(svm: &Svm, n: usize) -> (u64, Vec<u64>) {
         .expect("launch")
         .check()
         .expect("no fatal fault");
-    (rep.faults, y.as_slice::<u64>().to_vec())
+    let out = y.as_slice::<u64>().to_vec();
+    (rep.faults, out)
 }
 
 #[test]
@@ -153,10 +156,14 @@ fn atomics_from_all_lanes_add_up() {
         .unwrap()
         .check()
         .unwrap();
-        let w = r.as_slice::<u64>();
-        assert_eq!(w[0], 10_000, "xnack {xnack}");
-        assert_eq!(w[1] & 0xffff_ffff, 20_000, "xnack {xnack}");
-        assert_eq!(w[2], 9_999, "xnack {xnack}");
+        {
+            // A CPU view bars device writes while it lives: drop it before
+            // the next launch.
+            let w = r.as_slice::<u64>();
+            assert_eq!(w[0], 10_000, "xnack {xnack}");
+            assert_eq!(w[1] & 0xffff_ffff, 20_000, "xnack {xnack}");
+            assert_eq!(w[2], 9_999, "xnack {xnack}");
+        }
         // Same again with the page in device memory.
         svm.migrate(r.addr(), r.len(), Location::Device(D0))
             .unwrap();
@@ -219,7 +226,8 @@ fn device_read_only_flag_makes_device_writes_fail() {
 #[test]
 fn queue_eviction_and_restore_while_cpu_touches_pages() {
     let svm = svm(false, 64);
-    let r = svm.alloc(4 << 20).unwrap();
+    let mut region = svm.alloc(4 << 20).unwrap();
+    let r = common::SharedRegion::new(&mut region);
     svm.set_attributes(r.addr(), r.len(), &[Attr::Access(D0, AccessMode::Access)])
         .unwrap();
     let words = 64u64;

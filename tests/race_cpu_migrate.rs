@@ -15,13 +15,13 @@
 
 mod common;
 
-use common::Rng;
+use common::{Rng, SharedRegion};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use svmem::{DeviceId, Location, MigrateReport, Region, Svm, PAGE_SIZE};
+use svmem::{DeviceId, Location, MigrateReport, Svm, PAGE_SIZE};
 
 const WORDS_PER_PAGE: usize = PAGE_SIZE / 8;
 const DEV: DeviceId = DeviceId(0);
@@ -59,7 +59,7 @@ impl FirstError {
 
 /// Describes word `w` of `region` after a wrong read: what the CPU and the
 /// device see there now, and where the page lives.
-fn describe(svm: &Svm, region: &Region<'_>, w: usize) -> String {
+fn describe(svm: &Svm, region: &SharedRegion<'_>, w: usize) -> String {
     let words = region.as_atomic_u64();
     let addr = region.at((w * 8) as u64);
     let mut buf = [0u8; 8];
@@ -122,7 +122,7 @@ const WHOLE_EVERY: u64 = 1024;
 /// migration back meets a page the CPU view should not hold.
 fn migrate_loop(
     svm: &Svm,
-    region: &Region<'_>,
+    region: &SharedRegion<'_>,
     stop: &AtomicBool,
     count: &AtomicU64,
     err: &FirstError,
@@ -189,6 +189,7 @@ fn readers(granularity: u8, duration: Duration, seed: u64) {
     for (w, v) in region.as_mut_slice::<u64>().iter_mut().enumerate() {
         *v = word_value(w);
     }
+    let region = SharedRegion::new(&mut region);
     let nwords = PAGES * WORDS_PER_PAGE;
     let stop = AtomicBool::new(false);
     let done = AtomicBool::new(false);
@@ -300,7 +301,7 @@ fn writers(granularity: u8, duration: Duration, seed: u64) {
     let base = |t: usize, p: usize| ((t as u64 + 1) << 40) | ((p as u64) << 24);
     let word_of = |t: usize, p: usize| p * WORDS_PER_PAGE + t * 37 + 3;
     {
-        let words = region.as_mut_slice::<u64>();
+        let mut words = region.as_mut_slice::<u64>();
         for (w, v) in words.iter_mut().enumerate() {
             *v = !(w as u64);
         }
@@ -310,6 +311,7 @@ fn writers(granularity: u8, duration: Duration, seed: u64) {
             }
         }
     }
+    let region = SharedRegion::new(&mut region);
     let stop = AtomicBool::new(false);
     let done = AtomicBool::new(false);
     let migrations = AtomicU64::new(0);

@@ -237,7 +237,7 @@ fn run_mem_case(granularity: u8, ops: &[MemOp]) -> Result<(), TestCaseError> {
     }
     svm.migrate(base, region.len(), Location::Device(DeviceId(1)))
         .unwrap();
-    let diff = first_diff(region.as_slice::<u8>(), &model);
+    let diff = first_diff(&region.as_slice::<u8>(), &model);
     prop_assert!(diff.is_none(), "final CPU read differs at byte {:?}", diff);
     Ok(())
 }

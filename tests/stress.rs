@@ -93,7 +93,8 @@ fn run(cfg: Config) {
         .build()
         .unwrap();
     let ndev = cfg.device_bytes.len();
-    let region = svm.alloc(cfg.region_bytes).unwrap();
+    let mut region = svm.alloc(cfg.region_bytes).unwrap();
+    let region = common::SharedRegion::new(&mut region);
     let npages = region.npages();
     let nwords = npages * WORDS_PER_PAGE;
     assert!(npages >= 1 && ndev >= 1 && CPU_WORDS * CPU_THREADS * 16 <= WORDS_PER_PAGE / 2);

@@ -6,5 +6,5 @@ mod region;
 mod svm;
 
 pub use device::{DeviceHandle, DeviceInfo};
-pub use region::Region;
+pub use region::{Region, View, ViewMut};
 pub use svm::{huge_mapped, MemAdvice, Svm, SvmBuilder};

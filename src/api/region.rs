@@ -5,16 +5,18 @@ use std::sync::Arc;
 use super::svm::Svm;
 use crate::addr::VirtAddr;
 use crate::error::{Error, Result};
-use crate::mm::space::RegionInner;
+use crate::mm::space::{CpuBar, RegionInner};
 use crate::observe::events::UnmapTrigger;
 use crate::sys::{AsyncSignalsBlocked, Prot};
 
 /// Managed memory: the same pointers are valid on the CPU and on every device
 /// of its `Svm`. Freed (with its device and staging pages) on drop.
 ///
-/// CPU views borrow the region; a device access to the same bytes while a
-/// `&mut` view is alive is a data race, exactly as with CUDA managed memory.
-/// Use [`Region::as_atomic_u64`] for memory CPU threads and devices share.
+/// CPU views borrow the region and bar devices while they live: a shared
+/// view ([`Region::as_slice`]) bars device writes, an exclusive one
+/// ([`Region::as_mut_slice`]) every device access, so safe code never sees
+/// bytes change under a Rust reference. For memory CPU threads and devices
+/// use at the same time, use [`Region::as_atomic_u64`].
 pub struct Region<'s> {
     pub(super) svm: &'s Svm,
     pub(super) inner: Arc<RegionInner>,
@@ -49,29 +51,63 @@ impl Region<'_> {
     }
 
     /// A typed view for the CPU: as many whole `T`s as fit in the region
-    /// (empty for zero-sized `T`).
-    pub fn as_slice<T: bytemuck::Pod>(&self) -> &[T] {
-        // SAFETY: the mapping lives as long as `self`; device writes while this
-        // view is alive are the caller's data race to avoid (type docs).
-        let bytes = unsafe { self.inner.managed.as_slice() };
-        bytemuck::cast_slice(&bytes[..whole_elements::<T>(bytes.len())])
+    /// (empty for zero-sized `T`). While the view lives, devices may read
+    /// the region but not write it: a device write (`DeviceHandle::write`,
+    /// a lane's store or atomic) fails with [`Error::HeldByCpuView`] or a
+    /// fatal [`crate::FaultReason::CpuView`] fault, so the bytes behind the
+    /// shared slice never change. Taking the first view of a region takes
+    /// away its device translations (one walk of its blocks).
+    pub fn as_slice<T: bytemuck::Pod>(&self) -> View<'_, T> {
+        let inner = &*self.inner;
+        {
+            let mut views = inner.views.lock();
+            if *views == 0 {
+                inner.raise_bar(CpuBar::Writes);
+            }
+            *views += 1;
+        }
+        // SAFETY: the mapping lives as long as `self`. No Rust reference to
+        // these bytes is mutable while `&self` is borrowed (`as_mut_slice`
+        // and `as_atomic_u64` take `&mut self`), and no device writes them
+        // until the view drops: the bar is raised and every device
+        // translation is gone (in-flight accesses drained) before we return;
+        // CPU faults and migrations move pages without changing their bytes.
+        let bytes = unsafe { inner.managed.as_slice() };
+        View {
+            slice: bytemuck::cast_slice(&bytes[..whole_elements::<T>(bytes.len())]),
+            inner,
+        }
     }
 
     /// A typed mutable view for the CPU (whole `T`s, as [`Region::as_slice`]).
-    pub fn as_mut_slice<T: bytemuck::Pod>(&mut self) -> &mut [T] {
-        // SAFETY: `&mut self` makes this the only CPU view of the region's bytes.
-        let bytes = unsafe { self.inner.managed.as_mut_slice() };
+    /// While it lives, devices may not touch the region at all: device
+    /// accesses fail as described at [`Region::as_slice`].
+    pub fn as_mut_slice<T: bytemuck::Pod>(&mut self) -> ViewMut<'_, T> {
+        let inner = &*self.inner;
+        inner.raise_bar(CpuBar::All);
+        // SAFETY: `&mut self` makes this the only CPU reference to the
+        // region's bytes, and every device translation is gone with the bar
+        // up (see `as_slice`), so nothing else reads or writes them until
+        // the view drops.
+        let bytes = unsafe { inner.managed.as_mut_slice() };
         let n = whole_elements::<T>(bytes.len());
-        bytemuck::cast_slice_mut(&mut bytes[..n])
+        ViewMut {
+            slice: bytemuck::cast_slice_mut(&mut bytes[..n]),
+            inner,
+        }
     }
 
-    /// The region as 64-bit atomics, for memory shared by CPU threads and devices.
-    pub fn as_atomic_u64(&self) -> &[std::sync::atomic::AtomicU64] {
-        let words: &[u64] = self.as_slice();
-        // SAFETY: AtomicU64 has the size and alignment of u64 (8-aligned on every
-        // 64-bit target: the mapping is page-aligned); every access through the
-        // returned slice is atomic.
-        unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), words.len()) }
+    /// The region as 64-bit atomics, for memory CPU threads and devices
+    /// share while they run: every svmem access to managed memory is atomic
+    /// (device copies included), so concurrent use is never a data race.
+    /// Takes `&mut self` so that no plain view of the region lives meanwhile;
+    /// the returned slice may be shared among threads.
+    pub fn as_atomic_u64(&mut self) -> &[std::sync::atomic::AtomicU64] {
+        let words = self.inner.npages * (crate::addr::PAGE_SIZE / 8);
+        self.inner
+            .managed
+            .atomic_words(0, words)
+            .unwrap_or_default()
     }
 
     /// Sets this region's fault granularity (log2 pages, 0..=9).
@@ -109,5 +145,67 @@ fn whole_elements<T>(len: usize) -> usize {
 impl Drop for Region<'_> {
     fn drop(&mut self) {
         self.svm.free_region(&self.inner);
+    }
+}
+
+/// A shared CPU view of a region (see [`Region::as_slice`]); devices may
+/// not write the region while it lives. Dereferences to `&[T]`.
+pub struct View<'r, T> {
+    slice: &'r [T],
+    inner: &'r RegionInner,
+}
+
+impl<T> std::ops::Deref for View<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.slice
+    }
+}
+
+impl<T> Drop for View<'_, T> {
+    fn drop(&mut self) {
+        let mut views = self.inner.views.lock();
+        *views -= 1;
+        if *views == 0 {
+            self.inner.lower_bar(CpuBar::None);
+        }
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for View<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.slice.fmt(f)
+    }
+}
+
+/// An exclusive CPU view of a region (see [`Region::as_mut_slice`]); no
+/// device touches the region while it lives. Dereferences to `&mut [T]`.
+pub struct ViewMut<'r, T> {
+    slice: &'r mut [T],
+    inner: &'r RegionInner,
+}
+
+impl<T> std::ops::Deref for ViewMut<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.slice
+    }
+}
+
+impl<T> std::ops::DerefMut for ViewMut<'_, T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        self.slice
+    }
+}
+
+impl<T> Drop for ViewMut<'_, T> {
+    fn drop(&mut self) {
+        self.inner.lower_bar(CpuBar::None);
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for ViewMut<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.slice.fmt(f)
     }
 }

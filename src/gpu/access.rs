@@ -7,7 +7,7 @@
 use super::kernel::Target;
 use super::map::{block_segments, map_locked};
 use super::Ctx;
-use crate::addr::{DeviceId, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
+use crate::addr::{AccessKind, DeviceId, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
 use crate::device::DeviceError;
 use crate::error::{Error, Result};
 use crate::mm::migrate::{self, Trigger};
@@ -113,6 +113,18 @@ pub(crate) fn access(
     }
     let first = r.page_of(addr.0);
     let last = r.page_of(addr.0 + len - 1);
+    let kind = if write {
+        AccessKind::Write
+    } else {
+        AccessKind::Read
+    };
+    if r.barred(kind) {
+        return Err(Error::HeldByCpuView {
+            dev: d,
+            addr,
+            write,
+        });
+    }
     if write {
         // A device-read-only range refuses every device write before any
         // byte changes (its translations are read-only; this says so once).
@@ -170,6 +182,15 @@ pub(crate) fn access(
                 sh.check_lost();
                 continue 'outer;
             };
+            if r.barred(kind) {
+                // A CPU view taken since the check above (this one holds the
+                // access guard the view's owner drains).
+                return Err(Error::HeldByCpuView {
+                    dev: d,
+                    addr,
+                    write,
+                });
+            }
             let off = (at % PAGE_SIZE as u64) as usize;
             let n = ((PAGE_SIZE - off) as u64).min(len - pos) as usize;
             let span = pos as usize..pos as usize + n;

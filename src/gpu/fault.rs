@@ -498,6 +498,13 @@ fn service_block(
                 ));
                 continue;
             }
+            if r.barred(m.kind) {
+                m.outcome = Some((
+                    FaultOutcome::Fatal(FaultReason::CpuView),
+                    FaultResolution::Fatal,
+                ));
+                continue;
+            }
             let attrs = sh.attrs.read().get(r.addr_of(m.idx).0 / PAGE_SIZE as u64);
             let input = PolicyInput {
                 dev: d,

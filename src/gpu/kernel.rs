@@ -252,6 +252,11 @@ impl<'a> Lane<'a> {
                         missed = true;
                         break;
                     };
+                    if r.barred(kind) {
+                        // A CPU view of the region bars this access (checked
+                        // under the access guard the view's owner drains).
+                        return Err(self.fault(at, kind, FaultReason::CpuView));
+                    }
                     let off = (at % PAGE_SIZE as u64) as usize;
                     let n = (PAGE_SIZE - off).min(len - pos);
                     let target = Target::of(r, pte, at);

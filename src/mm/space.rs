@@ -119,9 +119,63 @@ pub(crate) struct RegionInner {
     /// that finds it set under a block lock must not give the block device
     /// pages (nobody would free them).
     pub freed: std::sync::atomic::AtomicBool,
+    /// What plain CPU views of the region bar devices from (see [`CpuBar`]);
+    /// read by every device path, changed only under `views`.
+    pub bar: AtomicU8,
+    /// Plain shared CPU views alive; taking the first or dropping the last
+    /// changes `bar` under this lock.
+    pub views: Mutex<u32>,
+}
+
+/// What live plain CPU views (`Region::as_slice` / `as_mut_slice`) bar
+/// devices from: Rust's `&[T]` promises the bytes do not change while it
+/// lives, and `&mut [T]` that nobody else touches them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CpuBar {
+    None = 0,
+    /// A shared view: devices may read, not write.
+    Writes = 1,
+    /// An exclusive view: devices may not touch the region.
+    All = 2,
 }
 
 impl RegionInner {
+    /// What devices are barred from now.
+    pub fn cpu_bar(&self) -> CpuBar {
+        match self.bar.load(Ordering::SeqCst) {
+            0 => CpuBar::None,
+            1 => CpuBar::Writes,
+            _ => CpuBar::All,
+        }
+    }
+
+    /// Whether a device access of `kind` is barred by a CPU view.
+    pub fn barred(&self, kind: crate::addr::AccessKind) -> bool {
+        match self.cpu_bar() {
+            CpuBar::None => false,
+            CpuBar::Writes => kind != crate::addr::AccessKind::Read,
+            CpuBar::All => true,
+        }
+    }
+
+    /// Raises the bar to `bar` and waits out every device access already in
+    /// flight: device accesses check the bar under their block's `access`
+    /// read guard, so once each block's write side has been taken once, no
+    /// access that missed the bar is still running. Translations stay (a
+    /// barred access fails, the others go on warm). The caller serialises
+    /// bar changes (`views`, or `&mut Region`).
+    pub fn raise_bar(&self, bar: CpuBar) {
+        self.bar.store(bar as u8, Ordering::SeqCst);
+        for blk in self.blocks.iter() {
+            drop(blk.access.write());
+        }
+    }
+
+    /// Lowers the bar (a view went).
+    pub fn lower_bar(&self, bar: CpuBar) {
+        self.bar.store(bar as u8, Ordering::SeqCst);
+    }
+
     pub fn new(
         managed: Mapping,
         staging: Mapping,
@@ -153,6 +207,8 @@ impl RegionInner {
             notifier,
             pins: Default::default(),
             freed: Default::default(),
+            bar: AtomicU8::new(CpuBar::None as u8),
+            views: Default::default(),
         }
     }
 

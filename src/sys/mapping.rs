@@ -1,5 +1,6 @@
 use std::io;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// Memory protection of a mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,24 +154,56 @@ impl Mapping {
         }
     }
 
-    /// Copies `buf.len()` bytes starting at `off` into `buf`.
+    /// Copies `buf.len()` bytes starting at `off` into `buf`. The bytes are
+    /// read as relaxed atomics (aligned 8-byte words, single bytes at the
+    /// edges): managed and device memory are shared with other threads (lanes,
+    /// devices, CPU atomic views) that may write them at the same time, and a
+    /// relaxed atomic copy is never a data race where a plain copy would be.
     pub fn read_at(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
         self.check(off, buf.len())?;
-        // SAFETY: source range checked inside the mapping; `buf` is a distinct,
-        // exclusively borrowed Rust buffer, so the ranges cannot overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len())
-        };
+        let base = self.ptr.as_ptr() as usize + off;
+        let mut i = 0;
+        while i < buf.len() {
+            let at = base + i;
+            if at % 8 == 0 && buf.len() - i >= 8 {
+                // SAFETY: `at` is 8-aligned and `at..at+8` lies inside the live
+                // mapping (checked above); every access to these bytes from
+                // svmem is atomic or happens while no other thread can reach
+                // them, so an atomic view of them is sound.
+                let w = unsafe { AtomicU64::from_ptr(at as *mut u64) }.load(Ordering::Relaxed);
+                buf[i..i + 8].copy_from_slice(&w.to_ne_bytes());
+                i += 8;
+            } else {
+                // SAFETY: as above, for one byte inside the mapping.
+                buf[i] = unsafe { AtomicU8::from_ptr(at as *mut u8) }.load(Ordering::Relaxed);
+                i += 1;
+            }
+        }
         Ok(())
     }
 
-    /// Copies `buf` into the mapping at `off`.
+    /// Copies `buf` into the mapping at `off`, as relaxed atomic stores (see
+    /// [`Mapping::read_at`]).
     pub fn write_at(&self, off: usize, buf: &[u8]) -> io::Result<()> {
         self.check(off, buf.len())?;
-        // SAFETY: destination range checked inside the mapping; `buf` is a Rust
-        // buffer that cannot overlap our anonymous mapping's range... unless it
-        // was taken from it, which the crate never does (all views copy).
-        unsafe { std::ptr::copy(buf.as_ptr(), self.ptr.as_ptr().add(off), buf.len()) };
+        let base = self.ptr.as_ptr() as usize + off;
+        let mut i = 0;
+        while i < buf.len() {
+            let at = base + i;
+            if at % 8 == 0 && buf.len() - i >= 8 {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&buf[i..i + 8]);
+                // SAFETY: as in `read_at`: aligned, inside the live mapping,
+                // accessed atomically by every concurrent user.
+                unsafe { AtomicU64::from_ptr(at as *mut u64) }
+                    .store(u64::from_ne_bytes(w), Ordering::Relaxed);
+                i += 8;
+            } else {
+                // SAFETY: as above, for one byte inside the mapping.
+                unsafe { AtomicU8::from_ptr(at as *mut u8) }.store(buf[i], Ordering::Relaxed);
+                i += 1;
+            }
+        }
         Ok(())
     }
 

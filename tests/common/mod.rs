@@ -71,8 +71,8 @@ impl Rng {
 }
 
 /// The application discarding part of its managed memory, as a program would.
-pub fn dontneed(r: &Region<'_>, offset: usize, len: usize) {
-    let p = (r.addr().as_u64() as usize + offset) as *mut libc::c_void;
+pub fn dontneed(base: svmem::VirtAddr, offset: usize, len: usize) {
+    let p = (base.as_u64() as usize + offset) as *mut libc::c_void;
     // SAFETY: the range lies inside the region's mapping, which stays mapped;
     // no Rust reference into it is alive across the call.
     let rc = unsafe { libc::madvise(p, len, libc::MADV_DONTNEED) };
@@ -105,4 +105,39 @@ pub fn sum_kernel(
         })?
         .check()?;
     Ok(total.into_inner())
+}
+
+/// What the threads share of a region: its address and its words as
+/// atomics (`Region::as_atomic_u64` borrows the region mutably, so no plain
+/// view of it can live meanwhile).
+pub struct SharedRegion<'a> {
+    pub words: &'a [std::sync::atomic::AtomicU64],
+    base: svmem::VirtAddr,
+    len: u64,
+}
+
+impl<'a> SharedRegion<'a> {
+    pub fn new(region: &'a mut Region<'_>) -> SharedRegion<'a> {
+        let (base, len) = (region.addr(), region.len());
+        SharedRegion {
+            words: region.as_atomic_u64(),
+            base,
+            len,
+        }
+    }
+    pub fn as_atomic_u64(&self) -> &'a [std::sync::atomic::AtomicU64] {
+        self.words
+    }
+    pub fn addr(&self) -> svmem::VirtAddr {
+        self.base
+    }
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    pub fn npages(&self) -> usize {
+        (self.len / svmem::PAGE_SIZE as u64) as usize
+    }
+    pub fn at(&self, off: u64) -> svmem::VirtAddr {
+        self.base.offset(off)
+    }
 }

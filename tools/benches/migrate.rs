@@ -24,7 +24,7 @@ fn bench(c: &mut Criterion) {
         }
     };
     let mut region = svm.alloc(SIZE).expect("alloc 64 MiB of managed memory");
-    let checksum = fill_pattern(region.as_mut_slice::<u64>(), SEED, 0);
+    let checksum = fill_pattern(&mut region.as_mut_slice::<u64>(), SEED, 0);
     let (addr, len) = (region.addr(), region.len());
     let dev = Location::Device(DeviceId(0));
     let npages = region.npages() as u64;
@@ -81,7 +81,7 @@ fn bench(c: &mut Criterion) {
             for _ in 0..iters {
                 migrate(dev);
                 let s = Instant::now();
-                let sum = sum_words(black_box(region.as_slice::<u64>()));
+                let sum = sum_words(black_box(&region.as_slice::<u64>()));
                 t += s.elapsed();
                 assert_eq!(sum, checksum, "data changed");
             }
@@ -98,7 +98,7 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    assert_eq!(sum_words(region.as_slice::<u64>()), checksum);
+    assert_eq!(sum_words(&region.as_slice::<u64>()), checksum);
 }
 
 criterion_group!(benches, bench);

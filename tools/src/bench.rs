@@ -402,7 +402,7 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
 
     // First touch: zero-fill faults plus the pattern write.
     let t = Instant::now();
-    let checksum = fill_pattern(region.as_mut_slice::<u64>(), BENCH_SEED, 0);
+    let checksum = fill_pattern(&mut region.as_mut_slice::<u64>(), BENCH_SEED, 0);
     let first_touch_fill_gbps = gbps(bytes, t.elapsed());
 
     let mut dst = prefaulted(bytes as usize);
@@ -410,7 +410,7 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
     for run in 0..runs {
         let mut s = MigrateRun::default();
         // Every page is system-resident here.
-        s.copy_limit = copy_limit(&mut dst, region.as_slice::<u8>());
+        s.copy_limit = copy_limit(&mut dst, &region.as_slice::<u8>());
         s.memcpy_gbps = s.copy_limit.best();
         s.memcpy_ms = bytes as f64 / s.memcpy_gbps / 1e6;
 
@@ -431,7 +431,7 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
 
         let before = svm.stats();
         let t = Instant::now();
-        let sum = sum_words(black_box(region.as_slice::<u64>()));
+        let sum = sum_words(black_box(&region.as_slice::<u64>()));
         let el = t.elapsed();
         let after = svm.stats();
         black_box(sum);
@@ -440,7 +440,7 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
         s.sweep_cpu_faults = after.cpu_faults - before.cpu_faults;
         s.sweep_fault_windows = after.cpu_fault_windows - before.cpu_fault_windows;
         if sum != checksum {
-            let m = check_pattern(region.as_slice::<u64>(), BENCH_SEED, 0).unwrap_or_default();
+            let m = check_pattern(&region.as_slice::<u64>(), BENCH_SEED, 0).unwrap_or_default();
             let when = format!(
                 "in run {run} (checksum {sum:#x} after the fault sweep, expected {checksum:#x})"
             );
@@ -450,7 +450,7 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
     }
 
     let metadata_bytes_per_page = svm.stats().metadata_bytes as f64 / npages as f64;
-    if let Some(m) = check_pattern(region.as_slice::<u64>(), BENCH_SEED, 0) {
+    if let Some(m) = check_pattern(&region.as_slice::<u64>(), BENCH_SEED, 0) {
         return Err(verify_error(format!("after {runs} runs"), bytes, m));
     }
     let counters = svm.stats();

@@ -229,14 +229,14 @@ pub fn bench_faults(size: u64, runs: usize) -> Result<FaultsBench, BenchError> {
 /// the CPU (so system-resident); returns it and the pattern's checksum.
 fn filled(svm: &Svm, len: usize, seed: u64) -> Result<(Region<'_>, u64), BenchError> {
     let mut r = svm.alloc(len)?;
-    let sum = fill_pattern(r.as_mut_slice::<u64>(), seed, 0);
+    let sum = fill_pattern(&mut r.as_mut_slice::<u64>(), seed, 0);
     Ok((r, sum))
 }
 
 /// A checksum that differs from the pattern's: find the first wrong word.
 fn sum_error(when: String, r: &Region<'_>, seed: u64, sum: u64, expected: u64) -> BenchError {
     let words = r.as_slice::<u64>();
-    let m = crate::bench::check_pattern(words, seed, 0).unwrap_or_default();
+    let m = crate::bench::check_pattern(&words, seed, 0).unwrap_or_default();
     BenchError::Verify {
         when: format!("{when} (checksum {sum:#x}, expected {expected:#x})"),
         words: words.len() as u64,
@@ -257,7 +257,7 @@ fn sweep(
 ) -> Result<(), BenchError> {
     let (region, checksum) = filled(svm, len, SWEEP_SEED)?;
     let bytes = region.len();
-    s.copy_limit = copy_limit(dst, region.as_slice::<u8>());
+    s.copy_limit = copy_limit(dst, &region.as_slice::<u8>());
     s.memcpy_gbps = s.copy_limit.best();
     s.memcpy_ms = bytes as f64 / s.memcpy_gbps / 1e6;
     svm.set_attributes(

@@ -200,7 +200,7 @@ fn one(
         .build()?;
     let len = ((device_memory as f64 * ratio) as u64).next_multiple_of(ITEM_BYTES);
     let mut region = svm.alloc(len as usize)?;
-    let expected = fill_pattern(region.as_mut_slice::<u64>(), SEED, 0);
+    let expected = fill_pattern(&mut region.as_mut_slice::<u64>(), SEED, 0);
     svm.set_attributes(
         region.addr(),
         len,

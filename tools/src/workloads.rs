@@ -503,7 +503,8 @@ impl<'a> Runner<'a> {
                 lane.write_slice(pa.offset(lo * 8), x)
             })
         })?;
-        verify(self.w, "a", a.as_slice::<f64>(), |i| {
+        let view = a.as_slice::<f64>();
+        verify(self.w, "a", &view, |i| {
             stream_b(i) + STREAM_SCALAR * stream_c(i)
         })
     }
@@ -552,12 +553,13 @@ impl<'a> Runner<'a> {
                     })
                 },
             )?;
-            for v in x.as_mut_slice::<u64>() {
+            for v in x.as_mut_slice::<u64>().iter_mut() {
                 *v = v.wrapping_add(1);
             }
         }
         let want = 2 * u64::from(self.cfg.rounds);
-        verify(self.w, "x", x.as_slice::<u64>(), |_| want)
+        let view = x.as_slice::<u64>();
+        verify(self.w, "x", &view, |_| want)
     }
 }
 

@@ -154,12 +154,13 @@ fn evictions_are_reported_as_events() {
 fn eviction_races_cpu_and_device_faults_without_losing_writes() {
     let svm = svm(true);
     let pages = 2 * (DEV_MIB << 20) as usize / 4096;
-    let r = svm.alloc(pages * 4096).unwrap();
+    let mut region = svm.alloc(pages * 4096).unwrap();
     let rounds = 6u64;
     let cpu_rounds = 4u64;
     let stop = AtomicBool::new(false);
     let migrations = AtomicU64::new(0);
-    let words = r.as_atomic_u64();
+    let base = region.addr();
+    let words = region.as_atomic_u64();
     std::thread::scope(|s| {
         // CPU threads: word 1 of every 16th page (the kernel uses word 0).
         for t in 0..2u64 {
@@ -177,7 +178,11 @@ fn eviction_races_cpu_and_device_faults_without_losing_writes() {
             let mut b = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let blocks = (pages / 512) as u64;
-                let _ = svm.migrate(r.at((b % blocks) << 21), 2 << 20, Location::Device(D0));
+                let _ = svm.migrate(
+                    base.offset((b % blocks) << 21),
+                    2 << 20,
+                    Location::Device(D0),
+                );
                 migrations.fetch_add(1, Ordering::Relaxed);
                 b = b.wrapping_mul(7).wrapping_add(3);
             }
@@ -186,7 +191,7 @@ fn eviction_races_cpu_and_device_faults_without_losing_writes() {
         for _ in 0..rounds {
             let rep = dev
                 .launch(pages as u64, |lane, p| {
-                    lane.atomic_add_u64(r.at(p * 4096), 1).map(|_| ())
+                    lane.atomic_add_u64(base.offset(p * 4096), 1).map(|_| ())
                 })
                 .unwrap();
             assert!(rep.fatal.is_none(), "{:?}", rep.fatal);

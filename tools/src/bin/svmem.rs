@@ -836,7 +836,7 @@ fn demo(size: u64, device_memory: u64, json: bool) -> Result<ExitCode, CliError>
     // 1. CPU first touch: zero-fill faults, then the pattern.
     let s0 = svm.stats();
     let t = Instant::now();
-    fill_words(region.as_mut_slice::<u64>(), SEED_CPU);
+    fill_words(&mut region.as_mut_slice::<u64>(), SEED_CPU);
     let el = t.elapsed();
     let s1 = svm.stats();
     d.step(
@@ -912,7 +912,7 @@ fn demo(size: u64, device_memory: u64, json: bool) -> Result<ExitCode, CliError>
     // 5. The CPU reads it back: device-resident pages fault and migrate back.
     let s0 = svm.stats();
     let t = Instant::now();
-    let bad = bench::check_pattern(region.as_slice::<u64>(), SEED_DEV, 0)
+    let bad = bench::check_pattern(&region.as_slice::<u64>(), SEED_DEV, 0)
         .map(|m| mismatch_msg(&m, 0, "CPU read-back"));
     let el = t.elapsed();
     let s1 = svm.stats();
@@ -950,7 +950,7 @@ fn demo(size: u64, device_memory: u64, json: bool) -> Result<ExitCode, CliError>
     );
     let s0 = svm.stats();
     let t = Instant::now();
-    let bad = bench::check_pattern(region.as_slice::<u64>(), SEED_DEV, 0)
+    let bad = bench::check_pattern(&region.as_slice::<u64>(), SEED_DEV, 0)
         .map(|m| mismatch_msg(&m, 0, "CPU read after release"));
     let el = t.elapsed();
     let s1 = svm.stats();
