@@ -37,12 +37,7 @@ use crate::sys::EventFd;
 /// paying a fault round trip per window.
 pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
     let (lo, hi) = r.fault_window(idx);
-    let needs_work = (lo..hi).any(|i| {
-        matches!(
-            r.states[i].load(),
-            PageState::Unpopulated | PageState::Device { .. } | PageState::Migrating
-        )
-    });
+    let needs_work = r.window_needs_work(lo, hi);
     if r.states[idx].load() == PageState::Poisoned {
         // Its data is lost: make sure the poison marker is there (SIGBUS),
         // and let the thread take it.
@@ -67,13 +62,12 @@ pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
         // zero-fill if it is a hole". Any other state (isolated, on a device,
         // discarded to `Unpopulated`): install nothing; the thread wakes,
         // faults again if it must, and that fault takes the full path.
+        // (`RegionInner::fill_stale_hole`; `mm/loom_models.rs` checks it
+        // against a migration, and shows the unlocked fill losing.)
         let at = r.addr_of(idx).0;
-        {
-            let _guard = r.blocks[idx / BLOCK_PAGES].migrate.lock();
-            if r.states[idx].load() == PageState::System {
-                let _ = sh.uffd.zeropage(at, PAGE_SIZE as u64, true);
-            }
-        }
+        r.fill_stale_hole(idx, || {
+            let _ = sh.uffd.zeropage(at, PAGE_SIZE as u64, true);
+        });
         let _ = sh.uffd.wake(at, PAGE_SIZE as u64);
         return;
     }

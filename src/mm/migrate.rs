@@ -17,8 +17,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use parking_lot::MutexGuard;
-
 use super::announce::Announce;
 use super::staging::{return_cpu_pages, runs, take_cpu_pages, Taken};
 use crate::addr::{DevPage, DeviceId, Location, BLOCK_PAGES, PAGE_SIZE};
@@ -29,7 +27,7 @@ use crate::mm::ctx::Shared;
 use crate::mm::space::{Pte, RegionInner};
 use crate::mm::state::PageState;
 use crate::observe::events::UnmapTrigger;
-use crate::sync::Ordering;
+use crate::sync::{MutexGuard, Ordering};
 use crate::sys::{Mapping, Prot};
 
 /// What a migration did, page by page.

@@ -6,6 +6,8 @@
 pub(crate) mod announce;
 pub(crate) mod ctx;
 pub(crate) mod huge;
+#[cfg(all(test, loom))]
+mod loom_models;
 pub(crate) mod migrate;
 pub(crate) mod pins;
 pub(crate) mod poison;

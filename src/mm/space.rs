@@ -12,13 +12,11 @@
 
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
-
 use crate::addr::{DevPage, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
-use crate::mm::state::StateCell;
+use crate::mm::state::{PageState, StateCell};
 use crate::observe::events::UnmapTrigger;
 use crate::observe::notify::Notifier;
-use crate::sync::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Mutex, Ordering, RwLock};
 use crate::sys::Mapping;
 
 /// Most pages one region may hold (a device PTE can name any of them): 1 TiB.
@@ -259,6 +257,33 @@ impl RegionInner {
         let w = self.window_len(k);
         let lo = k & !(w - 1);
         (lo, (lo + w).min(self.npages))
+    }
+
+    /// Whether a CPU fault on the window `[lo, hi)` has work to do: a page
+    /// unpopulated, on a device or migrating. Read without the block lock, so
+    /// only a hint: `false` sends the fault to [`Self::fill_stale_hole`].
+    pub fn window_needs_work(&self, lo: usize, hi: usize) -> bool {
+        (lo..hi).any(|i| {
+            matches!(
+                self.states[i].load(),
+                PageState::Unpopulated | PageState::Device { .. } | PageState::Migrating
+            )
+        })
+    }
+
+    /// A CPU fault whose window needed no work (a stale message, or a
+    /// `System` page discarded to a hole after its REMOVE was handled): runs
+    /// `zero_fill` (a one-page ZEROPAGE; EEXIST is the common outcome) under
+    /// the block lock, and only if the page is `System` there (race 1: an
+    /// unlocked fill could land in the hole a migration to a device just
+    /// moved the page out of). Returns whether it ran.
+    pub fn fill_stale_hole(&self, idx: usize, zero_fill: impl FnOnce()) -> bool {
+        let _guard = self.blocks[idx / BLOCK_PAGES].migrate.lock();
+        let system = self.states[idx].load() == PageState::System;
+        if system {
+            zero_fill();
+        }
+        system
     }
 
     pub fn is_writable(&self) -> bool {
