@@ -15,8 +15,7 @@
 
 mod common;
 
-use common::{Rng, SharedRegion};
-use std::io::Write;
+use common::{watchdog, FirstError, Rng, SharedRegion};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -38,23 +37,6 @@ fn svm(granularity: u8) -> Svm {
 /// The value the reader test keeps in word `w`: never zero.
 fn word_value(w: usize) -> u64 {
     0xA5A5_0000_0000_0000 | (w as u64 + 1)
-}
-
-/// What went wrong first, for the failure message.
-#[derive(Default)]
-struct FirstError(Mutex<Option<String>>);
-
-impl FirstError {
-    fn set(&self, stop: &AtomicBool, msg: String) {
-        let mut g = self.0.lock().unwrap();
-        if g.is_none() {
-            *g = Some(msg);
-        }
-        stop.store(true, Ordering::Release);
-    }
-    fn take(&self) -> Option<String> {
-        self.0.lock().unwrap().take()
-    }
 }
 
 /// Describes word `w` of `region` after a wrong read: what the CPU and the
@@ -79,31 +61,6 @@ fn describe(svm: &Svm, region: &SharedRegion<'_>, w: usize) -> String {
         words[w].load(Ordering::Relaxed),
         svm.location(addr)
     )
-}
-
-/// Aborts the process if `done` is not set within `limit` (a deadlock must
-/// fail the test, not stall CI).
-fn watchdog<'s>(
-    s: &'s std::thread::Scope<'s, '_>,
-    done: &'s AtomicBool,
-    limit: Duration,
-    progress: &'s AtomicU64,
-    what: &'static str,
-) {
-    s.spawn(move || {
-        let until = Instant::now() + limit;
-        while !done.load(Ordering::Acquire) {
-            if Instant::now() > until {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "{what}: no completion within {limit:?} (progress {}): deadlock?",
-                    progress.load(Ordering::Relaxed)
-                );
-                std::process::abort();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
 }
 
 /// Rounds the migrator keeps the same hot page.

@@ -141,3 +141,51 @@ impl<'a> SharedRegion<'a> {
         self.base.offset(off)
     }
 }
+
+/// The first thing that went wrong in a multi-threaded test, for the failure
+/// message; setting it also raises `stop` so every thread winds down.
+#[derive(Default)]
+pub struct FirstError(std::sync::Mutex<Option<String>>);
+
+impl FirstError {
+    pub fn set(&self, stop: &std::sync::atomic::AtomicBool, msg: String) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(msg);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Release);
+    }
+    pub fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+    pub fn is_set(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+}
+
+/// Aborts the process if `done` is not set within `limit`: a deadlock must
+/// fail the test, not stall CI. `progress` is printed with the message.
+pub fn watchdog<'s>(
+    s: &'s std::thread::Scope<'s, '_>,
+    done: &'s std::sync::atomic::AtomicBool,
+    limit: std::time::Duration,
+    progress: &'s std::sync::atomic::AtomicU64,
+    what: &'static str,
+) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    s.spawn(move || {
+        let until = std::time::Instant::now() + limit;
+        while !done.load(Ordering::Acquire) {
+            if std::time::Instant::now() > until {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{what}: no completion within {limit:?} (progress {}): deadlock?",
+                    progress.load(Ordering::Relaxed)
+                );
+                std::process::abort();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+}
