@@ -330,23 +330,21 @@ pub(crate) fn finish_to_device<'a>(
             c.add(&c.device_zero_fill_pages, n - copied);
         }
         Err(_) => {
+            let mut lost = Vec::new();
             for (s, n) in runs(
                 plan.pages
                     .iter()
                     .filter(|p| p.kind == Kind::Copy)
                     .map(|p| p.idx),
             ) {
-                // Pages that cannot even be put back keep their data in staging
-                // and stay Device-less: report them busy-but-safe by leaving them
-                // isolated is worse; return_cpu_pages already fell back to COPY.
-                let failed = return_cpu_pages(sh, r, s, n);
-                debug_assert!(
-                    failed.is_empty(),
-                    "rollback could not restore pages {failed:?}"
-                );
+                // return_cpu_pages already fell back to COPY for pages MOVE
+                // refused; a page neither could put back is an error in every
+                // build: committing it to System would let the CPU read a
+                // hole (zeros) where its data was, silently.
+                lost.extend(return_cpu_pages(sh, r, s, n));
             }
             let mut freed = FreeBatch::new(&sh.devices);
-            for p in &plan.pages {
+            for p in plan.pages.iter().filter(|p| !lost.contains(&p.idx)) {
                 let back = if p.kind == Kind::Copy {
                     PageState::System
                 } else {
@@ -357,9 +355,32 @@ pub(crate) fn finish_to_device<'a>(
             }
             freed.flush();
             wake_runs(sh, r, plan.pages.iter().map(|p| p.idx));
-            let n = plan.pages.len() as u64;
+            let n = plan.pages.len() as u64 - lost.len() as u64;
             rep.rolled_back += n;
             c.add(&c.rolled_back_pages, n);
+            if !lost.is_empty() {
+                eprintln!(
+                    "svmem: a failed migration could not put {} page(s) of region {:#x} back \
+                     into the CPU view (first: page {}); they are poisoned (their staged \
+                     copy is kept until the region is freed)",
+                    lost.len(),
+                    r.base(),
+                    lost[0]
+                );
+                // Device pages of these were not filled: free them; the
+                // staged copies stay where they are (never mapped again).
+                let mut freed = FreeBatch::new(&sh.devices);
+                for p in plan.pages.iter().filter(|p| lost.contains(&p.idx)) {
+                    let _ = r.states[p.idx].commit(PageState::Poisoned);
+                    freed.push(plan.d, p.page);
+                }
+                freed.flush();
+                c.add(&c.poisoned_pages, lost.len() as u64);
+                rep.poisoned += lost.len() as u64;
+                for (s, n) in runs(lost.into_iter()) {
+                    super::poison::poison_cpu_view(sh, r, s, n);
+                }
+            }
         }
     };
     plan.guard
