@@ -213,6 +213,7 @@ fn randomized_soak_loses_nothing() {
     let st = svm.stats();
     eprintln!("soak: {steps} steps, ops {ops:?}, {st:?}");
     assert_eq!(st.poisoned_pages, 0);
+    assert_eq!(st.protocol_errors, 0);
     assert!(
         st.evictions > 0,
         "the soak should oversubscribe the devices"

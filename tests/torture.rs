@@ -646,9 +646,13 @@ fn final_check(w: &World<'_>) {
     if w.err.is_set() {
         return;
     }
-    let poisoned = w.svm.stats().poisoned_pages;
-    if poisoned != 0 {
-        return w.fail("final check", format!("{poisoned} pages poisoned"));
+    let st = w.svm.stats();
+    if st.poisoned_pages != 0 || st.protocol_errors != 0 {
+        let (p, e) = (st.poisoned_pages, st.protocol_errors);
+        return w.fail(
+            "final check",
+            format!("{p} pages poisoned, {e} protocol errors"),
+        );
     }
     for s in [&w.hot, &w.cold] {
         let mut buf = vec![0u8; s.words() * 8];

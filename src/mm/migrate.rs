@@ -236,7 +236,7 @@ pub(crate) fn isolate_to_device<'a>(
                 true
             }
             Some(Taken::Busy) => {
-                let _ = r.states[p.idx].commit(PageState::System);
+                r.states[p.idx].commit_isolated(PageState::System, &sh.counters);
                 dev.free(DevRun {
                     start: p.page,
                     npages: 1,
@@ -305,11 +305,14 @@ pub(crate) fn finish_to_device<'a>(
             for p in &plan.pages {
                 let staged = p.kind == Kind::Copy;
                 copied += staged as u64;
-                let _ = r.states[p.idx].commit(PageState::Device {
-                    dev: plan.d,
-                    page: p.page,
-                    staged,
-                });
+                r.states[p.idx].commit_isolated(
+                    PageState::Device {
+                        dev: plan.d,
+                        page: p.page,
+                        staged,
+                    },
+                    &sh.counters,
+                );
                 table[p.idx].store(
                     Pte::Device {
                         page: p.page,
@@ -350,7 +353,7 @@ pub(crate) fn finish_to_device<'a>(
                 } else {
                     PageState::Unpopulated
                 };
-                let _ = r.states[p.idx].commit(back);
+                r.states[p.idx].commit_isolated(back, &sh.counters);
                 freed.push(plan.d, p.page);
             }
             freed.flush();
@@ -371,7 +374,7 @@ pub(crate) fn finish_to_device<'a>(
                 // staged copies stay where they are (never mapped again).
                 let mut freed = FreeBatch::new(&sh.devices);
                 for p in plan.pages.iter().filter(|p| lost.contains(&p.idx)) {
-                    let _ = r.states[p.idx].commit(PageState::Poisoned);
+                    r.states[p.idx].commit_isolated(PageState::Poisoned, &sh.counters);
                     freed.push(plan.d, p.page);
                 }
                 freed.flush();
@@ -444,7 +447,7 @@ pub(crate) fn isolate_to_system<'a>(
                 pages.retain(|p| {
                     let keep = matches!(p.prev, PageState::Device { staged: true, .. });
                     if !keep {
-                        let _ = r.states[p.idx].commit(p.prev);
+                        r.states[p.idx].commit_isolated(p.prev, &sh.counters);
                         rep.skipped_busy += 1;
                     }
                     keep
@@ -543,7 +546,7 @@ pub(crate) fn finish_to_system(
     if result.is_err() {
         // The data is still on the device: nothing moved in the CPU view.
         for p in &plan.pages {
-            let _ = r.states[p.idx].commit(p.prev);
+            r.states[p.idx].commit_isolated(p.prev, &sh.counters);
         }
         let n = plan.pages.len() as u64;
         rep.rolled_back += n;
@@ -579,11 +582,11 @@ pub(crate) fn finish_to_system(
         };
         if failed.contains(&p.idx) {
             // Data stays safely on the device.
-            let _ = r.states[p.idx].commit(p.prev);
+            r.states[p.idx].commit_isolated(p.prev, &sh.counters);
             rep.rolled_back += 1;
             continue;
         }
-        let _ = r.states[p.idx].commit(PageState::System);
+        r.states[p.idx].commit_isolated(PageState::System, &sh.counters);
         freed.push(dev, page);
         moved += 1;
     }

@@ -42,7 +42,7 @@ pub(crate) fn poison_isolated(sh: &Shared, r: &RegionInner, pages: &[(usize, Pag
                 staged.push(idx);
             }
         }
-        let _ = r.states[idx].commit(PageState::Poisoned);
+        r.states[idx].commit_isolated(PageState::Poisoned, &sh.counters);
     }
     freed.flush();
     for (s, n) in super::staging::runs(staged.into_iter()) {

@@ -5,6 +5,7 @@ use super::space::RegionInner;
 use super::staging::Backoff;
 use super::state::PageState;
 use crate::addr::PAGE_SIZE;
+use crate::sys::uffd::Stop;
 
 /// Zero-fills the unpopulated pages among `[lo, hi)` (caller holds the block
 /// lock). A write to a whole untouched block gets one huge page
@@ -41,7 +42,7 @@ pub(crate) fn populate(sh: &Shared, r: &RegionInner, lo: usize, hi: usize, write
             };
             let done = match res {
                 Ok(n) => n as usize / PAGE_SIZE,
-                Err(p) if p.errno == libc::EAGAIN => {
+                Err(p) if p.stop() == Stop::WouldBlock => {
                     if !backoff.wait() {
                         // Leave the rest unpopulated: a later fault retries.
                         break;

@@ -5,7 +5,7 @@
 use super::ctx::Shared;
 use super::space::RegionInner;
 use crate::addr::PAGE_SIZE;
-use crate::sys::uffd::UffdMsg;
+use crate::sys::uffd::{Stop, UffdMsg};
 
 thread_local! {
     static IS_READER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -28,12 +28,12 @@ pub(crate) enum Stuck {
 /// Runs a ranged uffd ioctl `op(first_page, len)` over the pages of `pages`,
 /// resuming after partial progress. A stop on an unread event (`EAGAIN`) is
 /// waited out with a [`Backoff`]; any other stop, or `EAGAIN` once the
-/// backoff gives up, goes to `stuck(page, errno)`.
+/// backoff gives up, goes to `stuck(page, why)`.
 pub(crate) fn page_runs(
     sh: &Shared,
     pages: std::ops::Range<usize>,
     mut op: impl FnMut(usize, u64) -> Result<u64, crate::sys::uffd::Partial>,
-    mut stuck: impl FnMut(usize, i32) -> Stuck,
+    mut stuck: impl FnMut(usize, Stop) -> Stuck,
 ) {
     let (mut i, end) = (pages.start, pages.end);
     let mut backoff = Backoff::new(sh);
@@ -45,10 +45,10 @@ pub(crate) fn page_runs(
                 if i >= end {
                     break;
                 }
-                if p.errno == libc::EAGAIN && backoff.wait() {
+                if p.stop() == Stop::WouldBlock && backoff.wait() {
                     continue;
                 }
-                if let Stuck::Skip = stuck(i, p.errno) {
+                if let Stuck::Skip = stuck(i, p.stop()) {
                     i += 1;
                 }
             }
@@ -128,12 +128,12 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
             sh.uffd
                 .move_pages(r.staging_addr(i), r.addr_of(i).0, len, false, true)
         },
-        |i, errno| match errno {
-            libc::ENOENT => {
+        |i, why| match why {
+            Stop::Hole => {
                 out[i - start] = Taken::Hole;
                 Stuck::Skip
             }
-            libc::EBUSY if busy.0 != i || busy.1 < 2 => {
+            Stop::Busy if busy.0 != i || busy.1 < 2 => {
                 busy = (i, if busy.0 == i { busy.1 + 1 } else { 1 });
                 std::thread::yield_now();
                 Stuck::Retry

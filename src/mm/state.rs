@@ -130,6 +130,22 @@ impl StateCell {
             })
     }
 
+    /// [`StateCell::commit`] of a page the caller isolated and whose block
+    /// lock it holds, so that a refusal can only mean the protocol broke:
+    /// it is reported on stderr and counted in `Stats::protocol_errors` in
+    /// every build, never ignored.
+    pub fn commit_isolated(&self, to: PageState, counters: &crate::observe::stats::Counters) {
+        if let Err(r) = self.commit(to) {
+            counters.add(&counters.protocol_errors, 1);
+            eprintln!(
+                "svmem: page-state protocol error: commit to {to:?} refused, the page is {:?} \
+                 (please report this)",
+                r.actual
+            );
+            debug_assert!(false, "commit to {to:?} refused: {:?}", r.actual);
+        }
+    }
+
     /// `Unpopulated → System`: the CPU view got a zero-filled page.
     pub fn populate(&self) -> Result<(), Refused> {
         self.transition(PageState::Unpopulated, PageState::System)

@@ -35,6 +35,9 @@ macro_rules! counters {
 }
 
 counters! {
+    /// Page-state commits refused where the protocol says they cannot be
+    /// (always 0 unless svmem has a bug; each is also reported on stderr).
+    protocol_errors,
     /// Fault messages read from the userfaultfd.
     cpu_faults,
     /// Fault windows resolved (one per group of faults in a window).

@@ -145,7 +145,39 @@ pub struct Partial {
     pub errno: i32,
 }
 
+/// Why a ranged uffd ioctl stopped, by what the protocol does about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// `EAGAIN`: a non-cooperative event (REMOVE, UNMAP) is not read yet;
+    /// retry once the reader has read it.
+    WouldBlock,
+    /// `EEXIST`: the destination page is present already.
+    Exists,
+    /// `ENOENT`: the source page is absent (a hole, for `UFFDIO_MOVE`).
+    Hole,
+    /// `EBUSY`: the page cannot move now (pinned, shared with a child,
+    /// under writeback, or split across mappings).
+    Busy,
+    /// `EINVAL` / `ENOENT` on the range itself: not registered, or not
+    /// one mapping.
+    Invalid,
+    /// Anything else, with its errno.
+    Other(i32),
+}
+
 impl Partial {
+    /// The errno as a [`Stop`].
+    pub fn stop(&self) -> Stop {
+        match self.errno {
+            libc::EAGAIN => Stop::WouldBlock,
+            libc::EEXIST => Stop::Exists,
+            libc::ENOENT => Stop::Hole,
+            libc::EBUSY => Stop::Busy,
+            libc::EINVAL => Stop::Invalid,
+            e => Stop::Other(e),
+        }
+    }
+
     #[allow(dead_code)] // for callers that pass the failure on as io::Error
     pub fn error(&self) -> io::Error {
         io::Error::from_raw_os_error(self.errno)
