@@ -220,7 +220,7 @@ pub enum FailReason {
     /// A write or atomic to read-only memory.
     ReadOnly,
     /// The data is in memory the device cannot reach and may not be moved.
-    /// [`KfdPolicy`] never returns it (it migrates to system memory instead);
+    /// [`crate::KfdPolicy`] never returns it (it migrates to system memory instead);
     /// it is for policies that pin data.
     Unreachable,
 }

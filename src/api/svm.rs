@@ -127,8 +127,8 @@ impl SvmBuilder {
         self
     }
 
-    /// The system-memory limit in bytes (default: derived from the machine's
-    /// RAM, see [`crate::pressure::account`]).
+    /// The system-memory limit in bytes (default: the machine's RAM minus
+    /// 1/64 and 1.5 GiB, see [`crate::default_memory_limit`]).
     pub fn memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = Some(bytes);
         self
@@ -143,7 +143,7 @@ impl SvmBuilder {
 
     /// Whether the first write to a whole, untouched 2 MiB block maps one
     /// transparent huge page (default on), so that whole-block migrations
-    /// move one PMD instead of 512 PTEs; see [`crate::mm::huge`]. Off: every
+    /// move one PMD instead of 512 PTEs (ARCHITECTURE.md). Off: every
     /// page is a 4 KiB page, as the kernel's NOHUGEPAGE gives.
     pub fn huge_pages(mut self, on: bool) -> Self {
         self.huge_pages = on;

@@ -1,7 +1,7 @@
 //! Devices, written from the migration engine's side: local memory (a buddy
 //! allocator of 4 KiB..2 MiB blocks), copy engines that move pages between the
 //! staging window and device memory under fences, and device-local loads and
-//! stores. The device page tables (MMU) live in [`crate::mm::space`] because they
+//! stores. The device page tables (MMU) live with the managed regions because they
 //! are indexed by managed page; a device reads them through its accesses.
 
 mod buddy;

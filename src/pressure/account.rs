@@ -253,7 +253,7 @@ pub struct DeviceUsage {
 /// The page categories partition managed memory:
 /// `unpopulated + system + device + migrating + poisoned = managed`.
 /// `in_use = managed + metadata + bounce` (staging pages are covered by the
-/// managed charge: see [`crate::pressure::account`]).
+/// managed charge).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct MemoryUsage {
     /// The system-memory limit.
