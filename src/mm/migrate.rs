@@ -235,13 +235,16 @@ pub(crate) fn isolate_to_device<'a>(
                 p.kind = Kind::Zero;
                 true
             }
-            Some(Taken::Busy) => {
+            Some(t @ (Taken::Busy | Taken::Refused)) => {
                 r.states[p.idx].commit_isolated(PageState::System, &sh.counters);
                 dev.free(DevRun {
                     start: p.page,
                     npages: 1,
                 });
-                rep.skipped_busy += 1;
+                match t {
+                    Taken::Refused => rep.skipped_not_migratable += 1,
+                    _ => rep.skipped_busy += 1,
+                }
                 false
             }
             _ => true,

@@ -27,8 +27,11 @@ pub(crate) enum Stuck {
 
 /// Runs a ranged uffd ioctl `op(first_page, len)` over the pages of `pages`,
 /// resuming after partial progress. A stop on an unread event (`EAGAIN`) is
-/// waited out with a [`Backoff`]; any other stop, or `EAGAIN` once the
-/// backoff gives up, goes to `stuck(page, why)`.
+/// waited out with a [`Backoff`]. A run the kernel refuses as a whole
+/// (`EINVAL`/`ENOENT`: it crosses a mapping boundary, as `madvise` or
+/// `mlock` on part of a region leaves) is retried one page at a time, so
+/// only a page the kernel refuses on its own reaches `stuck(page, why)`, as
+/// does `EAGAIN` once the backoff gives up.
 pub(crate) fn page_runs(
     sh: &Shared,
     pages: std::ops::Range<usize>,
@@ -37,18 +40,31 @@ pub(crate) fn page_runs(
 ) {
     let (mut i, end) = (pages.start, pages.end);
     let mut backoff = Backoff::new(sh);
+    // Most pages per ioctl: halved while the kernel refuses runs as a whole
+    // (a mapping boundary inside), doubled again after each success.
+    let mut limit = end - i;
     while i < end {
-        match op(i, ((end - i) * PAGE_SIZE) as u64) {
-            Ok(_) => break,
+        let n = limit.min(end - i);
+        match op(i, (n * PAGE_SIZE) as u64) {
+            Ok(_) => {
+                i += n;
+                limit = limit.saturating_mul(2);
+            }
             Err(p) => {
-                i += p.done as usize / PAGE_SIZE;
+                let done = p.done as usize / PAGE_SIZE;
+                i += done;
                 if i >= end {
                     break;
                 }
-                if p.stop() == Stop::WouldBlock && backoff.wait() {
+                let why = p.stop();
+                if why == Stop::WouldBlock && backoff.wait() {
                     continue;
                 }
-                if let Stuck::Skip = stuck(i, p.stop()) {
+                if matches!(why, Stop::Invalid | Stop::Hole) && n - done > 1 {
+                    limit = (n - done) / 2;
+                    continue;
+                }
+                if let Stuck::Skip = stuck(i, why) {
                     i += 1;
                 }
             }
@@ -113,6 +129,9 @@ pub(crate) enum Taken {
     /// No page was there (discarded under us): its content is zeros.
     Hole,
     Busy,
+    /// The kernel refuses to move it (its mapping's protection or flags
+    /// differ from staging's, e.g. `mprotect` behind svmem's back).
+    Refused,
 }
 
 /// Moves `[start, start+n)` of the managed view into staging. Busy pages are
@@ -121,6 +140,7 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
     let mut out = vec![Taken::Moved; n];
     // (page, tries): busy retries belong to the page that is busy.
     let mut busy = (usize::MAX, 0);
+    let mut mirrored = None;
     page_runs(
         sh,
         start..start + n,
@@ -131,6 +151,28 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
         |i, why| match why {
             Stop::Hole => {
                 out[i - start] = Taken::Hole;
+                Stuck::Skip
+            }
+            // One page refused for its mapping's flags: the only flag the
+            // program changes that MOVE compares and svmem can mirror is
+            // mlock (VM_LOCKED must match on both sides). Mirror it on the
+            // staging page once and retry; the way back falls back to COPY
+            // if the flags differ again by then.
+            Stop::Invalid if mirrored != Some(i) => {
+                mirrored = Some(i);
+                let off = i * PAGE_SIZE;
+                let locked = r.staging.lock_pages(off, PAGE_SIZE);
+                if locked.is_ok() {
+                    Stuck::Retry
+                } else {
+                    out[i - start] = Taken::Refused;
+                    Stuck::Skip
+                }
+            }
+            Stop::Invalid => {
+                // Still refused: undo the mirror, the page stays.
+                let _ = r.staging.unlock_pages(i * PAGE_SIZE, PAGE_SIZE);
+                out[i - start] = Taken::Refused;
                 Stuck::Skip
             }
             Stop::Busy if busy.0 != i || busy.1 < 2 => {

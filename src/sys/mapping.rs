@@ -142,6 +142,36 @@ impl Mapping {
         }
     }
 
+    /// `mlock2(MLOCK_ONFAULT)` on `[off, off+len)` of the mapping: marks it
+    /// locked without faulting anything in (a userfaultfd-registered range
+    /// must not fault from here). Mirrors a program's mlock of managed
+    /// memory onto staging, so `UFFDIO_MOVE` sees equal flags.
+    pub fn lock_pages(&self, off: usize, len: usize) -> io::Result<()> {
+        self.check(off, len)?;
+        // SAFETY: the range lies inside this mapping (checked); mlock2 with
+        // MLOCK_ONFAULT only sets the lock flag on its mapping.
+        let r =
+            unsafe { libc::mlock2(self.ptr.as_ptr().add(off).cast(), len, libc::MLOCK_ONFAULT) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// `munlock` on `[off, off+len)` of the mapping.
+    pub fn unlock_pages(&self, off: usize, len: usize) -> io::Result<()> {
+        self.check(off, len)?;
+        // SAFETY: the range lies inside this mapping (checked); munlock only
+        // lets the pages be reclaimed again.
+        let r = unsafe { libc::munlock(self.ptr.as_ptr().add(off).cast(), len) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     pub fn protect(&self, prot: Prot) -> io::Result<()> {
         // SAFETY: the whole range is this mapping; protection changes cannot make
         // our accessors unsound (a write to read-only memory would fault, and
