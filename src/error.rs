@@ -145,6 +145,12 @@ pub enum Error {
 
     #[error("device {dev} is lost; reset it to use it again")]
     DeviceLost { dev: DeviceId },
+
+    #[error(
+        "this Svm belongs to the parent process (pid {owner}); a forked child (pid {pid}) \
+         cannot use it: create a new Svm in the child"
+    )]
+    Forked { owner: u32, pid: u32 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

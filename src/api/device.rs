@@ -33,6 +33,7 @@ impl DeviceHandle<'_> {
     }
 
     pub fn info(&self) -> DeviceInfo {
+        self.svm.assert_owner();
         let d = &self.svm.shared.devices[self.id.0 as usize];
         DeviceInfo {
             id: self.id.0,
@@ -45,6 +46,7 @@ impl DeviceHandle<'_> {
 
     /// Reads `buf.len()` bytes at `addr` through the device's page table.
     pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<AccessReport> {
+        self.svm.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
         let sh = &self.svm.shared;
         sh.check_device_alive(self.id)?;
@@ -54,6 +56,7 @@ impl DeviceHandle<'_> {
 
     /// Writes `buf` at `addr` through the device's page table.
     pub fn write(&self, addr: VirtAddr, buf: &[u8]) -> Result<AccessReport> {
+        self.svm.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
         let sh = &self.svm.shared;
         sh.check_device_alive(self.id)?;
@@ -65,16 +68,19 @@ impl DeviceHandle<'_> {
     /// whole first: refused settings change nothing). Devices without fault
     /// injection refuse.
     pub fn inject(&self, inj: crate::device::Injection) -> Result<()> {
+        self.svm.check_owner()?;
         self.svm.shared.devices[self.id.0 as usize].inject(inj)
     }
 
     /// The fault-injection settings in force (`None`: not supported).
     pub fn injection(&self) -> Option<crate::device::Injection> {
+        self.svm.assert_owner();
         self.svm.shared.devices[self.id.0 as usize].injection()
     }
 
     /// Clears injected copy and allocation failures.
     pub fn clear_injection(&self) -> Result<()> {
+        self.svm.check_owner()?;
         self.svm.shared.devices[self.id.0 as usize].clear_injection()
     }
 
@@ -84,16 +90,19 @@ impl DeviceHandle<'_> {
     /// data was on it, and refuses further use until
     /// [`Svm::reset_device`].
     pub fn lose(&self) -> Result<()> {
+        self.svm.check_owner()?;
         self.svm.shared.devices[self.id.0 as usize].lose()
     }
 
     /// Whether the device is lost (and not reset since).
     pub fn is_lost(&self) -> bool {
+        self.svm.assert_owner();
         self.svm.shared.devices[self.id.0 as usize].is_lost()
     }
 
     /// What the device would see of `npages` pages from `addr`, faulting nothing.
     pub fn snapshot(&self, addr: VirtAddr, npages: usize) -> Result<Vec<PageView>> {
+        self.svm.check_owner()?;
         access::snapshot(&self.svm.shared, self.id, addr, npages)
     }
 
@@ -105,6 +114,7 @@ impl DeviceHandle<'_> {
     where
         F: Fn(&mut Lane<'_>, u64) -> std::result::Result<(), DeviceFault> + Sync,
     {
+        self.svm.check_owner()?;
         let sh = &self.svm.shared;
         sh.check_device_alive(self.id)?;
         let rep = crate::gpu::kernel::launch(sh, self.id, grid, kernel);
@@ -114,11 +124,13 @@ impl DeviceHandle<'_> {
 
     /// Fault-service statistics of this device (recent batches).
     pub fn fault_stats(&self) -> BatchStats {
+        self.svm.assert_owner();
         self.svm.shared.runtime[self.id.0 as usize].batch_stats()
     }
 
     /// Evicts every page this device holds back to system memory.
     pub fn release(&self) -> MigrateReport {
+        self.svm.assert_owner();
         let _signals = AsyncSignalsBlocked::new();
         let sh = &self.svm.shared;
         let regions: Vec<_> = sh.regions.read().values().cloned().collect();

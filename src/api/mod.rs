@@ -2,6 +2,7 @@
 //! Every public method of them lives here.
 
 mod device;
+mod fork;
 mod region;
 mod svm;
 

@@ -59,7 +59,10 @@ impl Region<'_> {
     /// away its device translations (one walk of its blocks).
     pub fn as_slice<T: bytemuck::Pod>(&self) -> View<'_, T> {
         let inner = &*self.inner;
-        {
+        // In a forked child the mapping is the child's own ordinary memory
+        // and no device exists: no bar (its locks are the parent's copy).
+        let owned = self.svm.check_owner().is_ok();
+        if owned {
             let mut views = inner.views.lock();
             if *views == 0 {
                 inner.raise_bar(CpuBar::Writes);
@@ -75,7 +78,7 @@ impl Region<'_> {
         let bytes = unsafe { inner.managed.as_slice() };
         View {
             slice: bytemuck::cast_slice(&bytes[..whole_elements::<T>(bytes.len())]),
-            inner,
+            inner: owned.then_some(inner),
         }
     }
 
@@ -84,7 +87,10 @@ impl Region<'_> {
     /// accesses fail as described at [`Region::as_slice`].
     pub fn as_mut_slice<T: bytemuck::Pod>(&mut self) -> ViewMut<'_, T> {
         let inner = &*self.inner;
-        inner.raise_bar(CpuBar::All);
+        let owned = self.svm.check_owner().is_ok();
+        if owned {
+            inner.raise_bar(CpuBar::All);
+        }
         // SAFETY: `&mut self` makes this the only CPU reference to the
         // region's bytes, and every device translation is gone with the bar
         // up (see `as_slice`), so nothing else reads or writes them until
@@ -93,7 +99,7 @@ impl Region<'_> {
         let n = whole_elements::<T>(bytes.len());
         ViewMut {
             slice: bytemuck::cast_slice_mut(&mut bytes[..n]),
-            inner,
+            inner: owned.then_some(inner),
         }
     }
 
@@ -112,6 +118,7 @@ impl Region<'_> {
 
     /// Sets this region's fault granularity (log2 pages, 0..=9).
     pub fn set_granularity(&self, g: u8) -> Result<()> {
+        self.svm.check_owner()?;
         self.svm.set_granularity(self.addr(), self.len(), g)
     }
 
@@ -119,6 +126,7 @@ impl Region<'_> {
     /// device. Device writes to a read-only region fail; its pages do not
     /// migrate (reported not migratable).
     pub fn protect(&self, prot: Prot) -> Result<()> {
+        self.svm.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
         let r = &self.inner;
         r.invalidate_range(0..r.npages, UnmapTrigger::MmuNotify, |_, _| {});
@@ -144,6 +152,12 @@ fn whole_elements<T>(len: usize) -> usize {
 
 impl Drop for Region<'_> {
     fn drop(&mut self) {
+        if self.svm.check_owner().is_err() {
+            // A forked child: the region is the parent's; the child's copy
+            // of its mapping stays as ordinary memory until the child exits
+            // (no ioctl on the inherited uffd: it acts on the parent).
+            return;
+        }
         self.svm.free_region(&self.inner);
     }
 }
@@ -152,7 +166,8 @@ impl Drop for Region<'_> {
 /// not write the region while it lives. Dereferences to `&[T]`.
 pub struct View<'r, T> {
     slice: &'r [T],
-    inner: &'r RegionInner,
+    /// `None` in a forked child (no bar was raised).
+    inner: Option<&'r RegionInner>,
 }
 
 impl<T> std::ops::Deref for View<'_, T> {
@@ -164,10 +179,11 @@ impl<T> std::ops::Deref for View<'_, T> {
 
 impl<T> Drop for View<'_, T> {
     fn drop(&mut self) {
-        let mut views = self.inner.views.lock();
+        let Some(inner) = self.inner else { return };
+        let mut views = inner.views.lock();
         *views -= 1;
         if *views == 0 {
-            self.inner.lower_bar(CpuBar::None);
+            inner.lower_bar(CpuBar::None);
         }
     }
 }
@@ -182,7 +198,8 @@ impl<T: std::fmt::Debug> std::fmt::Debug for View<'_, T> {
 /// device touches the region while it lives. Dereferences to `&mut [T]`.
 pub struct ViewMut<'r, T> {
     slice: &'r mut [T],
-    inner: &'r RegionInner,
+    /// `None` in a forked child (no bar was raised).
+    inner: Option<&'r RegionInner>,
 }
 
 impl<T> std::ops::Deref for ViewMut<'_, T> {
@@ -200,7 +217,9 @@ impl<T> std::ops::DerefMut for ViewMut<'_, T> {
 
 impl<T> Drop for ViewMut<'_, T> {
     fn drop(&mut self) {
-        self.inner.lower_bar(CpuBar::None);
+        if let Some(inner) = self.inner {
+            inner.lower_bar(CpuBar::None);
+        }
     }
 }
 

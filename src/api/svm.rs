@@ -217,6 +217,7 @@ impl SvmBuilder {
         });
         let shutdown = Arc::new(EventFd::new().map_err(|e| Error::os("eventfd", e))?);
         let mut svm = Svm {
+            owner: std::process::id(),
             shared: shared.clone(),
             shutdown: shutdown.clone(),
             reader: None,
@@ -246,12 +247,27 @@ impl SvmBuilder {
                 Box::new(move || crate::gpu::restore::restore_loop(sh, d)),
             )?);
         }
+        super::fork::register(&svm.shared, svm.owner);
         Ok(svm)
     }
 }
 
 /// One shared virtual address space. See the crate docs.
+///
+/// # fork
+///
+/// Before every `fork()` of the process, svmem brings every device-resident
+/// page home (migrations to devices in other threads are refused until the
+/// fork returns), so the child sees every managed byte as it was. In the
+/// child, the parent's `Svm` and everything from it are dead: methods return
+/// [`Error::Forked`] (or panic with its message where they return no
+/// `Result`); CPU views and address getters of a `Region` still work on the
+/// child's own copy; dropping does nothing. The child builds its own `Svm`
+/// to manage memory. Do not fork from inside svmem callbacks (placement
+/// policies, kernels): they run under locks the fork's preparation needs.
 pub struct Svm {
+    /// The process that built it: in any other (a forked child) it is dead.
+    owner: u32,
     pub(crate) shared: Arc<Ctx>,
     shutdown: Arc<EventFd>,
     reader: Option<JoinHandle<()>>,
@@ -268,6 +284,30 @@ impl std::fmt::Debug for Svm {
 }
 
 impl Svm {
+    /// `Err(Error::Forked)` in a process other than the one that built this
+    /// `Svm` (a forked child), where it must not be used: see the crate docs
+    /// on fork.
+    pub(crate) fn check_owner(&self) -> Result<()> {
+        let pid = std::process::id();
+        if pid == self.owner {
+            Ok(())
+        } else {
+            Err(Error::Forked {
+                owner: self.owner,
+                pid,
+            })
+        }
+    }
+
+    /// [`Svm::check_owner`] for methods that return no `Result`: panics in a
+    /// forked child.
+    #[track_caller]
+    pub(crate) fn assert_owner(&self) {
+        if let Err(e) = self.check_owner() {
+            panic!("{e}");
+        }
+    }
+
     pub fn builder() -> SvmBuilder {
         SvmBuilder::default()
     }
@@ -281,6 +321,7 @@ impl Svm {
 
     /// Allocates `len` bytes (rounded up to 4 KiB) of managed memory.
     pub fn alloc(&self, len: usize) -> Result<Region<'_>> {
+        self.check_owner()?;
         let pages = len.div_ceil(PAGE_SIZE);
         if pages == 0 {
             return Err(Error::ZeroLength {
@@ -373,6 +414,7 @@ impl Svm {
     /// Migrates the page-aligned range `[addr, addr+len)` to `to`, best effort
     /// per page; the report says what moved and why the rest did not.
     pub fn migrate(&self, addr: VirtAddr, len: u64, to: Location) -> Result<MigrateReport> {
+        self.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
         if let Location::Device(d) = to {
             self.shared.check_device_alive(d)?;
@@ -398,6 +440,7 @@ impl Svm {
     /// empty. Refused while kernels run on it (`Error::Busy`), or if pages
     /// stay on it after the retries (`Error::Device`, data kept).
     pub fn reset_device(&self, d: DeviceId) -> Result<crate::pressure::failure::ResetReport> {
+        self.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
         let sh = &self.shared;
         sh.device(d)?;
@@ -414,6 +457,7 @@ impl Svm {
     /// Sets the fault granularity (log2 pages, 0..=9) of every 2 MiB block the
     /// page-aligned range touches.
     pub fn set_granularity(&self, addr: VirtAddr, len: u64, g: u8) -> Result<()> {
+        self.check_owner()?;
         if g > 9 {
             return Err(Error::Granularity { value: g });
         }
@@ -427,6 +471,7 @@ impl Svm {
     /// with access granted, or always mapped) are mapped again, and a
     /// prefetch location migrates the whole range now, every time it is set.
     pub fn set_attributes(&self, addr: VirtAddr, len: u64, attrs: &[Attr]) -> Result<()> {
+        self.check_owner()?;
         self.apply_attributes(addr, len, attrs).map(|_| ())
     }
 
@@ -436,6 +481,7 @@ impl Svm {
         len: u64,
         attrs: &[Attr],
     ) -> Result<Option<MigrateReport>> {
+        self.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
         let (r, first, n) = self.check_range(addr, len)?;
         let sh = &self.shared;
@@ -495,6 +541,7 @@ impl Svm {
     /// The attributes of the page-aligned range: each value common to all of
     /// it or `Mixed`, flags as the AND over sub-ranges, granularity the minimum.
     pub fn attributes(&self, addr: VirtAddr, len: u64) -> Result<AttrQuery> {
+        self.check_owner()?;
         let (r, first, n) = self.check_range(addr, len)?;
         let start = r.base() / PAGE_SIZE as u64 + first as u64;
         Ok(self.shared.attrs.read().query(
@@ -510,6 +557,7 @@ impl Svm {
     /// accessed-by grants the device access in place (map where the data is,
     /// never migrate on its faults). Unset restores the default.
     pub fn advise(&self, addr: VirtAddr, len: u64, advice: MemAdvice) -> Result<()> {
+        self.check_owner()?;
         let xnack = self.xnack();
         let default_access = if xnack {
             AccessMode::Access
@@ -530,6 +578,7 @@ impl Svm {
     /// `cudaMemPrefetchAsync` over the same machinery: sets the prefetch
     /// location, which migrates the range now; returns what moved.
     pub fn prefetch(&self, addr: VirtAddr, len: u64, to: Location) -> Result<MigrateReport> {
+        self.check_owner()?;
         Ok(self
             .apply_attributes(addr, len, &[Attr::PrefetchLocation(Some(to))])?
             .unwrap_or_default())
@@ -537,12 +586,14 @@ impl Svm {
 
     /// Whether device faults are retried (XNACK on).
     pub fn xnack(&self) -> bool {
+        self.assert_owner();
         self.shared.xnack.load(Ordering::Acquire)
     }
 
     /// Switches retry faults on or off; refused while any kernel runs.
     /// Switching off maps every range devices have access to ahead.
     pub fn set_xnack(&self, on: bool) -> Result<()> {
+        self.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
         let sh = &self.shared;
         let mut guards = Vec::new();
@@ -574,27 +625,32 @@ impl Svm {
 
     /// Replaces the placement policy device faults consult.
     pub fn set_policy(&self, p: impl PlacementPolicy + 'static) {
+        self.assert_owner();
         *self.shared.policy.write() = Arc::new(p);
     }
 
     /// The name of the placement policy in use.
     pub fn policy_name(&self) -> String {
+        self.assert_owner();
         self.shared.policy.read().name().to_string()
     }
 
     /// Subscribes to the event stream; a subscriber that falls `capacity`
     /// events behind loses the newest ones (counted), never stalls svmem.
     pub fn subscribe(&self, capacity: usize) -> EventStream {
+        self.assert_owner();
         self.shared.notifier.events.subscribe(capacity)
     }
 
     /// A handle for device `id`.
     pub fn device(&self, id: DeviceId) -> Result<DeviceHandle<'_>> {
+        self.check_owner()?;
         self.shared.device(id)?;
         Ok(DeviceHandle { svm: self, id })
     }
 
     pub fn device_ids(&self) -> Vec<DeviceId> {
+        self.assert_owner();
         (0..self.shared.devices.len())
             .map(|i| DeviceId(i as u8))
             .collect()
@@ -602,6 +658,7 @@ impl Svm {
 
     /// The counters now.
     pub fn stats(&self) -> Stats {
+        self.assert_owner();
         let sh = &self.shared;
         let mut s = sh.counters.snapshot(sh.metadata_bytes());
         for q in sh.notifier.queues.iter() {
@@ -615,6 +672,7 @@ impl Svm {
 
     /// Where page `addr` lives now (`None` outside managed memory or while it migrates).
     pub fn location(&self, addr: VirtAddr) -> Option<Location> {
+        self.assert_owner();
         let r = self.shared.region_at(addr.0)?;
         match r.states[r.page_of(addr.0)].load() {
             PageState::Unpopulated | PageState::System => Some(Location::System),
@@ -663,6 +721,19 @@ impl Svm {
 
 impl Drop for Svm {
     fn drop(&mut self) {
+        if self.check_owner().is_err() {
+            // A forked child: its svmem threads do not exist, the uffd and
+            // devices are the parent's. Tear nothing down (leak it all; the
+            // child's copy of the memory goes when it exits).
+            std::mem::forget(self.shared.clone());
+            std::mem::forget(self.shutdown.clone());
+            for h in self.workers.drain(..) {
+                std::mem::forget(h);
+            }
+            std::mem::forget(self.reader.take());
+            return;
+        }
+        super::fork::unregister(&self.shared);
         // A region that outlives its Svm (leaked with `mem::forget`) keeps
         // its mapping, which becomes ordinary memory once the userfaultfd
         // closes: bring its device-resident pages home first, while the
@@ -708,17 +779,20 @@ impl Svm {
     /// Where memory is and what is charged against the system-memory limit,
     /// now (one scan of every page-state table). See [`MemoryUsage`].
     pub fn memory_usage(&self) -> MemoryUsage {
+        self.assert_owner();
         crate::pressure::account::usage(&self.shared, &self.shared.pressure)
     }
 
     /// The system-memory limit in bytes.
     pub fn memory_limit(&self) -> u64 {
+        self.assert_owner();
         self.shared.pressure.account.limit()
     }
 
     /// Replaces the system-memory limit. A limit below the bytes in use is
     /// refused with [`Error::LimitBelowUsage`] and changes nothing.
     pub fn set_memory_limit(&self, bytes: u64) -> Result<()> {
+        self.check_owner()?;
         self.shared.pressure.account.set_limit(&self.shared, bytes)
     }
 }
@@ -744,6 +818,7 @@ impl Svm {
     /// the region's pin table (2 bytes per page, allocated on its first pin)
     /// does not fit; the range errors of [`crate::Svm::migrate`].
     pub fn pin(&self, addr: VirtAddr, len: u64) -> Result<()> {
+        self.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
         let (r, first, n) = self.check_range(addr, len)?;
         crate::pressure::pin::pin(&self.shared, &self.shared.pressure, &r, first, n)
@@ -754,6 +829,7 @@ impl Svm {
     /// such page and changes nothing. Pages whose last pin goes migrate
     /// normally again.
     pub fn unpin(&self, addr: VirtAddr, len: u64) -> Result<()> {
+        self.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
         let (r, first, n) = self.check_range(addr, len)?;
         crate::pressure::pin::unpin(&self.shared, &self.shared.pressure, &r, first, n)
@@ -762,6 +838,7 @@ impl Svm {
     /// How many times the page holding `addr` is pinned (0 outside managed
     /// memory).
     pub fn pin_count(&self, addr: VirtAddr) -> u32 {
+        self.assert_owner();
         self.shared
             .region_at(addr.0)
             .map_or(0, |r| r.pins.count(r.page_of(addr.0)) as u32)

@@ -135,6 +135,10 @@ impl EmulatedDevice {
             })?;
         // Huge pages make the arena's copies cheaper; failure only costs speed.
         let _ = arena.madvise(0, len, Advice::HugePage);
+        // Device memory is not the child's after a fork (it has no devices:
+        // svmem brings device-resident pages home before every fork), so
+        // fork copies none of its page tables.
+        let _ = arena.madvise(0, len, Advice::DontFork);
         // Device memory is resident from the start, like VRAM.
         arena
             .madvise(0, len, Advice::PopulateWrite)

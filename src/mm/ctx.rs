@@ -138,6 +138,50 @@ impl Shared {
         }
     }
 
+    /// Makes managed pages `[k, k+n)` of `r` exclusive to this process
+    /// again, without changing their data. After a `fork`, a present page
+    /// is copy-on-write shared with the child (and stays "maybe shared" in
+    /// the kernel's eyes until written, even after the child exits), and
+    /// `UFFDIO_MOVE` refuses such pages (EBUSY). `MADV_POPULATE_WRITE`
+    /// write-faults each page: a page the child still maps is copied, one
+    /// only we map is reused; a concurrent CPU write is never lost (the
+    /// kernel copies under the page-table lock). The run is unregistered
+    /// around it, so that a page discarded meanwhile (a hole) takes an
+    /// ordinary zero page, which is its content, instead of a uffd fault
+    /// that would wait for the reader, which may be waiting for the block
+    /// lock the caller holds. Every page of the run is isolated by the
+    /// caller (block lock held), so no other fault needs the registration
+    /// meanwhile. No event is raised: any thread, the reader included, may
+    /// call this. Returns whether it worked.
+    pub fn unshare(&self, r: &RegionInner, k: usize, n: usize) -> bool {
+        let (at, len) = (r.addr_of(k).0, (n * PAGE_SIZE) as u64);
+        self.counters.add(&self.counters.fork_unshare_runs, 1);
+        if let Err(e) = self.uffd.unregister(at, len) {
+            eprintln!("svmem: unsharing pages {at:#x}+{len:#x}: UFFDIO_UNREGISTER failed: {e}");
+            return false;
+        }
+        let (off, bytes) = (k * PAGE_SIZE, n * PAGE_SIZE);
+        let populated = r.managed.madvise(off, bytes, Advice::PopulateWrite);
+        // A write fault may *reuse* a page of a large folio the child no
+        // longer maps (no copy), but `UFFDIO_MOVE` checks the exclusivity
+        // of the folio's first page, which a CPU write may have copied away
+        // earlier: then the folio must be split for the pages to move.
+        // MADV_COLD splits a large folio mapped in part of the range (it
+        // also deactivates the pages: harmless).
+        let _ = r.managed.madvise(off, bytes, Advice::Cold);
+        if let Err(e) = self.uffd.register(at, len, true) {
+            // Unmonitored managed pages would read as zeros once their data
+            // went to a device: say so loudly (it takes an ENOMEM to get here).
+            eprintln!(
+                "svmem: re-registering managed pages {at:#x}+{len:#x} after unsharing failed: {e}; \
+                 CPU faults on them are no longer served"
+            );
+            self.counters.add(&self.counters.protocol_errors, 1);
+            return false;
+        }
+        populated.is_ok()
+    }
+
     /// Host bytes of all svmem metadata: regions and device allocators, and
     /// what the layers above report through [`Pressure::metadata_bytes`].
     pub(crate) fn metadata_bytes(&self) -> u64 {
@@ -161,6 +205,10 @@ impl Shared {
 pub(crate) struct ResetGate {
     closed: [AtomicBool; MAX_DEVICES],
     inflight: [AtomicU32; MAX_DEVICES],
+    /// Forks in progress (`api::fork`): while any, every device's gate is
+    /// closed, so no page goes to a device between the fork's eviction and
+    /// the fork itself.
+    forks: AtomicU32,
 }
 
 /// A migration to a device in flight (see [`ResetGate`]).
@@ -188,7 +236,28 @@ impl ResetGate {
             gate: self.clone(),
             d,
         };
-        (!self.closed[d].load(Ordering::SeqCst)).then_some(ticket)
+        let open = !self.closed[d].load(Ordering::SeqCst) && self.forks.load(Ordering::SeqCst) == 0;
+        open.then_some(ticket)
+    }
+
+    /// Closes every device's gate for a fork and waits (up to `limit`) until
+    /// no migration to any device is in flight; false if some still were.
+    /// The gates stay closed until [`ResetGate::release_fork`], either way.
+    pub fn hold_for_fork(&self, limit: std::time::Duration) -> bool {
+        self.forks.fetch_add(1, Ordering::SeqCst);
+        let start = std::time::Instant::now();
+        while self.inflight.iter().any(|n| n.load(Ordering::SeqCst) != 0) {
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        true
+    }
+
+    /// Ends one [`ResetGate::hold_for_fork`].
+    pub fn release_fork(&self) {
+        self.forks.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Closes the gate of `d` and waits until no migration to it is in

@@ -134,13 +134,17 @@ pub(crate) enum Taken {
     Refused,
 }
 
-/// Moves `[start, start+n)` of the managed view into staging. Busy pages are
-/// retried up to 3 times.
+/// Moves `[start, start+n)` of the managed view into staging. At the first
+/// busy page the rest of the run is unshared (pages copy-on-write shared
+/// with a forked child are busy for `UFFDIO_MOVE`; see [`Shared::unshare`]);
+/// busy pages are then retried up to 3 times.
 pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usize) -> Vec<Taken> {
     let mut out = vec![Taken::Moved; n];
     // (page, tries): busy retries belong to the page that is busy.
     let mut busy = (usize::MAX, 0);
     let mut mirrored = None;
+    // Pages shared with a forked child are busy until unshared: once per call.
+    let mut unshared = false;
     page_runs(
         sh,
         start..start + n,
@@ -174,6 +178,13 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
                 let _ = r.staging.unlock_pages(i * PAGE_SIZE, PAGE_SIZE);
                 out[i - start] = Taken::Refused;
                 Stuck::Skip
+            }
+            Stop::Busy if !unshared => {
+                // Most likely copy-on-write shared after a fork: make the
+                // rest of the run exclusive again (see `Shared::unshare`).
+                unshared = true;
+                sh.unshare(r, i, start + n - i);
+                Stuck::Retry
             }
             Stop::Busy if busy.0 != i || busy.1 < 2 => {
                 busy = (i, if busy.0 == i { busy.1 + 1 } else { 1 });

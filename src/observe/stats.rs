@@ -106,6 +106,17 @@ counters! {
     /// Whole-block first touches that found no huge page (or whose move
     /// stopped part way) and were filled with 4 KiB pages.
     huge_fill_fallbacks,
+    /// Forks this process made while the `Svm` lived (each brought the
+    /// device-resident pages home first).
+    forks,
+    /// Pages brought home from devices before a fork.
+    fork_evicted_pages,
+    /// Pages that stayed on a device through a fork (their copy failed, or
+    /// a migration was stuck): a forked child reads zeros there.
+    fork_stuck_pages,
+    /// Runs of managed pages `UFFDIO_MOVE` refused as shared with a forked
+    /// child (copy-on-write), made exclusive again and moved.
+    fork_unshare_runs,
 }
 
 impl Counters {

@@ -24,8 +24,14 @@ pub enum Advice {
     NoHugePage,
     HugePage,
     DontNeed,
-    /// Pre-fault writable pages (MADV_POPULATE_WRITE, Linux 5.14+).
+    /// Pre-fault writable pages (MADV_POPULATE_WRITE, Linux 5.14+); breaks
+    /// copy-on-write sharing without changing the data.
     PopulateWrite,
+    /// Leave the range out of a forked child (MADV_DONTFORK).
+    DontFork,
+    /// Deactivate the pages (MADV_COLD, Linux 5.4+); splits a large folio
+    /// mapped only in part of the range, keeps the data.
+    Cold,
 }
 
 /// An owned anonymous private mapping; `Drop` unmaps it.
@@ -131,6 +137,8 @@ impl Mapping {
             Advice::HugePage => libc::MADV_HUGEPAGE,
             Advice::DontNeed => libc::MADV_DONTNEED,
             Advice::PopulateWrite => 23,
+            Advice::DontFork => libc::MADV_DONTFORK,
+            Advice::Cold => 20,
         };
         // SAFETY: the range lies inside this mapping (checked); madvise with these
         // advices does not invalidate Rust references because none are handed out.

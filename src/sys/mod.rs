@@ -4,6 +4,7 @@
 
 mod copy;
 mod eventfd;
+pub mod fork;
 pub mod futex;
 mod mapping;
 pub mod meminfo;
