@@ -126,7 +126,7 @@ impl Drop for Own {
 /// Whether anything is mapped at `at` (msync fails with ENOMEM on a hole).
 fn mapped(at: u64) -> bool {
     // SAFETY: msync only checks the mapping, touching no memory.
-    unsafe { libc::msync(at as *mut libc::c_void, PAGE_SIZE as usize, libc::MS_ASYNC) == 0 }
+    unsafe { libc::msync(at as *mut libc::c_void, PAGE_SIZE, libc::MS_ASYNC) == 0 }
 }
 
 fn unmapped_at(e: &Error) -> Option<VirtAddr> {
@@ -388,30 +388,46 @@ fn madvise_then_device_read_sees_zeros() {
         let dev = svm.device(D0).unwrap();
         let len = 1usize << 20;
         let mut r = svm.alloc(len).unwrap();
+        let base = r.addr();
         let mut buf = vec![0u8; len];
-        for round in 0..100 {
-            let advice = if round % 2 == 0 {
-                libc::MADV_DONTNEED
-            } else {
-                libc::MADV_FREE
-            };
-            r.as_mut_slice::<u8>().fill(0x77);
-            // A quarter on the device, a quarter mapped for it in place.
-            svm.migrate(r.addr(), len as u64 / 4, Location::Device(D0))
-                .unwrap();
-            dev.read(r.addr().offset(len as u64 / 4), &mut buf[..len / 4])
-                .unwrap();
-            madvise(r.addr(), len / 2, advice).unwrap();
-            dev.read(r.addr(), &mut buf).unwrap();
-            let (gone, kept) = buf.split_at(len / 2);
-            assert!(
-                gone.iter().all(|&b| b == 0),
-                "round {round}: old data after madvise({advice})"
-            );
-            assert!(kept.iter().all(|&b| b == 0x77), "round {round}");
-            assert!(r.as_slice::<u8>()[..len / 2].iter().all(|&b| b == 0));
-        }
-        let e = madvise(r.addr(), len, libc::MADV_REMOVE).unwrap_err();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // Migrations of the last quarter (same 2 MiB block) keep its
+            // lock busy, so the reader's handling of a REMOVE often waits
+            // for it: the madvise has returned by then.
+            s.spawn(|| {
+                let q = base.offset(3 * len as u64 / 4);
+                while !stop.load(Ordering::Relaxed) {
+                    for to in [Location::Device(D0), Location::System] {
+                        svm.migrate(q, len as u64 / 4, to).unwrap();
+                    }
+                }
+            });
+            for round in 0..100 {
+                let advice = if round % 2 == 0 {
+                    libc::MADV_DONTNEED
+                } else {
+                    libc::MADV_FREE
+                };
+                r.as_mut_slice::<u8>().fill(0x77);
+                // A quarter on the device, a quarter mapped for it in place.
+                svm.migrate(base, len as u64 / 4, Location::Device(D0))
+                    .unwrap();
+                dev.read(base.offset(len as u64 / 4), &mut buf[..len / 4])
+                    .unwrap();
+                madvise(base, len / 2, advice).unwrap();
+                dev.read(base, &mut buf).unwrap();
+                let (gone, kept) = buf.split_at(len / 2);
+                let stale = gone.iter().filter(|&&b| b != 0).count();
+                assert_eq!(stale, 0, "round {round}: old bytes after madvise({advice})");
+                assert!(kept.iter().all(|&b| b == 0x77), "round {round}");
+                assert!(r.as_slice::<u8>()[..len / 2].iter().all(|&b| b == 0));
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        // MADV_REMOVE is for shared memory: anonymous private memory refuses
+        // it (EINVAL) and keeps its data.
+        let e = madvise(base, len, libc::MADV_REMOVE).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
         assert_eq!(r.as_slice::<u8>()[len - 1], 0x77);
     });
