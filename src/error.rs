@@ -72,6 +72,13 @@ pub enum Error {
     #[error("page at {addr} is poisoned: its data was lost in a device failure")]
     Poisoned { addr: VirtAddr },
 
+    #[error(
+        "page at {addr} was unmapped by the program (munmap, or a mapping over it): it is a \
+         hole in its managed region, so devices cannot access or migrate it; keep device \
+         accesses and migrations to mapped pages, or allocate a new region"
+    )]
+    Unmapped { addr: VirtAddr },
+
     #[error("granularity {value} is out of range: use 0 (one page) to 9 (2 MiB)")]
     Granularity { value: u8 },
 
@@ -172,6 +179,9 @@ pub enum FaultReason {
     Unmanaged,
     /// The page's data was lost in a device failure.
     Poisoned,
+    /// The program unmapped the page (a hole in its region; the kernel
+    /// answers -EFAULT).
+    Unmapped,
     /// A CPU view of the region (`Region::as_slice` / `as_mut_slice`) bars
     /// this access while it lives.
     CpuView,
@@ -195,6 +205,7 @@ impl std::fmt::Display for FaultReason {
             ),
             FaultReason::Unmanaged => write!(f, "address is not in managed memory"),
             FaultReason::Poisoned => write!(f, "page is poisoned (its data was lost)"),
+            FaultReason::Unmapped => write!(f, "page was unmapped by the program (a hole)"),
             FaultReason::CpuView => write!(
                 f,
                 "the region is held by a CPU view that bars this access (drop the view first)"

@@ -195,6 +195,7 @@ impl SvmBuilder {
         let core = Arc::new(Shared {
             uffd,
             pending: Default::default(),
+            events: Default::default(),
             devices: self.devices,
             regions: RwLock::new(BTreeMap::new()),
             counters: Counters::default(),
@@ -419,7 +420,13 @@ impl Svm {
         if let Location::Device(d) = to {
             self.shared.check_device_alive(d)?;
         }
+        // A munmap that returned is handled first; then a range with a hole
+        // migrates nothing (migrate_vma answers -EINVAL).
+        self.shared.events.wait();
         let (r, first, n) = self.check_range(addr, len)?;
+        if let Some(k) = (first..first + n).find(|&k| r.states[k].load() == PageState::Hole) {
+            return Err(Error::Unmapped { addr: r.addr_of(k) });
+        }
         if let Location::Device(d) = to {
             crate::pressure::evict::admit(&self.shared, &r, first, n, d)?;
         }
@@ -677,13 +684,16 @@ impl Svm {
         match r.states[r.page_of(addr.0)].load() {
             PageState::Unpopulated | PageState::System => Some(Location::System),
             PageState::Device { dev, .. } => Some(Location::Device(dev)),
-            PageState::Migrating | PageState::Poisoned => None,
+            PageState::Migrating | PageState::Poisoned | PageState::Hole => None,
         }
     }
 
     pub(crate) fn free_region(&self, r: &Arc<RegionInner>) {
         let _signals = AsyncSignalsBlocked::new();
         let sh = &self.shared;
+        // Munmaps of the region's pages that returned are recorded as holes
+        // before anything below looks at them.
+        sh.events.wait();
         r.freed.store(true, std::sync::atomic::Ordering::Release);
         sh.regions.write().remove(&r.base());
         for blk in r.blocks.iter() {
@@ -704,11 +714,13 @@ impl Svm {
         crate::pressure::pin::release_region(sh, &sh.pressure, r);
         sh.pressure.account.uncharge_region(r.len());
         // Unregister before the mappings go, so munmap sends no UNMAP event.
-        if let Err(e) = sh.uffd.unregister(r.base(), r.len()) {
-            eprintln!(
-                "svmem: UFFDIO_UNREGISTER of region {:#x} failed: {e}",
-                r.base()
-            );
+        // Holes are skipped: the program unmapped them, and what it mapped
+        // there since is its own (the managed mapping's drop skips them too).
+        for (off, len) in r.managed.owned_ranges() {
+            let at = r.base() + off as u64;
+            if let Err(e) = sh.uffd.unregister(at, len as u64) {
+                eprintln!("svmem: UFFDIO_UNREGISTER of region {at:#x}+{len:#x} failed: {e}");
+            }
         }
         if let Err(e) = sh.uffd.unregister(r.staging.addr(), r.len()) {
             eprintln!(

@@ -1,6 +1,6 @@
 //! The CPU side: one userfaultfd reader thread per `Svm`. It reads fault
-//! messages and events in batches, handles `REMOVE`/`UNMAP` before faults of
-//! the same batch, and resolves each fault window itself (no hand-off to
+//! messages and events in batches, handles `REMOVE` (the data is discarded)
+//! and `UNMAP` (the pages become holes) before faults of the same batch, and resolves each fault window itself (no hand-off to
 //! another thread: on this kind of machine a cross-CPU wake-up costs as much as
 //! copying 100 KiB). It never calls `madvise`/`munmap` on managed memory, which
 //! would block on its own event.
@@ -93,9 +93,11 @@ pub(crate) fn resolve(sh: &Shared, r: &RegionInner, idx: usize, write: bool) {
     }
 }
 
-/// `madvise(DONTNEED)` or `munmap` by the application: the data in
-/// `[start, end)` is gone. Device pages are freed, staged pages dropped,
-/// device PTEs cleared, states become `Unpopulated`.
+/// `madvise(DONTNEED/FREE/REMOVE)` by the application: the data in
+/// `[start, end)` is gone but the range stays mapped (and registered). Device
+/// pages are freed, staged pages dropped, device PTEs cleared, states become
+/// `Unpopulated` (a hole stays a hole): the next touch reads zeros, from the
+/// CPU and from devices.
 fn discard(sh: &Shared, start: u64, end: u64) {
     for r in sh.regions_overlapping(start, end) {
         let lo = r.page_of(start.max(r.base()));
@@ -137,6 +139,52 @@ fn discard(sh: &Shared, start: u64, end: u64) {
     }
 }
 
+/// `munmap` of `[start, end)` by the application (or an `mmap`/`mremap`
+/// over it): the pages become holes (`PageState::Hole`). Device copies are
+/// freed, staged pages dropped and device PTEs cleared, as for a discard,
+/// but the CPU view is never touched again: the address is the program's
+/// now, and it may already have mapped memory of its own there (its munmap
+/// returned when this event was read). The managed mapping forgets the
+/// range, so the region's free neither unmaps nor unregisters it.
+fn unmap(sh: &Shared, start: u64, end: u64) {
+    for r in sh.regions_overlapping(start, end) {
+        let (s, e) = (start.max(r.base()), end.min(r.base() + r.len()));
+        let lo = r.page_of(s);
+        let hi = r.page_of(e + PAGE_SIZE as u64 - 1);
+        r.managed
+            .forget_range((s - r.base()) as usize, (e - s) as usize);
+        r.invalidate_range(lo..hi, UnmapTrigger::UnmapFromCpu, |_, pages| {
+            let mut freed = crate::device::FreeBatch::new(&sh.devices);
+            let mut staged_pages = Vec::new();
+            for k in pages {
+                // Under the block lock no page is `Migrating`: a migration
+                // racing this event committed or rolled back first.
+                match r.states[k].unmap() {
+                    Ok(PageState::Device { dev, page, staged }) => {
+                        freed.push(dev, page);
+                        if staged {
+                            staged_pages.push(k);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(refused) => {
+                        sh.counters.add(&sh.counters.protocol_errors, 1);
+                        eprintln!(
+                            "svmem: page-state protocol error: unmap of page {k} of region \
+                             {:#x} refused, the page is {:?} (please report this)",
+                            r.base(),
+                            refused.actual
+                        );
+                    }
+                }
+            }
+            for (s, n) in staging::runs(staged_pages.into_iter()) {
+                sh.drop_staged(&r, s, n);
+            }
+        });
+    }
+}
+
 /// The reader thread's body; returns when `shutdown` is signalled.
 pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
     staging::mark_reader_thread();
@@ -153,17 +201,20 @@ pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
             }
         }
         if n == 0 {
+            sh.events.reading();
             n = match sh.uffd.read_msgs(&mut msgs) {
                 Ok(n) => n,
                 Err(e) => {
                     eprintln!(
                         "svmem: reading the userfaultfd failed: {e}; CPU faults are no longer served"
                     );
+                    sh.events.handled();
                     return;
                 }
             };
         }
         if n == 0 {
+            sh.events.handled();
             match sh.uffd.poll_with(std::os::fd::AsFd::as_fd(&*shutdown), -1) {
                 Ok((_, true)) => return,
                 Ok(_) => continue,
@@ -175,10 +226,18 @@ pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
         }
         let batch = &msgs[..n];
         for m in batch {
-            if m.event == uffd::EVENT_REMOVE || m.event == uffd::EVENT_UNMAP {
+            if m.event == uffd::EVENT_REMOVE {
                 sh.counters.add(&sh.counters.uffd_events, 1);
                 discard(&sh, m.arg0, m.arg1);
+            } else if m.event == uffd::EVENT_UNMAP {
+                sh.counters.add(&sh.counters.uffd_events, 1);
+                unmap(&sh, m.arg0, m.arg1);
             }
+        }
+        // Every event read is handled, unless handling them read more (a
+        // `Backoff` fills `pending`): those come first in the next round.
+        if sh.pending.lock().is_empty() {
+            sh.events.handled();
         }
         for m in batch.iter().filter(|m| m.event == uffd::EVENT_PAGEFAULT) {
             sh.counters.add(&sh.counters.cpu_faults, 1);

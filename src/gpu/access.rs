@@ -45,6 +45,8 @@ pub enum PageView {
     Migrating,
     /// Data lost: every access errors.
     Error,
+    /// Unmapped by the program (a hole): every access errors.
+    Unmapped,
 }
 
 pub(crate) enum Op<'b> {
@@ -71,8 +73,8 @@ fn fault_pass(
         let hi = to.min((b + 1) * BLOCK_PAGES);
         let segs = block_segments(sh, r, b);
         let _g = r.blocks[b].migrate.lock();
-        if let Some(k) = (i..hi).find(|&k| r.states[k].load() == PageState::Poisoned) {
-            return Err(Error::Poisoned { addr: r.addr_of(k) });
+        if let Some(e) = unusable(r, i..hi) {
+            return Err(e);
         }
         migrate::pull_to_system(sh, r, i..hi, Some(d), Trigger::DeviceFault);
         for (lo, shi, attrs) in segs {
@@ -87,6 +89,16 @@ fn fault_pass(
     }
     sh.counters.add(&sh.counters.device_fault_passes, 1);
     Ok(())
+}
+
+/// The first page of `pages` no device access can use, as its error: a
+/// poisoned page or a hole.
+pub(crate) fn unusable(r: &RegionInner, pages: std::ops::Range<usize>) -> Option<Error> {
+    pages.into_iter().find_map(|k| match r.states[k].load() {
+        PageState::Poisoned => Some(Error::Poisoned { addr: r.addr_of(k) }),
+        PageState::Hole => Some(Error::Unmapped { addr: r.addr_of(k) }),
+        _ => None,
+    })
 }
 
 /// A device read or write of `[addr, addr + len)`.
@@ -107,6 +119,9 @@ pub(crate) fn access(
             fault_passes: 0,
         });
     }
+    // Events the program's munmap/madvise already returned from are handled
+    // before this access looks at a translation.
+    sh.events.wait();
     let r = sh.region_for(addr, len)?;
     if write && !r.is_writable() {
         return Err(Error::ReadOnly { dev: d, addr });
@@ -141,14 +156,18 @@ pub(crate) fn access(
             return Err(Error::ReadOnly { dev: d, addr: at });
         }
     }
-    if let Some(k) = (first..=last).find(|&k| r.states[k].load() == PageState::Poisoned) {
-        return Err(Error::Poisoned { addr: r.addr_of(k) });
+    if let Some(e) = unusable(&r, first..last + 1) {
+        return Err(e);
     }
     sh.counters.add(&sh.counters.device_accesses, 1);
     let table = &r.ptes[d.0 as usize];
     let dev_err = |e: DeviceError| Error::Device {
         dev: d,
         reason: e.reason,
+    };
+    let sys_err = |e: std::io::Error, at: u64| match e.raw_os_error() {
+        Some(libc::EFAULT) => Error::Unmapped { addr: VirtAddr(at) },
+        _ => Error::os("device access to system memory", e),
     };
     let mut pos = 0u64;
     let mut passes = 0u64;
@@ -195,11 +214,22 @@ pub(crate) fn access(
             let n = ((PAGE_SIZE - off) as u64).min(len - pos) as usize;
             let span = pos as usize..pos as usize + n;
             let target = Target::of(&r, pte, at);
-            match &mut op {
-                Op::Read(buf) => target.read(&**dev, &mut buf[span]),
-                Op::Write(buf) => target.write(&**dev, &buf[span]),
-            }
-            .map_err(dev_err)?;
+            match (target, &mut op) {
+                // System memory is copied through the kernel, so a page the
+                // program unmapped under a translation not yet invalidated
+                // (its UNMAP event still unread: the kernel unmaps first and
+                // tells us after) fails with EFAULT instead of a SIGSEGV.
+                (Target::System { off, .. }, Op::Read(buf)) => r
+                    .managed
+                    .read_checked(off, &mut buf[span])
+                    .map_err(|e| sys_err(e, at)),
+                (Target::System { off, .. }, Op::Write(buf)) => r
+                    .managed
+                    .write_checked(off, &buf[span])
+                    .map_err(|e| sys_err(e, at)),
+                (t, Op::Read(buf)) => t.read(&**dev, &mut buf[span]).map_err(dev_err),
+                (t, Op::Write(buf)) => t.write(&**dev, &buf[span]).map_err(dev_err),
+            }?;
             pos += n as u64;
         }
     }
@@ -232,6 +262,7 @@ pub(crate) fn snapshot(
             count: npages as u64,
             unit: "pages",
         })?;
+    sh.events.wait();
     let r = sh.region_for(addr, len)?;
     let first = r.page_of(addr.0);
     let zero = crate::sys::zero_pages(addr.0, npages).map_err(|e| Error::os("PAGEMAP_SCAN", e))?;
@@ -245,6 +276,7 @@ pub(crate) fn snapshot(
             PageState::Device { .. } => PageView::DeviceRemote,
             PageState::Migrating => PageView::Migrating,
             PageState::Poisoned => PageView::Error,
+            PageState::Hole => PageView::Unmapped,
         })
         .collect())
 }

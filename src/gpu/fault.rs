@@ -498,6 +498,13 @@ fn service_block(
                 ));
                 continue;
             }
+            if r.states[m.idx].load() == PageState::Hole {
+                m.outcome = Some((
+                    FaultOutcome::Fatal(FaultReason::Unmapped),
+                    FaultResolution::Fatal,
+                ));
+                continue;
+            }
             if r.barred(m.kind) {
                 m.outcome = Some((
                     FaultOutcome::Fatal(FaultReason::CpuView),

@@ -28,6 +28,7 @@ use crate::error::{DeviceFault, FaultReason};
 use crate::error::{Error, Result};
 use crate::gpu::fault::{FaultOutcome, Reply};
 use crate::mm::space::{Pte, RegionInner};
+use crate::mm::state::PageState;
 
 /// What a launch did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -204,6 +205,9 @@ impl<'a> Lane<'a> {
             if q.wait_resumed() {
                 self.queue_waits += 1;
             }
+            // A munmap/madvise that returned is handled before a translation
+            // is used (no guard is held here).
+            self.sh.events.wait();
             let at = addr + pos as u64;
             let Some(ri) = self.region_index(at) else {
                 return Err(self.fault(at, kind, FaultReason::Unmanaged));
@@ -270,6 +274,11 @@ impl<'a> Lane<'a> {
                 continue;
             }
             let at = addr + pos as u64;
+            if r.contains(at, 1) && r.states[r.page_of(at)].load() == PageState::Hole {
+                // Unmapped by the program: it has no translation and never
+                // will (the kernel answers -EFAULT).
+                return Err(self.fault(at, kind, FaultReason::Unmapped));
+            }
             retries += 1;
             if retries > MAX_RETRIES {
                 return Err(self.fault(at, kind, FaultReason::NotConverged));

@@ -13,8 +13,9 @@ use crate::sync::Ordering;
 /// Maps pages `[lo, hi)` (inside one block, whose lock the caller holds) for
 /// device `d` where their data is: system pages in place (zero-filling
 /// untouched ones), `d`'s own pages directly. Pages elsewhere are left
-/// unmapped (the caller pulls them first). Returns whether every page of the
-/// window that is not poisoned got a translation.
+/// unmapped (the caller pulls them first), and so are holes, always.
+/// Returns whether every page of the window that is not poisoned or a hole
+/// got a translation.
 pub(crate) fn map_locked(
     sh: &Ctx,
     r: &RegionInner,
@@ -36,8 +37,9 @@ pub(crate) fn map_locked(
         let pte = match r.states[k].load() {
             PageState::System => Pte::System { write: w },
             PageState::Device { dev, page, .. } if dev == d => Pte::Device { page, write: w },
-            // Poisoned pages stay unmapped: accesses to them fail, no retry helps.
-            PageState::Poisoned => continue,
+            // Poisoned pages and holes stay unmapped: accesses to them fail,
+            // no retry helps (a hole's address may be the program's now).
+            PageState::Poisoned | PageState::Hole => continue,
             _ => {
                 all = false;
                 continue;

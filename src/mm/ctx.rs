@@ -25,6 +25,9 @@ pub(crate) struct Shared {
     pub uffd: Uffd,
     /// Messages read early by a [`super::staging::Backoff`] on the reader thread.
     pub pending: parking_lot::Mutex<std::collections::VecDeque<crate::sys::UffdMsg>>,
+    /// Whether the reader may hold REMOVE/UNMAP events read but not yet
+    /// handled; device accesses wait on it (see [`EventGate`]).
+    pub events: EventGate,
     pub devices: Vec<Arc<dyn Device>>,
     pub regions: RwLock<BTreeMap<u64, Arc<RegionInner>>>,
     pub counters: Counters,
@@ -42,6 +45,64 @@ pub(crate) struct Shared {
     pub huge: HugePool,
     /// The memory-pressure layer, seen through what the core needs of it.
     pub pressure: Arc<dyn Pressure>,
+}
+
+/// Orders device accesses after the program's `munmap`/`madvise`.
+///
+/// The kernel lets a `munmap` or `madvise(DONTNEED/FREE/REMOVE)` of a
+/// registered range return as soon as the reader has *read* its UNMAP or
+/// REMOVE message (`userfaultfd_event_complete` runs in the read itself, not
+/// when svmem is done with it), so the call can return before device copies
+/// are freed and device translations cleared. The reader makes the word odd
+/// before every read of the userfaultfd and even again once every event it
+/// has read is handled; a device access (API read, write, snapshot, migrate,
+/// a kernel lane before it takes a translation) waits while it is odd. So an
+/// access that starts after the program's call returned sees the event
+/// handled: device memory freed, translations gone, pages zero or holes.
+/// Waiters hold no lock the reader's event handling takes.
+#[derive(Debug, Default)]
+pub(crate) struct EventGate {
+    word: std::sync::atomic::AtomicU32,
+    waiters: std::sync::atomic::AtomicU32,
+}
+
+impl EventGate {
+    /// The reader is about to read messages (which may release a program
+    /// thread whose event svmem has not handled yet).
+    pub fn reading(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.word.load(SeqCst) % 2 == 0 {
+            self.word.fetch_add(1, SeqCst);
+        }
+    }
+
+    /// The reader has handled every event it read.
+    pub fn handled(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.word.load(SeqCst) % 2 == 1 {
+            self.word.fetch_add(1, SeqCst);
+            if self.waiters.load(SeqCst) > 0 {
+                crate::sys::futex::wake_all(&self.word);
+            }
+        }
+    }
+
+    /// Waits until the events the reader has read are handled.
+    pub fn wait(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.word.load(SeqCst) % 2 == 0 {
+            return;
+        }
+        self.waiters.fetch_add(1, SeqCst);
+        loop {
+            let w = self.word.load(SeqCst);
+            if w % 2 == 0 {
+                break;
+            }
+            crate::sys::futex::wait(&self.word, w, Some(std::time::Duration::from_millis(10)));
+        }
+        self.waiters.fetch_sub(1, SeqCst);
+    }
 }
 
 /// What the core asks of the memory-pressure layer (eviction and accounting

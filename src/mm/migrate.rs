@@ -168,7 +168,7 @@ pub(crate) fn isolate_to_device<'a>(
             PageState::Device { dev, .. } if dev == d => rep.already_there += 1,
             PageState::System => cands.push((i, Kind::Copy)),
             PageState::Unpopulated => cands.push((i, Kind::Zero)),
-            PageState::Poisoned => rep.skipped_not_migratable += 1,
+            PageState::Poisoned | PageState::Hole => rep.skipped_not_migratable += 1,
             PageState::Device { .. } | PageState::Migrating => rep.skipped_busy += 1,
         }
     }
@@ -796,7 +796,9 @@ pub(crate) fn pipeline(
                         (PageState::Device { dev, .. }, Some(d)) if dev != d => {}
                         (PageState::Device { .. }, _) => idxs.push(k),
                         (_, Some(_)) => {}
-                        (PageState::Poisoned, None) => rep.skipped_not_migratable += 1,
+                        (PageState::Poisoned | PageState::Hole, None) => {
+                            rep.skipped_not_migratable += 1
+                        }
                         (_, None) => rep.already_there += 1,
                     }
                 }

@@ -97,6 +97,8 @@ impl<'a> Backoff<'a> {
         }
         if IS_READER.with(|r| r.get()) {
             let mut buf = [UffdMsg::default(); 16];
+            // What it reads is handled later: device accesses wait till then.
+            self.sh.events.reading();
             if let Ok(n) = self.sh.uffd.read_msgs(&mut buf) {
                 self.sh.pending.lock().extend(buf[..n].iter().copied());
             }

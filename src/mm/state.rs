@@ -1,20 +1,27 @@
 //! The per-page state machine: one `AtomicU32` per 4 KiB managed page.
 //!
 //! ```text
-//!  from \ to    Unpopulated   System     Migrating   Device     Poisoned
-//!  Unpopulated   -             populate   isolate     -          -
-//!  System        discard       -          isolate     -          -
-//!  Migrating     rollback      commit,    -           commit,    commit
+//!  from \ to    Unpopulated   System     Migrating   Device     Poisoned  Hole
+//!  Unpopulated   -             populate   isolate     -          -         unmap
+//!  System        discard       -          isolate     -          -         unmap
+//!  Migrating     rollback      commit,    -           commit,    commit    -
 //!                               rollback               rollback   (data lost)
-//!  Device        discard       -          isolate     -          -
-//!  Poisoned      discard       -          -           -          -
+//!  Device        discard       -          isolate     -          -         unmap
+//!  Poisoned      discard       -          -           -          -         unmap
+//!  Hole          -             -          -           -          -         -
 //! ```
 //!
 //! Every edge: `populate` (first touch), `isolate` (from Unpopulated, System
 //! or Device, to Migrating), `commit` (Migrating to System, Device or
 //! Poisoned), rollback (Migrating back to the state it left, a commit to the
 //! old value), `discard` (System, Device or Poisoned to Unpopulated: madvise
-//! DONTNEED, munmap, region free; refused while Migrating).
+//! DONTNEED/FREE/REMOVE, region free; refused while Migrating), `unmap`
+//! (any state but Migrating to Hole: the program unmapped the page, UNMAP
+//! event). `Hole` is never left: the address may now belong to a mapping of
+//! the program's own, so nothing of svmem's may touch it again; the region's
+//! free skips it. A migration holds the block lock while its pages are
+//! `Migrating`, and the reader takes that lock before `unmap`, so an UNMAP
+//! racing a migration waits for its commit or rollback, then unmaps.
 //!
 //! Who may do what: every transition out of `Unpopulated`, `System` and
 //! `Device` happens with the page's 2 MiB block migration lock held, so two
@@ -51,6 +58,11 @@ pub enum PageState {
     Migrating,
     /// Data lost by a device failure; every access errors.
     Poisoned,
+    /// Unmapped by the program (munmap, or mmap/mremap over it): no data,
+    /// no translation, every device access and migration errors, and the
+    /// address is never touched again (the program may map its own memory
+    /// there).
+    Hole,
 }
 
 const TAG_UNPOP: u32 = 0;
@@ -58,6 +70,7 @@ const TAG_SYSTEM: u32 = 1;
 const TAG_DEVICE: u32 = 2;
 const TAG_MIGRATING: u32 = 3;
 const TAG_POISONED: u32 = 4;
+const TAG_HOLE: u32 = 5;
 
 impl PageState {
     pub(crate) fn encode(self) -> u32 {
@@ -70,6 +83,7 @@ impl PageState {
             }
             PageState::Migrating => TAG_MIGRATING,
             PageState::Poisoned => TAG_POISONED,
+            PageState::Hole => TAG_HOLE,
         }
     }
 
@@ -83,7 +97,8 @@ impl PageState {
                 staged: w & 8 != 0,
             },
             TAG_MIGRATING => PageState::Migrating,
-            _ => PageState::Poisoned,
+            TAG_POISONED => PageState::Poisoned,
+            _ => PageState::Hole,
         }
     }
 
@@ -165,7 +180,7 @@ impl StateCell {
     /// `Migrating → to` (`to` is the destination, or the state before
     /// isolation for a rollback, or `Poisoned`).
     pub fn commit(&self, to: PageState) -> Result<(), Refused> {
-        if to == PageState::Migrating {
+        if to == PageState::Migrating || to == PageState::Hole {
             return Err(Refused {
                 actual: self.load(),
             });
@@ -174,13 +189,26 @@ impl StateCell {
     }
 
     /// `System | Device | Poisoned → Unpopulated`: the data was discarded
-    /// (madvise DONTNEED, munmap, region free). Returns the state it left.
+    /// (madvise DONTNEED, region free). Returns the state it left. A `Hole`
+    /// stays one (returned as is).
     pub fn discard(&self) -> Result<PageState, Refused> {
         let seen = self.load();
         match seen {
             PageState::Migrating => Err(Refused { actual: seen }),
-            PageState::Unpopulated => Ok(seen),
+            PageState::Unpopulated | PageState::Hole => Ok(seen),
             _ => self.transition(seen, PageState::Unpopulated).map(|_| seen),
+        }
+    }
+
+    /// `Unpopulated | System | Device | Poisoned → Hole`: the program
+    /// unmapped the page (UNMAP event). Returns the state it left (`Hole`
+    /// again for a page already unmapped); refused while `Migrating`.
+    pub fn unmap(&self) -> Result<PageState, Refused> {
+        let seen = self.load();
+        match seen {
+            PageState::Migrating => Err(Refused { actual: seen }),
+            PageState::Hole => Ok(seen),
+            _ => self.transition(seen, PageState::Hole).map(|_| seen),
         }
     }
 }
@@ -196,6 +224,7 @@ mod tests {
             PageState::System,
             PageState::Migrating,
             PageState::Poisoned,
+            PageState::Hole,
             PageState::Device {
                 dev: DeviceId(7),
                 page: DevPage((MAX_DEV_PAGES - 1) as u32),
@@ -235,6 +264,23 @@ mod tests {
             }
         );
         assert_eq!(c.load(), PageState::Unpopulated);
+    }
+
+    #[test]
+    fn a_hole_is_never_left() {
+        let c = StateCell::new();
+        c.populate().expect("populate");
+        c.isolate(PageState::System).expect("isolate");
+        assert!(c.unmap().is_err(), "a migrating page cannot be unmapped");
+        assert!(c.commit(PageState::Hole).is_err(), "no commit to a hole");
+        c.commit(PageState::System).expect("commit");
+        assert_eq!(c.unmap().expect("unmap"), PageState::System);
+        assert_eq!(c.unmap().expect("again"), PageState::Hole);
+        assert!(c.populate().is_err());
+        assert!(c.isolate(PageState::Hole).is_err());
+        assert!(c.commit(PageState::System).is_err());
+        assert_eq!(c.discard().expect("discard"), PageState::Hole);
+        assert_eq!(c.load(), PageState::Hole);
     }
 }
 

@@ -41,7 +41,7 @@ impl Model {
         Ok(())
     }
     fn commit(&mut self, to: PageState) -> Result<(), Refused> {
-        if to == PageState::Migrating || self.0 != PageState::Migrating {
+        if to == PageState::Migrating || to == PageState::Hole || self.0 != PageState::Migrating {
             return self.refuse();
         }
         self.0 = to;
@@ -50,8 +50,18 @@ impl Model {
     fn discard(&mut self) -> Result<PageState, Refused> {
         match self.0 {
             PageState::Migrating => self.refuse(),
+            PageState::Hole => Ok(PageState::Hole),
             prev => {
                 self.0 = PageState::Unpopulated;
+                Ok(prev)
+            }
+        }
+    }
+    fn unmap(&mut self) -> Result<PageState, Refused> {
+        match self.0 {
+            PageState::Migrating => self.refuse(),
+            prev => {
+                self.0 = PageState::Hole;
                 Ok(prev)
             }
         }
@@ -69,6 +79,7 @@ enum CellOp {
     Isolate(PageState),
     Commit(PageState),
     Discard,
+    Unmap,
 }
 
 fn any_state() -> impl Strategy<Value = PageState> {
@@ -82,6 +93,7 @@ fn any_state() -> impl Strategy<Value = PageState> {
         1 => Just(PageState::System),
         1 => Just(PageState::Migrating),
         1 => Just(PageState::Poisoned),
+        1 => Just(PageState::Hole),
         3 => (0..MAX_DEVICES as u8, page, any::<bool>()).prop_map(|(d, p, staged)| {
             PageState::Device {
                 dev: DeviceId(d),
@@ -100,6 +112,7 @@ fn cell_op() -> impl Strategy<Value = CellOp> {
         1 => any_state().prop_map(CellOp::Isolate),
         3 => any_state().prop_map(CellOp::Commit),
         1 => Just(CellOp::Discard),
+        1 => Just(CellOp::Unmap),
     ]
 }
 
@@ -127,6 +140,7 @@ fn stale(s: PageState, k: u8) -> PageState {
         PageState::System => PageState::Unpopulated,
         PageState::Migrating => PageState::System,
         PageState::Poisoned => PageState::Unpopulated,
+        PageState::Hole => PageState::Unpopulated,
     }
 }
 
@@ -156,6 +170,7 @@ proptest! {
                     (cell.commit(*to).map(|_| None), model.commit(*to).map(|_| None))
                 }
                 CellOp::Discard => (cell.discard().map(Some), model.discard().map(Some)),
+                CellOp::Unmap => (cell.unmap().map(Some), model.unmap().map(Some)),
             };
             prop_assert_eq!(got, want, "op {} ({:?})", i, op);
             prop_assert_eq!(cell.load(), model.0, "state after op {} ({:?})", i, op);

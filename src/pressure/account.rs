@@ -301,7 +301,8 @@ pub(crate) fn usage(sh: &Shared, p: &PressureState) -> MemoryUsage {
     for r in &regions {
         for s in r.states.iter() {
             match s.load() {
-                PageState::Unpopulated => unpop += 1,
+                // A hole holds no memory (and is the program's address now).
+                PageState::Unpopulated | PageState::Hole => unpop += 1,
                 PageState::System => system += 1,
                 PageState::Device {
                     dev, staged: st, ..

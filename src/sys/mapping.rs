@@ -43,6 +43,9 @@ pub enum Advice {
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// Sub-ranges `(off, len)` the program unmapped behind our back
+    /// ([`Mapping::forget_range`]): no longer ours, `Drop` leaves them alone.
+    forgotten: std::sync::Mutex<Vec<(usize, usize)>>,
 }
 
 // SAFETY: a Mapping is a range of process memory with no thread affinity; all
@@ -70,7 +73,11 @@ impl Mapping {
         }
         let ptr = NonNull::new(p.cast::<u8>())
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        Ok(Mapping { ptr, len })
+        Ok(Mapping {
+            ptr,
+            len,
+            forgotten: Default::default(),
+        })
     }
 
     /// Like [`Mapping::anonymous`], but the start is a multiple of `align` (a
@@ -108,7 +115,11 @@ impl Mapping {
         }
         let ptr = NonNull::new(start as *mut u8)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        Ok(Mapping { ptr, len })
+        Ok(Mapping {
+            ptr,
+            len,
+            forgotten: Default::default(),
+        })
     }
 
     pub fn addr(&self) -> u64 {
@@ -181,14 +192,101 @@ impl Mapping {
     }
 
     pub fn protect(&self, prot: Prot) -> io::Result<()> {
-        // SAFETY: the whole range is this mapping; protection changes cannot make
-        // our accessors unsound (a write to read-only memory would fault, and
-        // callers check the recorded protection before writing).
-        let r = unsafe { libc::mprotect(self.ptr.as_ptr().cast(), self.len, prot.bits()) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
+        // Forgotten ranges (the program's now) are left alone.
+        for (off, len) in self.owned_ranges() {
+            // SAFETY: each range is a part of this mapping; protection changes
+            // cannot make our accessors unsound (a write to read-only memory
+            // would fault, and callers check the recorded protection first).
+            let r = unsafe { libc::mprotect(self.ptr.as_ptr().add(off).cast(), len, prot.bits()) };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that `[off, off + len)` is no longer this mapping's: the
+    /// program unmapped it (and may have mapped something of its own there).
+    /// `Drop` unmaps only the rest. Page-aligned; clipped to the mapping.
+    pub fn forget_range(&self, off: usize, len: usize) {
+        let end = off.saturating_add(len).min(self.len);
+        let off = off.min(end) & !(super::PAGE_SIZE - 1);
+        let end = end.next_multiple_of(super::PAGE_SIZE).min(self.len);
+        if off < end {
+            self.forgotten
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((off, end - off));
+        }
+    }
+
+    /// The sub-ranges `(off, len)` still this mapping's (not forgotten), in
+    /// ascending order.
+    pub fn owned_ranges(&self) -> Vec<(usize, usize)> {
+        let mut f = self
+            .forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        f.sort_unstable();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for (o, n) in f {
+            if o > at {
+                out.push((at, o - at));
+            }
+            at = at.max(o + n);
+        }
+        if at < self.len {
+            out.push((at, self.len - at));
+        }
+        out
+    }
+
+    /// Like [`Mapping::read_at`], but a byte the process has no mapping for
+    /// is an error (`EFAULT`), never a signal: the copy goes through
+    /// `process_vm_readv` on this process, so the kernel's fault handling
+    /// (userfaultfd included) applies and an unmapped address fails the call.
+    pub fn read_checked(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
+        self.check(off, buf.len())?;
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: (self.addr() as usize + off) as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` is `buf`, writable for its length; `remote` is only
+        // an address the kernel validates (it is never dereferenced here).
+        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        match n {
+            n if n < 0 => Err(io::Error::last_os_error()),
+            n if n as usize == buf.len() => Ok(()),
+            _ => Err(io::Error::from_raw_os_error(libc::EFAULT)),
+        }
+    }
+
+    /// Like [`Mapping::write_at`], with [`Mapping::read_checked`]'s
+    /// guarantee: an unmapped (or read-only) byte fails with `EFAULT`
+    /// instead of raising a signal. A failed copy may have written a prefix.
+    pub fn write_checked(&self, off: usize, buf: &[u8]) -> io::Result<()> {
+        self.check(off, buf.len())?;
+        let local = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: (self.addr() as usize + off) as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` is `buf`, only read by the kernel; `remote` is an
+        // address the kernel validates and writes through its own fault path.
+        let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+        match n {
+            n if n < 0 => Err(io::Error::last_os_error()),
+            n if n as usize == buf.len() => Ok(()),
+            _ => Err(io::Error::from_raw_os_error(libc::EFAULT)),
         }
     }
 
@@ -365,16 +463,55 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: we own the mapping and nobody can use it after drop.
-        let r = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-        if r != 0 {
-            // Drop cannot return an error; say what leaked instead of hiding it.
-            eprintln!(
-                "svmem: munmap({:#x}, {}) failed: {} (the range stays mapped)",
-                self.addr(),
-                self.len,
-                io::Error::last_os_error()
-            );
+        for (off, len) in self.owned_ranges() {
+            // SAFETY: we own `[off, off+len)` (forgotten ranges, which the
+            // program unmapped and may have mapped again, are skipped) and
+            // nobody can use it after drop.
+            let r = unsafe { libc::munmap(self.ptr.as_ptr().add(off).cast(), len) };
+            if r != 0 {
+                // Drop cannot return an error; say what leaked instead of hiding it.
+                eprintln!(
+                    "svmem: munmap({:#x}, {}) failed: {} (the range stays mapped)",
+                    self.addr() + off as u64,
+                    len,
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgotten_ranges_are_left_mapped_on_drop() {
+        let ps = crate::sys::PAGE_SIZE;
+        let m = Mapping::anonymous(4 * ps, Prot::ReadWrite, false).expect("map");
+        let (base, len) = (m.addr(), m.len());
+        m.write_at(ps, &[7; 8]).expect("write");
+        m.forget_range(ps, ps);
+        m.forget_range(3 * ps, 10 * ps);
+        assert_eq!(m.owned_ranges(), vec![(0, ps), (2 * ps, ps)]);
+        let mut b = [0u8; 8];
+        m.read_checked(ps, &mut b)
+            .expect("checked read of a mapped page");
+        assert_eq!(b, [7; 8]);
+        drop(m);
+        // The forgotten pages stay mapped (and readable), the rest is gone.
+        let probe = |at: u64| {
+            // SAFETY: msync only checks the range's mapping, touching nothing.
+            unsafe { libc::msync(at as *mut libc::c_void, ps, libc::MS_ASYNC) == 0 }
+        };
+        assert!(!probe(base));
+        assert!(probe(base + ps as u64));
+        assert!(!probe(base + 2 * ps as u64));
+        assert!(probe(base + 3 * ps as u64));
+        // SAFETY: the two pages left mapped by the test itself.
+        unsafe {
+            libc::munmap((base + ps as u64) as *mut libc::c_void, ps);
+            libc::munmap((base + 3 * ps as u64) as *mut libc::c_void, len - 3 * ps);
         }
     }
 }
