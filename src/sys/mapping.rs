@@ -504,9 +504,9 @@ mod tests {
             // SAFETY: msync only checks the range's mapping, touching nothing.
             unsafe { libc::msync(at as *mut libc::c_void, ps, libc::MS_ASYNC) == 0 }
         };
-        assert!(!probe(base));
+        // (That the owned pages are gone cannot be checked here: tests run
+        // in parallel, and another one may map memory there at once.)
         assert!(probe(base + ps as u64));
-        assert!(!probe(base + 2 * ps as u64));
         assert!(probe(base + 3 * ps as u64));
         // SAFETY: the two pages left mapped by the test itself.
         unsafe {
