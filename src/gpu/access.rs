@@ -211,7 +211,22 @@ pub(crate) fn access(
                 });
             }
             let off = (at % PAGE_SIZE as u64) as usize;
-            let n = ((PAGE_SIZE - off) as u64).min(len - pos) as usize;
+            let mut n = ((PAGE_SIZE - off) as u64).min(len - pos) as usize;
+            if let Pte::System { .. } = pte {
+                // One kernel copy for the whole run of system pages in this
+                // block, not one per page.
+                let usable = |j: usize| {
+                    j / BLOCK_PAGES == b
+                        && Pte::decode(table[j].load(Ordering::Acquire)).is_some_and(|p| {
+                            matches!(p, Pte::System { .. }) && (!write || p.writable())
+                        })
+                };
+                let mut j = k + 1;
+                while (n as u64) < len - pos && usable(j) {
+                    n = ((n + PAGE_SIZE) as u64).min(len - pos) as usize;
+                    j += 1;
+                }
+            }
             let span = pos as usize..pos as usize + n;
             let target = Target::of(&r, pte, at);
             match (target, &mut op) {

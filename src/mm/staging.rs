@@ -167,7 +167,7 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
             Stop::Invalid if mirrored != Some(i) => {
                 mirrored = Some(i);
                 let off = i * PAGE_SIZE;
-                let locked = r.staging.lock_pages(off, PAGE_SIZE);
+                let locked = r.staging.set_locked(off, PAGE_SIZE, true);
                 if locked.is_ok() {
                     Stuck::Retry
                 } else {
@@ -177,7 +177,7 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
             }
             Stop::Invalid => {
                 // Still refused: undo the mirror, the page stays.
-                let _ = r.staging.unlock_pages(i * PAGE_SIZE, PAGE_SIZE);
+                let _ = r.staging.set_locked(i * PAGE_SIZE, PAGE_SIZE, false);
                 out[i - start] = Taken::Refused;
                 Stuck::Skip
             }

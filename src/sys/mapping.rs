@@ -161,29 +161,23 @@ impl Mapping {
         }
     }
 
-    /// `mlock2(MLOCK_ONFAULT)` on `[off, off+len)` of the mapping: marks it
-    /// locked without faulting anything in (a userfaultfd-registered range
-    /// must not fault from here). Mirrors a program's mlock of managed
-    /// memory onto staging, so `UFFDIO_MOVE` sees equal flags.
-    pub fn lock_pages(&self, off: usize, len: usize) -> io::Result<()> {
+    /// `mlock2(MLOCK_ONFAULT)` (`lock`) or `munlock` on `[off, off+len)` of
+    /// the mapping. MLOCK_ONFAULT marks the range locked without faulting
+    /// anything in (a userfaultfd-registered range must not fault from
+    /// here). Mirrors a program's mlock of managed memory onto staging, so
+    /// `UFFDIO_MOVE` sees equal flags on both sides.
+    pub fn set_locked(&self, off: usize, len: usize, lock: bool) -> io::Result<()> {
         self.check(off, len)?;
         // SAFETY: the range lies inside this mapping (checked); mlock2 with
-        // MLOCK_ONFAULT only sets the lock flag on its mapping.
-        let r =
-            unsafe { libc::mlock2(self.ptr.as_ptr().add(off).cast(), len, libc::MLOCK_ONFAULT) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    /// `munlock` on `[off, off+len)` of the mapping.
-    pub fn unlock_pages(&self, off: usize, len: usize) -> io::Result<()> {
-        self.check(off, len)?;
-        // SAFETY: the range lies inside this mapping (checked); munlock only
-        // lets the pages be reclaimed again.
-        let r = unsafe { libc::munlock(self.ptr.as_ptr().add(off).cast(), len) };
+        // MLOCK_ONFAULT only sets the lock flag on its mapping, munlock only
+        // clears it. No Rust reference is affected.
+        let r = unsafe {
+            let at = self.ptr.as_ptr().add(off).cast();
+            match lock {
+                true => libc::mlock2(at, len, libc::MLOCK_ONFAULT),
+                false => libc::munlock(at, len),
+            }
+        };
         if r == 0 {
             Ok(())
         } else {
@@ -248,44 +242,41 @@ impl Mapping {
     /// `process_vm_readv` on this process, so the kernel's fault handling
     /// (userfaultfd included) applies and an unmapped address fails the call.
     pub fn read_checked(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
-        self.check(off, buf.len())?;
-        let local = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: (self.addr() as usize + off) as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
-        // SAFETY: `local` is `buf`, writable for its length; `remote` is only
-        // an address the kernel validates (it is never dereferenced here).
-        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-        match n {
-            n if n < 0 => Err(io::Error::last_os_error()),
-            n if n as usize == buf.len() => Ok(()),
-            _ => Err(io::Error::from_raw_os_error(libc::EFAULT)),
-        }
+        self.vm_copy(off, buf.as_mut_ptr(), buf.len(), false)
     }
 
     /// Like [`Mapping::write_at`], with [`Mapping::read_checked`]'s
     /// guarantee: an unmapped (or read-only) byte fails with `EFAULT`
     /// instead of raising a signal. A failed copy may have written a prefix.
     pub fn write_checked(&self, off: usize, buf: &[u8]) -> io::Result<()> {
-        self.check(off, buf.len())?;
+        self.vm_copy(off, buf.as_ptr().cast_mut(), buf.len(), true)
+    }
+
+    /// `process_vm_readv` (`write`: `writev`) between `len` bytes at `local`
+    /// and `[off, off+len)` of the mapping, on this process.
+    fn vm_copy(&self, off: usize, local: *mut u8, len: usize, write: bool) -> io::Result<()> {
+        self.check(off, len)?;
         let local = libc::iovec {
-            iov_base: buf.as_ptr() as *mut libc::c_void,
-            iov_len: buf.len(),
+            iov_base: local.cast(),
+            iov_len: len,
         };
         let remote = libc::iovec {
             iov_base: (self.addr() as usize + off) as *mut libc::c_void,
-            iov_len: buf.len(),
+            iov_len: len,
         };
-        // SAFETY: `local` is `buf`, only read by the kernel; `remote` is an
-        // address the kernel validates and writes through its own fault path.
-        let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+        // SAFETY: `local` is a caller's Rust buffer of `len` bytes (written
+        // only for a read, where the caller passed it mutably); `remote` is
+        // only an address the kernel validates and accesses through its own
+        // fault path (it is never dereferenced here).
+        let n = unsafe {
+            match write {
+                false => libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0),
+                true => libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0),
+            }
+        };
         match n {
             n if n < 0 => Err(io::Error::last_os_error()),
-            n if n as usize == buf.len() => Ok(()),
+            n if n as usize == len => Ok(()),
             _ => Err(io::Error::from_raw_os_error(libc::EFAULT)),
         }
     }
