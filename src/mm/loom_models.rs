@@ -291,6 +291,11 @@ impl World {
                     assert_eq!(managed, None, "page {i}: Unpopulated but present");
                     assert_eq!(pte, None, "page {i}: Unpopulated but mapped");
                 }
+                PageState::Hole => {
+                    assert_eq!(managed, None, "page {i}: a hole but present");
+                    assert_eq!(staging, None, "page {i}: a hole but a staged copy");
+                    assert_eq!(pte, None, "page {i}: a hole but mapped");
+                }
                 s => panic!("page {i}: left {s:?}"),
             }
         }
@@ -396,6 +401,26 @@ fn to_device(w: &World, pages: Range<usize>, copy_ok: bool) {
             };
             r.states[i].commit(back).expect("isolated by us");
             w.dev.free(dev_page(i));
+        }
+    }
+}
+
+/// The program munmaps page `i` (the kernel drops it from the managed view
+/// first), then the reader handles the UNMAP event as `cpu::reader::unmap`
+/// does: lock the block, invalidate, `unmap` the state (`Hole`), free the
+/// device page and drop the staged copy of a page that was on the device.
+fn munmap_and_unmap_event(w: &World, i: usize) {
+    w.k.0.lock().managed[i] = None;
+    let r = &w.r;
+    let _guard = r.blocks[i / BLOCK_PAGES].migrate.lock();
+    r.invalidate(i / BLOCK_PAGES, i..i + 1, UnmapTrigger::UnmapFromCpu);
+    let left = r.states[i]
+        .unmap()
+        .expect("no page is Migrating under the block lock");
+    if let PageState::Device { page, staged, .. } = left {
+        w.dev.free(page);
+        if staged {
+            w.k.set_staging(i, None);
         }
     }
 }
@@ -646,7 +671,13 @@ fn check(f: impl Fn() + Sync + Send + 'static) {
 /// authoritative copy (the device's), no CPU view of zeros, data kept.
 #[test]
 fn loom_stale_fault_vs_to_device() {
-    check(|| {
+    stale_fault_vs_to_device(fill_stale_hole);
+}
+
+/// Model (1) with the stale step given: one `System` page, a reader taking
+/// the stale step, a migration to the device.
+fn stale_fault_vs_to_device(stale: StaleStep) {
+    check(move || {
         let w = World::new(
             &[Init::System {
                 v: 42,
@@ -656,7 +687,7 @@ fn loom_stale_fault_vs_to_device() {
         );
         let w2 = w.clone();
         let m = thread::spawn(move || to_device(&w2, 0..1, true));
-        resolve(&w, 0, false, fill_stale_hole);
+        resolve(&w, 0, false, stale);
         m.join().expect("migration");
         w.check_quiescent(&[42]);
     });
@@ -670,20 +701,7 @@ fn loom_stale_fault_vs_to_device() {
 #[test]
 #[should_panic(expected = "on the device but present in the CPU view")]
 fn loom_stale_fault_vs_to_device_old_decision_finds_race_1() {
-    check(|| {
-        let w = World::new(
-            &[Init::System {
-                v: 42,
-                mapped: false,
-            }],
-            0,
-        );
-        let w2 = w.clone();
-        let m = thread::spawn(move || to_device(&w2, 0..1, true));
-        resolve(&w, 0, false, fill_stale_hole_unlocked);
-        m.join().expect("migration");
-        w.check_quiescent(&[42]);
-    });
+    stale_fault_vs_to_device(fill_stale_hole_unlocked);
 }
 
 /// Model (2): a CPU read fault on a device page (window of two pages, the
@@ -806,5 +824,28 @@ fn loom_failed_copy_rollback_vs_cpu_fault() {
         cpu_access(&w, 1, Some(9));
         m.join().expect("migration");
         w.check_quiescent(&[42, 9]);
+    });
+}
+
+/// Model (7): the program unmaps a page (UNMAP event) while a migration
+/// takes it to the device. Whichever holds the block lock first, the page
+/// ends a `Hole`: no device page leaked, no staged copy, no translation,
+/// nothing present in the CPU view (a MOVE from the unmapped page finds
+/// nothing and the migration zero-fills, then the event frees it).
+#[test]
+fn loom_unmap_vs_to_device() {
+    check(|| {
+        let w = World::new(
+            &[Init::System {
+                v: 42,
+                mapped: true,
+            }],
+            0,
+        );
+        let w2 = w.clone();
+        let m = thread::spawn(move || to_device(&w2, 0..1, true));
+        munmap_and_unmap_event(&w, 0);
+        m.join().expect("migration");
+        w.check_quiescent(&[0]);
     });
 }
