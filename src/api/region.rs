@@ -183,7 +183,7 @@ impl<T> Drop for View<'_, T> {
         let mut views = inner.views.lock();
         *views -= 1;
         if *views == 0 {
-            inner.lower_bar(CpuBar::None);
+            inner.lift_bar();
         }
     }
 }
@@ -218,7 +218,7 @@ impl<T> std::ops::DerefMut for ViewMut<'_, T> {
 impl<T> Drop for ViewMut<'_, T> {
     fn drop(&mut self) {
         if let Some(inner) = self.inner {
-            inner.lower_bar(CpuBar::None);
+            inner.lift_bar();
         }
     }
 }

@@ -169,9 +169,9 @@ impl RegionInner {
         }
     }
 
-    /// Lowers the bar (a view went).
-    pub fn lower_bar(&self, bar: CpuBar) {
-        self.bar.store(bar as u8, Ordering::SeqCst);
+    /// Lifts the bar (the last view went).
+    pub fn lift_bar(&self) {
+        self.bar.store(CpuBar::None as u8, Ordering::SeqCst);
     }
 
     pub fn new(
