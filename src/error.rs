@@ -79,6 +79,18 @@ pub enum Error {
     )]
     Unmapped { addr: VirtAddr },
 
+    #[error(
+        "device {dev} may not {} the page at {addr}: the program's protection of it \
+         (mprotect) forbids the CPU that access, and devices honour the CPU's protection; \
+         change the protection with mprotect first",
+        if *write { "write" } else { "read" }
+    )]
+    Protected {
+        dev: DeviceId,
+        addr: VirtAddr,
+        write: bool,
+    },
+
     #[error("granularity {value} is out of range: use 0 (one page) to 9 (2 MiB)")]
     Granularity { value: u8 },
 
@@ -185,6 +197,11 @@ pub enum FaultReason {
     /// A CPU view of the region (`Region::as_slice` / `as_mut_slice`) bars
     /// this access while it lives.
     CpuView,
+    /// The CPU's protection of the page forbids it (the program's
+    /// `mprotect`): a read of `PROT_NONE` memory, or a write or atomic on
+    /// memory without `PROT_WRITE` (`write`). Devices honour the CPU's
+    /// protection as the kernel's HMM does.
+    Protection { write: bool },
     /// An atomic on a word that is not naturally aligned.
     Misaligned,
     /// The device itself failed the access.
@@ -209,6 +226,14 @@ impl std::fmt::Display for FaultReason {
             FaultReason::CpuView => write!(
                 f,
                 "the region is held by a CPU view that bars this access (drop the view first)"
+            ),
+            FaultReason::Protection { write: false } => write!(
+                f,
+                "the page is PROT_NONE for the CPU (mprotect), so devices may not read it either"
+            ),
+            FaultReason::Protection { write: true } => write!(
+                f,
+                "the page is not writable for the CPU (mprotect without PROT_WRITE), so devices may not write it either"
             ),
             FaultReason::Misaligned => write!(f, "atomic access is not naturally aligned"),
             FaultReason::Device(s) => write!(f, "device error: {s}"),

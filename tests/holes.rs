@@ -6,12 +6,12 @@
 //!
 //! Every scenario that could crash the process (SIGSEGV from a device access
 //! to an unmapped page) runs in a child: the test re-runs its own binary for
-//! just that test, with `SVMEM_HOLES_CHILD` set.
+//! just that test, with `SVMEM_TEST_CHILD` set.
 #![allow(clippy::unwrap_used)]
 
 mod common;
+use common::in_child;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use svmem::{
@@ -20,32 +20,6 @@ use svmem::{
 };
 
 const D0: DeviceId = DeviceId(0);
-const CHILD: &str = "SVMEM_HOLES_CHILD";
-
-/// Runs `body` in a child process (this test binary, only test `name`) and
-/// fails if the child fails or dies of a signal.
-fn in_child(name: &str, body: impl FnOnce()) {
-    if std::env::var(CHILD).as_deref() == Ok(name) {
-        body();
-        return;
-    }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, name)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "child for {name} failed ({:?}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "child for {name} ran no test:\n{stdout}"
-    );
-}
 
 fn svm(xnack: bool) -> Svm {
     Svm::builder()

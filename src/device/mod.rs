@@ -303,6 +303,22 @@ impl AtomicOp {
         }
     }
 
+    /// Applies the operation to the word at `off` of memory the program
+    /// controls (a system-resident managed page), through a guarded access:
+    /// `EFAULT` if the program made the word inaccessible.
+    pub fn apply_guarded(self, map: &Mapping, off: usize) -> std::io::Result<u64> {
+        match self {
+            AtomicOp::AddU32(v) => map.rmw_guarded(off, 4, Some(v as u64), |_| None),
+            AtomicOp::AddU64(v) => map.rmw_guarded(off, 8, Some(v), |_| None),
+            AtomicOp::CasU32 { current, new } => map.rmw_guarded(off, 4, None, |old| {
+                (old == current as u64).then_some(new as u64)
+            }),
+            AtomicOp::CasU64 { current, new } => {
+                map.rmw_guarded(off, 8, None, |old| (old == current).then_some(new))
+            }
+        }
+    }
+
     /// Applies the operation to the word at `off` of `map`; returns the old value.
     pub fn apply(self, map: &Mapping, off: usize) -> std::io::Result<u64> {
         use std::sync::atomic::Ordering::SeqCst;

@@ -5,11 +5,11 @@
 //! pages held by another device; then the access resumes.
 
 use super::kernel::Target;
-use super::map::{block_segments, map_locked};
+use super::map::{block_segments, cpu_forbids, map_locked};
 use super::Ctx;
 use crate::addr::{AccessKind, DeviceId, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
 use crate::device::DeviceError;
-use crate::error::{Error, Result};
+use crate::error::{Error, FaultReason, Result};
 use crate::mm::migrate::{self, Trigger};
 use crate::mm::space::{Pte, RegionInner};
 use crate::mm::state::PageState;
@@ -76,6 +76,14 @@ fn fault_pass(
         if let Some(e) = unusable(r, i..hi) {
             return Err(e);
         }
+        let kind = if write {
+            AccessKind::Write
+        } else {
+            AccessKind::Read
+        };
+        if let Some(e) = protection_error(r.addr_of(i).0, kind, d) {
+            return Err(e);
+        }
         migrate::pull_to_system(sh, r, i..hi, Some(d), Trigger::DeviceFault);
         for (lo, shi, attrs) in segs {
             let (lo, shi) = (lo.max(i), shi.min(hi));
@@ -89,6 +97,20 @@ fn fault_pass(
     }
     sh.counters.add(&sh.counters.device_fault_passes, 1);
     Ok(())
+}
+
+/// The error for a device access of `kind` at `addr` that the CPU's own
+/// mapping forbids (see [`cpu_forbids`]), if it does.
+fn protection_error(addr: u64, kind: AccessKind, dev: DeviceId) -> Option<Error> {
+    let addr_v = VirtAddr(addr);
+    match cpu_forbids(addr, kind)? {
+        FaultReason::Protection { write } => Some(Error::Protected {
+            dev,
+            addr: addr_v,
+            write,
+        }),
+        _ => Some(Error::Unmapped { addr: addr_v }),
+    }
 }
 
 /// The first page of `pages` no device access can use, as its error: a
@@ -159,6 +181,20 @@ pub(crate) fn access(
     if let Some(e) = unusable(&r, first..last + 1) {
         return Err(e);
     }
+    // The CPU's protection now (no event reports an mprotect): device
+    // pages included, whatever translation the device still holds.
+    let mut prot = super::map::CpuProt::default();
+    for k in first..=last {
+        let at = r.addr_of(k).0.max(addr.0);
+        let (rd, wr) = prot.at(at);
+        if !rd || (write && !wr) {
+            return Err(protection_error(at, kind, d).unwrap_or(Error::Protected {
+                dev: d,
+                addr: VirtAddr(at),
+                write,
+            }));
+        }
+    }
     sh.counters.add(&sh.counters.device_accesses, 1);
     let table = &r.ptes[d.0 as usize];
     let dev_err = |e: DeviceError| Error::Device {
@@ -166,7 +202,9 @@ pub(crate) fn access(
         reason: e.reason,
     };
     let sys_err = |e: std::io::Error, at: u64| match e.raw_os_error() {
-        Some(libc::EFAULT) => Error::Unmapped { addr: VirtAddr(at) },
+        Some(libc::EFAULT) => {
+            protection_error(at, kind, d).unwrap_or(Error::Unmapped { addr: VirtAddr(at) })
+        }
         _ => Error::os("device access to system memory", e),
     };
     let mut pos = 0u64;

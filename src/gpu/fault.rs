@@ -36,7 +36,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use super::ahead::run_ahead;
-use super::map::map_locked;
+use super::map::{cpu_forbids, map_locked, CpuProt};
 use super::Ctx;
 use crate::addr::AccessKind;
 use crate::addr::{DeviceId, Location, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
@@ -484,6 +484,7 @@ fn service_block(
             < RECENT_NS;
         let thrashing = crate::pressure::evict::thrashing(&sh.pressure, r, b, d);
         let mut plan: Vec<(usize, usize, Decision, bool, AttrFlags)> = Vec::new();
+        let mut prot = CpuProt::default();
         for m in faults.iter_mut().filter(|m| m.outcome.is_none()) {
             let word = table[m.idx].load(Ordering::Acquire);
             if Pte::decode(word).is_some_and(|p| p.allows(m.kind)) || (recent && word != 0) {
@@ -510,6 +511,14 @@ fn service_block(
                     FaultOutcome::Fatal(FaultReason::CpuView),
                     FaultResolution::Fatal,
                 ));
+                continue;
+            }
+            let at = r.addr_of(m.idx).0;
+            let (rd, wr) = prot.at(at);
+            if !rd || (m.kind != AccessKind::Read && !wr) {
+                // The CPU's protection forbids it (HMM checks the VMA too).
+                let why = cpu_forbids(at, m.kind).unwrap_or(FaultReason::Protection { write: rd });
+                m.outcome = Some((FaultOutcome::Fatal(why), FaultResolution::Fatal));
                 continue;
             }
             let attrs = sh.attrs.read().get(r.addr_of(m.idx).0 / PAGE_SIZE as u64);

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::map::cpu_forbids;
 use super::Ctx;
 use crate::addr::AccessKind;
 use crate::addr::{DeviceId, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
@@ -109,7 +110,7 @@ impl<'a> Target<'a> {
         match *self {
             Target::System { r, off } => r
                 .managed
-                .read_at(off, buf)
+                .read_guarded(off, buf)
                 .map_err(|e| DeviceError::new(e.to_string())),
             Target::Device { page, off } => dev.load(page, off, buf),
         }
@@ -120,11 +121,23 @@ impl<'a> Target<'a> {
         match *self {
             Target::System { r, off } => r
                 .managed
-                .write_at(off, buf)
+                .write_guarded(off, buf)
                 .map_err(|e| DeviceError::new(e.to_string())),
             Target::Device { page, off } => dev.store(page, off, buf),
         }
     }
+}
+
+/// `bytes` (a multiple of 8) as atomic words.
+fn words_of(bytes: &[u8]) -> Vec<std::sync::atomic::AtomicU64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            std::sync::atomic::AtomicU64::new(u64::from_ne_bytes(w))
+        })
+        .collect()
 }
 
 /// The context a kernel's code runs in: one lane of one device.
@@ -264,8 +277,15 @@ impl<'a> Lane<'a> {
                     let off = (at % PAGE_SIZE as u64) as usize;
                     let n = (PAGE_SIZE - off).min(len - pos);
                     let target = Target::of(r, pte, at);
+                    let system = matches!(target, Target::System { .. });
                     if let Err(e) = op(target, pos, n) {
-                        return Err(self.fault(at, kind, FaultReason::Device(e.reason)));
+                        // A system page the program protected or unmapped
+                        // since the translation was made: say which.
+                        let why = match system {
+                            true => cpu_forbids(at, kind).unwrap_or(FaultReason::Device(e.reason)),
+                            false => FaultReason::Device(e.reason),
+                        };
+                        return Err(self.fault(at, kind, why));
                     }
                     pos += n;
                 }
@@ -369,24 +389,21 @@ impl<'a> Lane<'a> {
         self.run(addr.0, len, AccessKind::Read, |t, _, bytes| {
             let words = bytes / 8;
             match t {
-                Target::System { r, off } => f(r
-                    .managed
-                    .atomic_words(off, words)
-                    .map_err(|e| DeviceError::new(e.to_string()))?),
+                // The program may revoke access to its pages at any moment
+                // (mprotect): words handed to `f` are a guarded copy.
+                Target::System { r, off } => {
+                    let mut buf = vec![0u8; bytes];
+                    r.managed
+                        .read_guarded(off, &mut buf)
+                        .map_err(|e| DeviceError::new(e.to_string()))?;
+                    f(&words_of(&buf))
+                }
                 Target::Device { page, off } => match dev.words(page, off, words) {
                     Some(w) => f(w),
                     None => {
                         let mut buf = vec![0u8; bytes];
                         dev.load(page, off, &mut buf)?;
-                        let copy: Vec<std::sync::atomic::AtomicU64> = buf
-                            .chunks_exact(8)
-                            .map(|c| {
-                                let mut w = [0u8; 8];
-                                w.copy_from_slice(c);
-                                std::sync::atomic::AtomicU64::new(u64::from_ne_bytes(w))
-                            })
-                            .collect();
-                        f(&copy)
+                        f(&words_of(&buf))
                     }
                 },
             }
@@ -412,7 +429,7 @@ impl<'a> Lane<'a> {
         self.run(addr.0, op.width(), AccessKind::Atomic, |t, _, _| {
             old = match t {
                 Target::System { r, off } => op
-                    .apply(&r.managed, off)
+                    .apply_guarded(&r.managed, off)
                     .map_err(|e| DeviceError::new(e.to_string()))?,
                 Target::Device { page, off } => dev.atomic(page, off, op)?,
             };

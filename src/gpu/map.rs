@@ -3,7 +3,8 @@
 //! ranges; and keeping always-mapped ranges mapped.
 
 use super::Ctx;
-use crate::addr::{DeviceId, BLOCK_PAGES, PAGE_SIZE};
+use crate::addr::{AccessKind, DeviceId, BLOCK_PAGES, PAGE_SIZE};
+use crate::error::FaultReason;
 use crate::mm::migrate::{self, Trigger};
 use crate::mm::space::{Pte, RegionInner};
 use crate::mm::state::PageState;
@@ -33,7 +34,16 @@ pub(crate) fn map_locked(
     let table = &r.ptes[d.0 as usize];
     let w = r.is_writable() && !flags.contains(AttrFlags::DEVICE_READ_ONLY);
     let mut all = true;
+    // The CPU's protection of each page (the program may have changed it
+    // behind svmem's back): no translation without PROT_READ, a read-only
+    // one without PROT_WRITE.
+    let mut prot = CpuProt::default();
     for k in lo..hi {
+        let (readable, writable) = prot.at(r.addr_of(k).0);
+        if !readable {
+            continue;
+        }
+        let w = w && writable;
         let pte = match r.states[k].load() {
             PageState::System => Pte::System { write: w },
             PageState::Device { dev, page, .. } if dev == d => Pte::Device { page, write: w },
@@ -52,6 +62,49 @@ pub(crate) fn map_locked(
     blk.mapped_at.store(sh.notifier.now_ns(), Ordering::Relaxed);
     crate::pressure::evict::touch(r, lo / BLOCK_PAGES, d);
     all
+}
+
+/// The CPU's protection of consecutive addresses, one `PROCMAP_QUERY` per
+/// mapping crossed.
+#[derive(Default)]
+pub(crate) struct CpuProt {
+    /// `[start, end)`, readable, writable.
+    cached: Option<(u64, u64, bool, bool)>,
+}
+
+impl CpuProt {
+    /// Whether `addr` is readable and writable for the CPU (neither if no
+    /// mapping holds it; both if the kernel cannot be asked).
+    pub(crate) fn at(&mut self, addr: u64) -> (bool, bool) {
+        match self.cached {
+            Some((s, e, rd, wr)) if s <= addr && addr < e => (rd, wr),
+            _ => match crate::sys::vma::query(addr) {
+                Ok(Some(v)) => {
+                    self.cached = Some((v.start, v.end, v.read, v.write));
+                    (v.read, v.write)
+                }
+                Ok(None) => (false, false),
+                Err(_) => (true, true),
+            },
+        }
+    }
+}
+
+/// Why the CPU's own mapping of `addr` forbids a device access of `kind`,
+/// if it does: the program changed its protection (`mprotect`) or unmapped
+/// it behind svmem's back. Devices honour the CPU's protection as HMM does
+/// (`hmm_range_fault` checks the VMA): a read needs `PROT_READ`, a write or
+/// an atomic `PROT_WRITE`. One `PROCMAP_QUERY` ioctl, so callers ask once
+/// per mapping pass, not per access.
+pub(crate) fn cpu_forbids(addr: u64, kind: AccessKind) -> Option<FaultReason> {
+    match crate::sys::vma::query(addr) {
+        Ok(None) => Some(FaultReason::Unmapped),
+        Ok(Some(v)) if !v.read => Some(FaultReason::Protection { write: false }),
+        Ok(Some(v)) if kind != AccessKind::Read && !v.write => {
+            Some(FaultReason::Protection { write: true })
+        }
+        _ => None,
+    }
 }
 
 /// The attribute segments of block `b`, as page ranges of `r`.

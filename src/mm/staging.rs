@@ -144,7 +144,10 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
     let mut out = vec![Taken::Moved; n];
     // (page, tries): busy retries belong to the page that is busy.
     let mut busy = (usize::MAX, 0);
-    let mut mirrored = None;
+    // (page, mirror steps taken) and the managed ranges made writable for
+    // the move, with the protection to give them back.
+    let mut mirrored = (usize::MAX, 0);
+    let mut protected: Vec<(usize, usize, i32)> = Vec::new();
     // Pages shared with a forked child are busy until unshared: once per call.
     let mut unshared = false;
     page_runs(
@@ -159,24 +162,44 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
                 out[i - start] = Taken::Hole;
                 Stuck::Skip
             }
-            // One page refused for its mapping's flags: the only flag the
-            // program changes that MOVE compares and svmem can mirror is
-            // mlock (VM_LOCKED must match on both sides). Mirror it on the
-            // staging page once and retry; the way back falls back to COPY
-            // if the flags differ again by then.
-            Stop::Invalid if mirrored != Some(i) => {
-                mirrored = Some(i);
+            // A page refused for its mapping's flags: `UFFDIO_MOVE` moves
+            // only between writable mappings with equal protection and equal
+            // mlock state, and the program may have changed either behind
+            // svmem's back (no event says so). A read-only or `PROT_NONE`
+            // page (the kernel migrates those too) is made writable for the
+            // one ioctl that moves it out (the rest of the run inside that
+            // mapping with it), and its protection is restored right after:
+            // it is a hole then, so no CPU access sees the difference. Then
+            // the mlock flag is mirrored onto staging; then svmem gives up.
+            Stop::Invalid if mirrored.0 != i || mirrored.1 < 2 => {
+                let step = if mirrored.0 == i { mirrored.1 } else { 0 };
+                mirrored = (i, step + 1);
                 let off = i * PAGE_SIZE;
-                let locked = r.staging.set_locked(off, PAGE_SIZE, true);
-                if locked.is_ok() {
-                    Stuck::Retry
-                } else {
-                    out[i - start] = Taken::Refused;
-                    Stuck::Skip
+                if step == 0 {
+                    let at = r.addr_of(i).0;
+                    if let Ok(Some(v)) = crate::sys::vma::query(at) {
+                        let writable = v.read && v.write;
+                        if !writable && !v.shared && !v.file {
+                            let last = r.page_of(v.end.min(r.base() + r.len()) - 1);
+                            let len = ((start + n).min(last + 1) - i) * PAGE_SIZE;
+                            let rw = libc::PROT_READ | libc::PROT_WRITE;
+                            if r.managed.protect_range(off, len, rw).is_ok() {
+                                protected.push((off, len, v.prot_bits()));
+                            }
+                        }
+                    }
+                    return Stuck::Retry;
+                }
+                match r.staging.set_locked(off, PAGE_SIZE, true) {
+                    Ok(()) => Stuck::Retry,
+                    Err(_) => {
+                        out[i - start] = Taken::Refused;
+                        Stuck::Skip
+                    }
                 }
             }
             Stop::Invalid => {
-                // Still refused: undo the mirror, the page stays.
+                // Still refused: undo the mlock mirror, the page stays.
                 let _ = r.staging.set_locked(i * PAGE_SIZE, PAGE_SIZE, false);
                 out[i - start] = Taken::Refused;
                 Stuck::Skip
@@ -199,6 +222,10 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
             }
         },
     );
+    for (off, len, prot) in protected {
+        // The program's protection, back on the (now empty) pages.
+        let _ = r.managed.protect_range(off, len, prot);
+    }
     out
 }
 

@@ -185,6 +185,22 @@ impl Mapping {
         }
     }
 
+    /// `mprotect(prot_bits)` on `[off, off+len)` of the mapping (opens a
+    /// program's read-only managed pages for the `UFFDIO_MOVE` that takes
+    /// them out, then restores their protection).
+    pub fn protect_range(&self, off: usize, len: usize, prot_bits: i32) -> io::Result<()> {
+        self.check(off, len)?;
+        // SAFETY: the range lies inside this mapping (checked); a protection
+        // change creates no Rust reference, and svmem reaches managed bytes
+        // only through guarded or checked accessors and uffd ioctls.
+        let r = unsafe { libc::mprotect(self.ptr.as_ptr().add(off).cast(), len, prot_bits) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     pub fn protect(&self, prot: Prot) -> io::Result<()> {
         // Forgotten ranges (the program's now) are left alone.
         for (off, len) in self.owned_ranges() {
@@ -278,6 +294,83 @@ impl Mapping {
             n if n < 0 => Err(io::Error::last_os_error()),
             n if n as usize == len => Ok(()),
             _ => Err(io::Error::from_raw_os_error(libc::EFAULT)),
+        }
+    }
+
+    /// Copies `buf.len()` bytes at `off` into `buf` like [`Mapping::read_at`],
+    /// but a byte the program made inaccessible (`mprotect`, `munmap` behind
+    /// svmem's back) gives `EFAULT` instead of a signal (see
+    /// [`super::guarded`]). For memory the program controls.
+    pub fn read_guarded(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
+        self.check(off, buf.len())?;
+        // SAFETY: the source lies inside this mapping's range (checked),
+        // the destination is the caller's buffer, disjoint from it; the
+        // mapping's bytes are only ever accessed atomically or through
+        // guarded copies (bytewise atomic), and a fault is caught.
+        let ok = unsafe {
+            super::guarded::copy(buf.as_mut_ptr(), self.ptr.as_ptr().add(off), buf.len())
+        };
+        ok.then_some(()).ok_or_else(super::guarded::fault_error)
+    }
+
+    /// Copies `buf` to `off` like [`Mapping::write_at`], with
+    /// [`Mapping::read_guarded`]'s protection.
+    pub fn write_guarded(&self, off: usize, buf: &[u8]) -> io::Result<()> {
+        self.check(off, buf.len())?;
+        // SAFETY: as in `read_guarded`, in the other direction.
+        let ok =
+            unsafe { super::guarded::copy(self.ptr.as_ptr().add(off), buf.as_ptr(), buf.len()) };
+        ok.then_some(()).ok_or_else(super::guarded::fault_error)
+    }
+
+    /// Atomically replaces the naturally aligned word of `width` bytes (4 or
+    /// 8) at `off` by `next(old)`, returning `old`; `add` uses one locked add
+    /// instead of a compare-and-swap loop. `EFAULT` if the program made the
+    /// word inaccessible (see [`Mapping::read_guarded`]).
+    pub fn rmw_guarded(
+        &self,
+        off: usize,
+        width: usize,
+        add: Option<u64>,
+        next: impl Fn(u64) -> Option<u64>,
+    ) -> io::Result<u64> {
+        let p = self.word(off, width)?;
+        let fault = super::guarded::fault_error;
+        // SAFETY: `p` is a naturally aligned word inside the live mapping
+        // (`word` checked), accessed only atomically; a fault is caught.
+        unsafe {
+            if width == 4 {
+                let p = p.cast::<u32>();
+                if let Some(v) = add {
+                    return super::guarded::xadd32(p, v as u32)
+                        .map(u64::from)
+                        .ok_or_else(fault);
+                }
+                let mut old = super::guarded::cas32(p, 0, 0).ok_or_else(fault)?;
+                loop {
+                    let Some(new) = next(old as u64) else {
+                        return Ok(old as u64);
+                    };
+                    let seen = super::guarded::cas32(p, old, new as u32).ok_or_else(fault)?;
+                    if seen == old {
+                        return Ok(old as u64);
+                    }
+                    old = seen;
+                }
+            }
+            let p = p.cast::<u64>();
+            if let Some(v) = add {
+                return super::guarded::xadd64(p, v).ok_or_else(fault);
+            }
+            let mut old = super::guarded::cas64(p, 0, 0).ok_or_else(fault)?;
+            loop {
+                let Some(new) = next(old) else { return Ok(old) };
+                let seen = super::guarded::cas64(p, old, new).ok_or_else(fault)?;
+                if seen == old {
+                    return Ok(old);
+                }
+                old = seen;
+            }
         }
     }
 

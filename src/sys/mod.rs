@@ -6,11 +6,13 @@ mod copy;
 mod eventfd;
 pub mod fork;
 pub mod futex;
+mod guarded;
 mod mapping;
 pub mod meminfo;
 mod pagemap;
 mod signals;
 pub mod uffd;
+pub mod vma;
 
 pub use copy::stream_copy;
 pub use eventfd::EventFd;

@@ -189,3 +189,28 @@ pub fn watchdog<'s>(
         }
     });
 }
+
+/// Runs `body` in a child process (this test binary, only test `name`) and
+/// fails if the child fails or dies of a signal.
+pub fn in_child(name: &str, body: impl FnOnce()) {
+    if std::env::var("SVMEM_TEST_CHILD").as_deref() == Ok(name) {
+        body();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("SVMEM_TEST_CHILD", name)
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "child for {name} failed ({:?}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "child for {name} ran no test:\n{stdout}"
+    );
+}
