@@ -49,6 +49,19 @@ pub enum Error {
     #[error("unknown device {id}: this Svm has {count} device(s)")]
     UnknownDevice { id: DeviceId, count: usize },
 
+    #[error("cannot register {len} bytes at {addr} as managed memory: {reason}")]
+    CannotRegister {
+        addr: VirtAddr,
+        len: u64,
+        reason: String,
+    },
+
+    #[error(
+        "memory at {addr} is managed already (by a region of this Svm): register each range \
+         once, or unregister it first"
+    )]
+    AlreadyManaged { addr: VirtAddr },
+
     #[error("allocation of {requested} bytes is too large: {reason}")]
     AllocTooLarge { requested: u64, reason: String },
 

@@ -20,6 +20,8 @@ use crate::sys::{AsyncSignalsBlocked, Prot};
 pub struct Region<'s> {
     pub(super) svm: &'s Svm,
     pub(super) inner: Arc<RegionInner>,
+    /// Freed by [`Region::unregister`] already.
+    pub(super) freed: bool,
 }
 
 impl std::fmt::Debug for Region<'_> {
@@ -150,6 +152,38 @@ fn whole_elements<T>(len: usize) -> usize {
     }
 }
 
+impl Region<'_> {
+    /// Ends the management of memory adopted with [`Svm::register`]: every
+    /// page comes back to system memory with its data, and the range stays
+    /// mapped as ordinary memory. (Dropping the region does the same; this
+    /// says whether every page made it.) For a region from [`Svm::alloc`] it
+    /// frees the region, like drop.
+    ///
+    /// Errors: [`Error::Poisoned`] naming the first page whose data was lost
+    /// in a device failure (it raises `SIGBUS` when touched, as before).
+    pub fn unregister(mut self) -> Result<()> {
+        self.svm.check_owner()?;
+        let rep = self.free();
+        match rep.poisoned {
+            0 => Ok(()),
+            _ => Err(Error::Poisoned {
+                addr: (0..self.inner.npages)
+                    .find(|&k| self.inner.states[k].load() == crate::mm::state::PageState::Poisoned)
+                    .map_or(self.addr(), |k| self.inner.addr_of(k)),
+            }),
+        }
+    }
+
+    /// Frees the region once (drop after `unregister` does nothing).
+    fn free(&mut self) -> crate::mm::migrate::MigrateReport {
+        if self.freed {
+            return Default::default();
+        }
+        self.freed = true;
+        self.svm.free_region(&self.inner)
+    }
+}
+
 impl Drop for Region<'_> {
     fn drop(&mut self) {
         if self.svm.check_owner().is_err() {
@@ -158,7 +192,7 @@ impl Drop for Region<'_> {
             // (no ioctl on the inherited uffd: it acts on the parent).
             return;
         }
-        self.svm.free_region(&self.inner);
+        self.free();
     }
 }
 

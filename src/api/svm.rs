@@ -356,25 +356,152 @@ impl Svm {
         };
         let managed = map("managed")?;
         let staging = map("staging")?;
-        // Managed memory is huge-page advised (with huge pages on) so that a
-        // CPU fault on an empty block builds no page table; staging gets no
-        // huge page but those moves bring (see crate::mm::huge).
-        let managed_advice = if sh.huge.enabled() {
-            Advice::HugePage
-        } else {
-            Advice::NoHugePage
+        self.install_region(managed, staging, charge)
+    }
+
+    /// Manages the program's own memory `[ptr, ptr+len)` in place, contents
+    /// kept: anonymous private memory from `mmap`, `malloc` or a `Vec`
+    /// (page aligned), like system-allocated memory under HMM (AMD with
+    /// XNACK on, Grace Hopper) or `cudaHostRegister`. Pages already there
+    /// stay in system memory until something migrates them; untouched pages
+    /// read as zeros. Dropping the returned [`Region`], or
+    /// [`Region::unregister`], brings every page back to system memory with
+    /// its data and leaves the range an ordinary mapping, never unmapped.
+    ///
+    /// Errors: [`Error::Unaligned`] (`ptr` or `len` not a multiple of
+    /// 4 KiB), [`Error::ZeroLength`], [`Error::AlreadyManaged`] (overlaps
+    /// managed memory), [`Error::CannotRegister`] (part of the range is not
+    /// mapped, is file-backed or shared, or another userfaultfd holds it).
+    ///
+    /// # Safety
+    /// The range must be memory the caller owns, and for as long as the
+    /// region lives the caller must reach it only through the region (its
+    /// views, devices, raw pointers used as with any managed memory), never
+    /// through a Rust reference that existed before (a `Vec`'s slice): svmem
+    /// moves the pages in and out, and its views assume no other reference.
+    pub unsafe fn register(&self, ptr: *mut u8, len: usize) -> Result<Region<'_>> {
+        self.check_owner()?;
+        let addr = ptr as u64;
+        if !addr.is_multiple_of(PAGE_SIZE as u64) {
+            return Err(Error::Unaligned {
+                what: "address",
+                value: addr,
+            });
+        }
+        if !len.is_multiple_of(PAGE_SIZE) {
+            return Err(Error::Unaligned {
+                what: "length",
+                value: len as u64,
+            });
+        }
+        if len == 0 {
+            return Err(Error::ZeroLength {
+                what: "a registration",
+            });
+        }
+        let pages = len / PAGE_SIZE;
+        let cannot = |reason: String| Error::CannotRegister {
+            addr: VirtAddr(addr),
+            len: len as u64,
+            reason,
         };
-        for (m, advice) in [(&managed, managed_advice), (&staging, Advice::NoHugePage)] {
-            m.madvise(0, bytes, advice)
+        if pages > MAX_REGION_PAGES {
+            return Err(cannot(format!(
+                "one region holds at most {} bytes; register it in parts",
+                MAX_REGION_PAGES * PAGE_SIZE
+            )));
+        }
+        let end = addr
+            .checked_add(len as u64)
+            .ok_or_else(|| Error::RangeOverflow {
+                what: "registered range",
+                start: VirtAddr(addr),
+                count: len as u64,
+                unit: "bytes",
+            })?;
+        if let Some(r) = self
+            .shared
+            .regions_overlapping(addr, end)
+            .into_iter()
+            .next()
+        {
+            return Err(Error::AlreadyManaged {
+                addr: VirtAddr(addr.max(r.base())),
+            });
+        }
+        let managed = Mapping::adopt(addr, len).map_err(|e| {
+            cannot(match e.raw_os_error() {
+                Some(libc::EFAULT) => "part of the range is not mapped".into(),
+                Some(libc::EINVAL) => "it is file-backed or shared memory; svmem manages private \
+                    anonymous memory (mmap MAP_PRIVATE|MAP_ANONYMOUS, malloc, Vec)"
+                    .into(),
+                _ => format!("its mappings cannot be read: {e}"),
+            })
+        })?;
+        let sh = &self.shared;
+        let metadata = RegionInner::metadata_bytes_for(pages, sh.devices.len());
+        let charge = sh.pressure.account.admit_region(sh, len as u64, metadata)?;
+        // Staging congruent to the range modulo 2 MiB: whole blocks move by
+        // one PMD where the program's memory is huge-page mapped.
+        let staging =
+            Mapping::anonymous_phased(len, BLOCK_SIZE, addr as usize % BLOCK_SIZE, Prot::ReadWrite)
+                .map_err(|e| cannot(format!("cannot map its staging area: {e}")))?;
+        self.install_region(managed, staging, charge)
+    }
+
+    /// Registers `managed` and `staging` with the userfaultfd and makes them
+    /// a region. For adopted memory, pages already holding data (present or
+    /// swapped out) start in system memory, found after registration (from
+    /// then on only svmem fills a missing page).
+    fn install_region(
+        &self,
+        managed: Mapping,
+        staging: Mapping,
+        charge: crate::pressure::account::RegionCharge<'_>,
+    ) -> Result<Region<'_>> {
+        let sh = &self.shared;
+        let bytes = managed.len();
+        staging
+            .madvise(0, bytes, Advice::NoHugePage)
+            .map_err(|e| Error::os("madvise(MADV_NOHUGEPAGE)", e))?;
+        if !managed.is_adopted() {
+            // Managed memory is huge-page advised (with huge pages on) so
+            // that a CPU fault on an empty block builds no page table;
+            // staging gets no huge page but those moves bring (see
+            // crate::mm::huge). Adopted memory keeps the program's advice.
+            let advice = if sh.huge.enabled() {
+                Advice::HugePage
+            } else {
+                Advice::NoHugePage
+            };
+            managed
+                .madvise(0, bytes, advice)
                 .map_err(|e| Error::os("madvise(MADV_[NO]HUGEPAGE)", e))?;
         }
         sh.uffd
             .register(managed.addr(), bytes as u64, true)
-            .map_err(|e| Error::os("UFFDIO_REGISTER (managed)", e))?;
+            .map_err(|e| match (managed.is_adopted(), e.raw_os_error()) {
+                (true, Some(libc::EBUSY)) => Error::CannotRegister {
+                    addr: VirtAddr(managed.addr()),
+                    len: bytes as u64,
+                    reason: "another userfaultfd (another Svm?) holds part of it".into(),
+                },
+                _ => Error::os("UFFDIO_REGISTER (managed)", e),
+            })?;
         if let Err(e) = sh.uffd.register(staging.addr(), bytes as u64, false) {
             let _ = sh.uffd.unregister(managed.addr(), bytes as u64);
             return Err(Error::os("UFFDIO_REGISTER (staging)", e));
         }
+        let populated = match managed.is_adopted() {
+            true => Some(
+                crate::sys::populated_pages(managed.addr(), bytes / PAGE_SIZE).map_err(|e| {
+                    let _ = sh.uffd.unregister(managed.addr(), bytes as u64);
+                    let _ = sh.uffd.unregister(staging.addr(), bytes as u64);
+                    Error::os("PAGEMAP_SCAN", e)
+                })?,
+            ),
+            false => None,
+        };
         let inner = Arc::new(RegionInner::new(
             managed,
             staging,
@@ -382,9 +509,16 @@ impl Svm {
             sh.granularity,
             sh.notifier.clone(),
         ));
+        for (i, _) in populated.iter().flatten().enumerate().filter(|(_, p)| **p) {
+            let _ = inner.states[i].populate();
+        }
         sh.regions.write().insert(inner.base(), inner.clone());
         charge.commit();
-        Ok(Region { svm: self, inner })
+        Ok(Region {
+            svm: self,
+            inner,
+            freed: false,
+        })
     }
 
     pub(crate) fn check_range(
@@ -688,12 +822,21 @@ impl Svm {
         }
     }
 
-    pub(crate) fn free_region(&self, r: &Arc<RegionInner>) {
+    /// Frees a region. Adopted memory ([`Svm::register`]) first comes home
+    /// to system memory with its data: the report says what did (pages of a
+    /// lost device are poisoned and cannot).
+    pub(crate) fn free_region(&self, r: &Arc<RegionInner>) -> MigrateReport {
         let _signals = AsyncSignalsBlocked::new();
         let sh = &self.shared;
         // Munmaps of the region's pages that returned are recorded as holes
         // before anything below looks at them.
         sh.events.wait();
+        let mut home = MigrateReport::default();
+        if r.managed.is_adopted() {
+            let (to, trigger) = (Location::System, Trigger::Release);
+            migrate::pipeline(sh, r, 0..r.npages, to, None, trigger, &mut home);
+            sh.check_lost();
+        }
         r.freed.store(true, std::sync::atomic::Ordering::Release);
         sh.regions.write().remove(&r.base());
         for blk in r.blocks.iter() {
@@ -728,6 +871,7 @@ impl Svm {
                 r.staging.addr()
             );
         }
+        home
     }
 }
 

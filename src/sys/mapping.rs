@@ -46,6 +46,9 @@ pub struct Mapping {
     /// Sub-ranges `(off, len)` the program unmapped behind our back
     /// ([`Mapping::forget_range`]): no longer ours, `Drop` leaves them alone.
     forgotten: std::sync::Mutex<Vec<(usize, usize)>>,
+    /// The program's memory, managed in place ([`Mapping::adopt`]): `Drop`
+    /// leaves all of it mapped.
+    adopted: bool,
 }
 
 // SAFETY: a Mapping is a range of process memory with no thread affinity; all
@@ -77,16 +80,70 @@ impl Mapping {
             ptr,
             len,
             forgotten: Default::default(),
+            adopted: false,
         })
+    }
+
+    /// The program's own private anonymous memory `[addr, addr+len)`, to be
+    /// managed in place: accessors work as on svmem's own mappings, and
+    /// `Drop` never unmaps it. Fails with `EFAULT` if part of the range is
+    /// not mapped, `EINVAL` if it is not page aligned or is file-backed or
+    /// shared memory (which `UFFDIO_MOVE` cannot take).
+    pub fn adopt(addr: u64, len: usize) -> io::Result<Mapping> {
+        let ps = super::PAGE_SIZE as u64;
+        let end = addr
+            .checked_add(len as u64)
+            .filter(|_| addr % ps == 0 && len as u64 % ps == 0 && len > 0)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut at = addr;
+        while at < end {
+            let v = super::vma::query(at)?
+                .filter(|v| v.start <= at)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))?;
+            if v.shared || v.file {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            at = v.end;
+        }
+        let ptr = NonNull::new(addr as *mut u8)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))?;
+        Ok(Mapping {
+            ptr,
+            len,
+            forgotten: Default::default(),
+            adopted: true,
+        })
+    }
+
+    /// Whether this is the program's memory managed in place.
+    pub fn is_adopted(&self) -> bool {
+        self.adopted
     }
 
     /// Like [`Mapping::anonymous`], but the start is a multiple of `align` (a
     /// power of two, at least the page size), so 2 MiB-aligned blocks of the
     /// mapping can be mapped by one huge page and moved by one PMD.
     pub fn anonymous_aligned(len: usize, align: usize, prot: Prot) -> io::Result<Mapping> {
-        if len == 0 || !align.is_power_of_two() || align < super::PAGE_SIZE {
+        Mapping::anonymous_phased(len, align, 0, prot)
+    }
+
+    /// Like [`Mapping::anonymous_aligned`], but the start is `phase` (page
+    /// aligned) past a multiple of `align`: a staging mirror for memory at
+    /// an address of that phase keeps its 2 MiB blocks congruent.
+    pub fn anonymous_phased(
+        len: usize,
+        align: usize,
+        phase: usize,
+        prot: Prot,
+    ) -> io::Result<Mapping> {
+        if len == 0
+            || !align.is_power_of_two()
+            || align < super::PAGE_SIZE
+            || phase % super::PAGE_SIZE != 0
+        {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
+        let phase = phase % align;
         let pad = align - super::PAGE_SIZE;
         let outer = Mapping::anonymous(
             len.checked_add(pad)
@@ -95,7 +152,7 @@ impl Mapping {
             false,
         )?;
         let base = outer.addr() as usize;
-        let start = base.next_multiple_of(align);
+        let start = base + (phase + align - base % align) % align;
         let (head, tail) = (start - base, outer.len - (start - base) - len);
         // The trimmed pieces are unmapped here; `outer` must not unmap its
         // original range any more.
@@ -119,6 +176,7 @@ impl Mapping {
             ptr,
             len,
             forgotten: Default::default(),
+            adopted: false,
         })
     }
 
@@ -547,6 +605,10 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.adopted {
+            // The program's memory: it stays mapped, as ordinary memory.
+            return;
+        }
         for (off, len) in self.owned_ranges() {
             // SAFETY: we own `[off, off+len)` (forgotten ranges, which the
             // program unmapped and may have mapped again, are skipped) and

@@ -17,7 +17,7 @@ pub mod vma;
 pub use copy::stream_copy;
 pub use eventfd::EventFd;
 pub use mapping::{Advice, Mapping, Prot};
-pub use pagemap::{huge_mapped, zero_pages};
+pub use pagemap::{huge_mapped, populated_pages, zero_pages};
 pub use signals::AsyncSignalsBlocked;
 pub use uffd::{Uffd, UffdMsg};
 

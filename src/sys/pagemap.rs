@@ -5,6 +5,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
 const PAGE_IS_PFNZERO: u64 = 1 << 5;
 const PAGE_IS_HUGE: u64 = 1 << 6;
 
@@ -42,6 +43,12 @@ pub fn zero_pages(start: u64, npages: usize) -> io::Result<Vec<bool>> {
     scan(start, npages, PAGE_IS_PFNZERO)
 }
 
+/// For each page of the range, whether it holds data: present or swapped
+/// out (a page that is neither reads as zeros on its next touch).
+pub fn populated_pages(start: u64, npages: usize) -> io::Result<Vec<bool>> {
+    scan_any(start, npages, PAGE_IS_PRESENT | PAGE_IS_SWAPPED)
+}
+
 /// Whether the page at `addr` is present and mapped by a huge page (a
 /// PMD-mapped transparent huge page).
 pub fn huge_mapped(addr: u64) -> io::Result<bool> {
@@ -50,6 +57,15 @@ pub fn huge_mapped(addr: u64) -> io::Result<bool> {
 
 /// For each page of the range, whether it is present and in `category`.
 fn scan(start: u64, npages: usize, category: u64) -> io::Result<Vec<bool>> {
+    scan_with(start, npages, category | PAGE_IS_PRESENT, 0, category)
+}
+
+/// For each page of the range, whether it is in any of `categories`.
+fn scan_any(start: u64, npages: usize, categories: u64) -> io::Result<Vec<bool>> {
+    scan_with(start, npages, 0, categories, categories)
+}
+
+fn scan_with(start: u64, npages: usize, all: u64, any: u64, ret: u64) -> io::Result<Vec<bool>> {
     let f = std::fs::File::open("/proc/self/pagemap")?;
     let mut out = vec![false; npages];
     let end = start + (npages * super::PAGE_SIZE) as u64;
@@ -62,8 +78,9 @@ fn scan(start: u64, npages: usize, category: u64) -> io::Result<Vec<bool>> {
             end,
             vec: vec.as_mut_ptr() as u64,
             vec_len: vec.len() as u64,
-            category_mask: category | PAGE_IS_PRESENT,
-            return_mask: category,
+            category_mask: all,
+            category_anyof_mask: any,
+            return_mask: ret,
             ..Default::default()
         };
         // SAFETY: `arg` is a live pm_scan_arg whose `vec` points at `vec.len()`

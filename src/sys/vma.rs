@@ -151,7 +151,8 @@ mod tests {
         let v = query(m.addr()).expect("query").expect("mapped");
         assert!(v.read && v.write && !v.shared && !v.file, "{v:?}");
         assert!(v.start <= m.addr() && v.end >= m.addr() + 4 * 4096);
-        m.protect_range(4096, 4096, libc::PROT_READ).expect("mprotect");
+        m.protect_range(4096, 4096, libc::PROT_READ)
+            .expect("mprotect");
         let v = query(m.addr() + 4096).expect("query").expect("mapped");
         assert_eq!(
             (v.start, v.end, v.read, v.write),
