@@ -382,13 +382,13 @@ impl Svm {
     pub unsafe fn register(&self, ptr: *mut u8, len: usize) -> Result<Region<'_>> {
         self.check_owner()?;
         let addr = ptr as u64;
-        if !addr.is_multiple_of(PAGE_SIZE as u64) {
+        if addr % PAGE_SIZE as u64 != 0 {
             return Err(Error::Unaligned {
                 what: "address",
                 value: addr,
             });
         }
-        if !len.is_multiple_of(PAGE_SIZE) {
+        if len % PAGE_SIZE != 0 {
             return Err(Error::Unaligned {
                 what: "length",
                 value: len as u64,
@@ -413,7 +413,7 @@ impl Svm {
         }
         let end = addr
             .checked_add(len as u64)
-            .ok_or_else(|| Error::RangeOverflow {
+            .ok_or(Error::RangeOverflow {
                 what: "registered range",
                 start: VirtAddr(addr),
                 count: len as u64,
