@@ -150,8 +150,8 @@ fn register_refuses_what_it_cannot_manage_with_typed_errors() {
         || {
             let svm = svm();
             let own = Own::anonymous(8 * PAGE_SIZE);
-            // SAFETY (every call below): the ranges are the test's own, and a
-            // refused registration changes nothing.
+            // SAFETY: every range below is the test's own, and a refused
+            // registration changes nothing.
             unsafe {
                 let e = svm.register(own.at.add(8), PAGE_SIZE).unwrap_err();
                 assert!(
