@@ -34,18 +34,26 @@ impl std::fmt::Debug for Region<'_> {
 }
 
 impl Region<'_> {
+    /// The region's pages' record now (it changes when the program moves
+    /// the whole region with `mremap`: the handle follows).
+    fn cur(&self) -> &RegionInner {
+        // An mremap that returned is followed before the answer.
+        self.svm.shared.events.wait();
+        self.inner.current()
+    }
+
     pub fn addr(&self) -> VirtAddr {
-        VirtAddr(self.inner.base())
+        VirtAddr(self.cur().base())
     }
     /// Length in bytes (a multiple of 4 KiB).
     pub fn len(&self) -> u64 {
-        self.inner.len()
+        self.cur().len()
     }
     pub fn is_empty(&self) -> bool {
         false
     }
     pub fn npages(&self) -> usize {
-        self.inner.npages
+        self.cur().npages
     }
     /// The address `offset` bytes into the region.
     pub fn at(&self, offset: u64) -> VirtAddr {
@@ -60,7 +68,7 @@ impl Region<'_> {
     /// shared slice never change. Taking the first view of a region takes
     /// away its device translations (one walk of its blocks).
     pub fn as_slice<T: bytemuck::Pod>(&self) -> View<'_, T> {
-        let inner = &*self.inner;
+        let inner = self.cur();
         // In a forked child the mapping is the child's own ordinary memory
         // and no device exists: no bar (its locks are the parent's copy).
         let owned = self.svm.check_owner().is_ok();
@@ -88,7 +96,7 @@ impl Region<'_> {
     /// While it lives, devices may not touch the region at all: device
     /// accesses fail as described at [`Region::as_slice`].
     pub fn as_mut_slice<T: bytemuck::Pod>(&mut self) -> ViewMut<'_, T> {
-        let inner = &*self.inner;
+        let inner = self.cur();
         let owned = self.svm.check_owner().is_ok();
         if owned {
             inner.raise_bar(CpuBar::All);
@@ -111,8 +119,8 @@ impl Region<'_> {
     /// Takes `&mut self` so that no plain view of the region lives meanwhile;
     /// the returned slice may be shared among threads.
     pub fn as_atomic_u64(&mut self) -> &[std::sync::atomic::AtomicU64] {
-        let words = self.inner.npages * (crate::addr::PAGE_SIZE / 8);
-        self.inner
+        let words = self.cur().npages * (crate::addr::PAGE_SIZE / 8);
+        self.cur()
             .managed
             .atomic_words(0, words)
             .unwrap_or_default()
@@ -130,7 +138,7 @@ impl Region<'_> {
     pub fn protect(&self, prot: Prot) -> Result<()> {
         self.svm.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
-        let r = &self.inner;
+        let r = self.cur();
         r.invalidate_range(0..r.npages, UnmapTrigger::MmuNotify, |_, _| {});
         r.managed
             .protect(prot)
@@ -167,9 +175,9 @@ impl Region<'_> {
         match rep.poisoned {
             0 => Ok(()),
             _ => Err(Error::Poisoned {
-                addr: (0..self.inner.npages)
-                    .find(|&k| self.inner.states[k].load() == crate::mm::state::PageState::Poisoned)
-                    .map_or(self.addr(), |k| self.inner.addr_of(k)),
+                addr: (0..self.cur().npages)
+                    .find(|&k| self.cur().states[k].load() == crate::mm::state::PageState::Poisoned)
+                    .map_or(self.addr(), |k| self.cur().addr_of(k)),
             }),
         }
     }
@@ -180,7 +188,8 @@ impl Region<'_> {
             return Default::default();
         }
         self.freed = true;
-        self.svm.free_region(&self.inner)
+        self.svm.shared.events.wait();
+        self.svm.free_region(self.inner.current())
     }
 }
 

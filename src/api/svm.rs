@@ -198,6 +198,7 @@ impl SvmBuilder {
             events: Default::default(),
             devices: self.devices,
             regions: RwLock::new(BTreeMap::new()),
+            installing: Default::default(),
             counters: Counters::default(),
             zeros,
             pipeline_depth: self.pipeline_depth,
@@ -411,14 +412,12 @@ impl Svm {
                 MAX_REGION_PAGES * PAGE_SIZE
             )));
         }
-        let end = addr
-            .checked_add(len as u64)
-            .ok_or(Error::RangeOverflow {
-                what: "registered range",
-                start: VirtAddr(addr),
-                count: len as u64,
-                unit: "bytes",
-            })?;
+        let end = addr.checked_add(len as u64).ok_or(Error::RangeOverflow {
+            what: "registered range",
+            start: VirtAddr(addr),
+            count: len as u64,
+            unit: "bytes",
+        })?;
         if let Some(r) = self
             .shared
             .regions_overlapping(addr, end)
@@ -478,6 +477,16 @@ impl Svm {
                 .madvise(0, bytes, advice)
                 .map_err(|e| Error::os("madvise(MADV_[NO]HUGEPAGE)", e))?;
         }
+        // Faults in the range before it is in the region map are ours, not
+        // strays (see `mm::remap::release_stray`).
+        struct Installing<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Installing<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        sh.installing.fetch_add(1, Ordering::AcqRel);
+        let _installing = Installing(&sh.installing);
         sh.uffd
             .register(managed.addr(), bytes as u64, true)
             .map_err(|e| match (managed.is_adopted(), e.raw_os_error()) {
@@ -541,6 +550,9 @@ impl Svm {
         if len == 0 {
             return Err(Error::EmptyRange { addr });
         }
+        // A munmap or mremap that returned is handled before the range is
+        // looked up.
+        self.shared.events.wait();
         let r = self.shared.region_for(addr, len)?;
         let first = r.page_of(addr.0);
         Ok((r, first, (len / PAGE_SIZE as u64) as usize))
@@ -814,6 +826,7 @@ impl Svm {
     /// Where page `addr` lives now (`None` outside managed memory or while it migrates).
     pub fn location(&self, addr: VirtAddr) -> Option<Location> {
         self.assert_owner();
+        self.shared.events.wait();
         let r = self.shared.region_at(addr.0)?;
         match r.states[r.page_of(addr.0)].load() {
             PageState::Unpopulated | PageState::System => Some(Location::System),
@@ -838,7 +851,12 @@ impl Svm {
             sh.check_lost();
         }
         r.freed.store(true, std::sync::atomic::Ordering::Release);
-        sh.regions.write().remove(&r.base());
+        {
+            let mut map = sh.regions.write();
+            if map.get(&r.base()).is_some_and(|x| Arc::ptr_eq(x, r)) {
+                map.remove(&r.base());
+            }
+        }
         for blk in r.blocks.iter() {
             // No restore worker maps a block of a region being freed.
             blk.keep_mapped.store(0, Ordering::Release);

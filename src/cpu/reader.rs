@@ -1,6 +1,7 @@
 //! The CPU side: one userfaultfd reader thread per `Svm`. It reads fault
-//! messages and events in batches, handles `REMOVE` (the data is discarded)
-//! and `UNMAP` (the pages become holes) before faults of the same batch, and resolves each fault window itself (no hand-off to
+//! messages and events in batches, handles `REMOVE` (the data is discarded),
+//! `UNMAP` (the pages become holes) and `REMAP` (see `mm::remap`) before
+//! faults of the same batch, and resolves each fault window itself (no hand-off to
 //! another thread: on this kind of machine a cross-CPU wake-up costs as much as
 //! copying 100 KiB). It never calls `madvise`/`munmap` on managed memory, which
 //! would block on its own event.
@@ -232,6 +233,9 @@ pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
             } else if m.event == uffd::EVENT_UNMAP {
                 sh.counters.add(&sh.counters.uffd_events, 1);
                 unmap(&sh, m.arg0, m.arg1);
+            } else if m.event == uffd::EVENT_REMAP {
+                sh.counters.add(&sh.counters.uffd_events, 1);
+                crate::mm::remap::remap(&sh, m.arg0, m.arg1, m.arg2);
             }
         }
         // Every event read is handled, unless handling them read more (a
@@ -249,11 +253,17 @@ pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
                 None => {
                     // A registered range no live region holds: one being freed
                     // (unregistered next, then the fault is an ordinary one),
-                    // one being created (found once inserted), or a staging
-                    // area. Install nothing: no block lock guards such a page,
-                    // and by now the address may belong to a new region (or
-                    // its staging area) whose page-state words would not know
-                    // of a page put there. Wake; the thread faults again.
+                    // one being created (found once inserted), a staging
+                    // area, or the tail of a managed mapping the program grew
+                    // in place with mremap (released to the kernel here, see
+                    // `mm::remap`). Install nothing: no block lock guards such
+                    // a page, and by now the address may belong to a new
+                    // region (or its staging area) whose page-state words
+                    // would not know of a page put there. Wake; the thread
+                    // faults again.
+                    if sh.installing.load(Ordering::Acquire) == 0 && sh.region_at(addr).is_none() {
+                        crate::mm::remap::release_stray(&sh, addr);
+                    }
                     let _ = sh.uffd.wake(addr, PAGE_SIZE as u64);
                 }
             }

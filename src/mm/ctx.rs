@@ -30,6 +30,9 @@ pub(crate) struct Shared {
     pub events: EventGate,
     pub devices: Vec<Arc<dyn Device>>,
     pub regions: RwLock<BTreeMap<u64, Arc<RegionInner>>>,
+    /// Regions being installed (registered, not yet in `regions`): while
+    /// non-zero, a fault nobody holds may be one of theirs.
+    pub installing: std::sync::atomic::AtomicUsize,
     pub counters: Counters,
     /// 2 MiB of zeros, the source of zero-filling `UFFDIO_COPY`s.
     pub zeros: Mapping,
@@ -119,6 +122,11 @@ pub(crate) trait Pressure: Send + Sync {
     /// Host bytes of metadata kept above the core (eviction rings, range
     /// attributes), counted with the core's own in [`Shared::metadata_bytes`].
     fn metadata_bytes(&self) -> u64;
+    /// `new` took over `old`'s pages (the program moved them with `mremap`;
+    /// `new` is published, `old` is all holes): the range attributes move
+    /// with the pages, and the eviction rings list `new`'s device-resident
+    /// blocks instead of `old`'s.
+    fn relocated(&self, sh: &Shared, old: &RegionInner, new: &Arc<RegionInner>);
 }
 
 /// A charge held against the memory limit; dropping it un-charges.

@@ -12,6 +12,7 @@ pub(crate) mod migrate;
 pub(crate) mod pins;
 pub(crate) mod poison;
 pub(crate) mod populate;
+pub(crate) mod remap;
 pub(crate) mod space;
 pub(crate) mod staging;
 pub(crate) mod state;

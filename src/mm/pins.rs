@@ -82,4 +82,18 @@ impl Pins {
     pub fn count(&self, i: usize) -> u16 {
         self.table.get().map_or(0, |t| t.counts[i].load(O::Acquire))
     }
+
+    /// Takes `other`'s pin counts (a region taking over another's pages; the
+    /// caller holds every block lock of `other`, and nobody sees `self` yet).
+    pub fn copy_from(&self, other: &Pins) {
+        let Some(src) = other.table.get() else { return };
+        let t = self.table.get_or_init(|| PinTable::new(src.counts.len()));
+        for (i, c) in src.counts.iter().enumerate() {
+            let n = c.load(O::Acquire);
+            if n != 0 {
+                t.counts[i].store(n, O::Release);
+                t.per_block[i / BLOCK_PAGES].fetch_add(1, O::AcqRel);
+            }
+        }
+    }
 }

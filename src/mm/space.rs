@@ -123,6 +123,9 @@ pub(crate) struct RegionInner {
     /// Plain shared CPU views alive; taking the first or dropping the last
     /// changes `bar` under this lock.
     pub views: Mutex<u32>,
+    /// The region that took over these pages when the program moved them
+    /// with `mremap` (this one is all holes then); its `Region` follows.
+    pub moved_to: std::sync::OnceLock<Arc<RegionInner>>,
 }
 
 /// What live plain CPU views (`Region::as_slice` / `as_mut_slice`) bar
@@ -207,7 +210,61 @@ impl RegionInner {
             freed: Default::default(),
             bar: AtomicU8::new(CpuBar::None as u8),
             views: Default::default(),
+            moved_to: Default::default(),
         }
+    }
+
+    /// A region for the same pages at the address `managed` now starts at
+    /// (the program moved them with `mremap`): same states, staging, block
+    /// settings and pins; no device translations. The caller holds every
+    /// block lock of `self` and has invalidated every block.
+    pub fn relocated(&self, managed: Mapping) -> RegionInner {
+        let ndevices = self.ptes.len();
+        let new = RegionInner {
+            managed: Arc::new(managed),
+            staging: self.staging.clone(),
+            npages: self.npages,
+            writable: std::sync::atomic::AtomicBool::new(self.is_writable()),
+            states: self
+                .states
+                .iter()
+                .map(|s| StateCell::with_state(s.load()))
+                .collect(),
+            ptes: (0..ndevices)
+                .map(|_| (0..self.npages).map(|_| AtomicU32::new(0)).collect())
+                .collect(),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| Block {
+                    granularity: AtomicU8::new(b.granularity.load(Ordering::Relaxed)),
+                    keep_mapped: AtomicU8::new(b.keep_mapped.load(Ordering::Acquire)),
+                    ..Default::default()
+                })
+                .collect(),
+            cpu_sweep_end: AtomicUsize::new(usize::MAX),
+            dev_sweep_end: (0..ndevices)
+                .map(|_| AtomicUsize::new(usize::MAX))
+                .collect(),
+            notifier: self.notifier.clone(),
+            pins: Default::default(),
+            freed: Default::default(),
+            bar: AtomicU8::new(self.bar.load(Ordering::Acquire)),
+            views: Mutex::new(*self.views.lock()),
+            moved_to: Default::default(),
+        };
+        new.pins.copy_from(&self.pins);
+        new
+    }
+
+    /// The region these pages live in now: this one, or the one they moved
+    /// to (following every `mremap`).
+    pub fn current(self: &Arc<Self>) -> &Arc<RegionInner> {
+        let mut r = self;
+        while let Some(n) = r.moved_to.get() {
+            r = n;
+        }
+        r
     }
 
     pub fn base(&self) -> u64 {

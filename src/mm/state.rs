@@ -127,6 +127,13 @@ impl StateCell {
         StateCell(AtomicU32::new(TAG_UNPOP))
     }
 
+    /// A cell already in state `s`: a region that took over the pages of
+    /// another (the program moved them with `mremap`), built before anyone
+    /// else can see it.
+    pub fn with_state(s: PageState) -> StateCell {
+        StateCell(AtomicU32::new(s.encode()))
+    }
+
     pub fn load(&self) -> PageState {
         PageState::decode(self.0.load(Ordering::Acquire))
     }

@@ -38,6 +38,15 @@ counters! {
     /// Page-state commits refused where the protocol says they cannot be
     /// (always 0 unless svmem has a bug; each is also reported on stderr).
     protocol_errors,
+    /// Regions the program moved whole with `mremap`, followed to their new
+    /// address.
+    remaps_followed,
+    /// Parts of regions the program moved with `mremap` alone, handed over
+    /// as ordinary memory (device data copied in).
+    remaps_detached,
+    /// Registered stretches no region held (a managed mapping grown in
+    /// place by `mremap`), released to the kernel on their first fault.
+    stray_ranges_released,
     /// Fault messages read from the userfaultfd.
     cpu_faults,
     /// Fault windows resolved (one per group of faults in a window).

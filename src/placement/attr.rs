@@ -656,6 +656,33 @@ impl AttrMap {
         }
     }
 
+    /// Moves the attributes of pages `[from, from + n)` to `[to, to + n)`
+    /// (the program moved the memory with `mremap`); the old pages read as
+    /// defaults, whatever `[to, to + n)` had is replaced.
+    pub fn relocate(&mut self, from: u64, to: u64, n: u64) {
+        if n == 0 || from == to {
+            return;
+        }
+        let moved: Vec<_> = self
+            .segments(from, from + n)
+            .into_iter()
+            .filter(|seg| seg.2 != self.defaults)
+            .collect();
+        self.cut(from, from + n);
+        self.cut(to, to + n);
+        for (s, e, attrs) in moved {
+            self.ranges.insert(
+                s - from + to,
+                Stored {
+                    end: e - from + to,
+                    attrs,
+                },
+            );
+        }
+        self.merge_at(to);
+        self.merge_at(to + n);
+    }
+
     /// How many ranges are stored.
     pub fn ranges(&self) -> usize {
         self.ranges.len()

@@ -67,4 +67,26 @@ impl crate::mm::ctx::Pressure for PressureState {
         let rings: u64 = self.residency.iter().map(|r| r.metadata_bytes()).sum();
         rings + self.attrs.read().metadata_bytes()
     }
+
+    fn relocated(&self, sh: &Shared, old: &RegionInner, new: &Arc<RegionInner>) {
+        let ps = crate::addr::PAGE_SIZE as u64;
+        self.attrs
+            .write()
+            .relocate(old.base() / ps, new.base() / ps, new.npages as u64);
+        evict::forget_region(sh, self, old);
+        for b in 0..new.blocks.len() {
+            let _g = new.blocks[b].migrate.lock();
+            let mut on = 0u8;
+            for k in new.block_pages(b) {
+                if let crate::mm::state::PageState::Device { dev, .. } = new.states[k].load() {
+                    on |= 1 << dev.0;
+                }
+            }
+            for d in 0..crate::addr::MAX_DEVICES {
+                if on & (1 << d) != 0 {
+                    evict::note_resident(sh, self, new, b, crate::addr::DeviceId(d as u8));
+                }
+            }
+        }
+    }
 }

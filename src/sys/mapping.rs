@@ -115,6 +115,22 @@ impl Mapping {
         })
     }
 
+    /// The mapping as it is now at `to`, after the program moved it there
+    /// with `mremap`: the same length, holes and ownership. `self` forgets
+    /// its whole range (the old address is not ours any more).
+    pub fn moved(&self, to: u64) -> io::Result<Mapping> {
+        let ptr = NonNull::new(to as *mut u8)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))?;
+        let mut f = self.forgotten.lock().unwrap_or_else(|e| e.into_inner());
+        let holes = std::mem::replace(&mut *f, vec![(0, self.len)]);
+        Ok(Mapping {
+            ptr,
+            len: self.len,
+            forgotten: std::sync::Mutex::new(holes),
+            adopted: self.adopted,
+        })
+    }
+
     /// Whether this is the program's memory managed in place.
     pub fn is_adopted(&self) -> bool {
         self.adopted

@@ -96,6 +96,7 @@ const WP_MODE_WP: u64 = 1;
 /// Features svmem needs, with the names the kernel headers give them.
 pub const REQUIRED_FEATURES: &[(u64, &str)] = &[
     (1 << 0, "UFFD_FEATURE_PAGEFAULT_FLAG_WP"),
+    (1 << 2, "UFFD_FEATURE_EVENT_REMAP"),
     (1 << 3, "UFFD_FEATURE_EVENT_REMOVE"),
     (1 << 6, "UFFD_FEATURE_EVENT_UNMAP"),
     (1 << 8, "UFFD_FEATURE_THREAD_ID"),
@@ -104,7 +105,6 @@ pub const REQUIRED_FEATURES: &[(u64, &str)] = &[
 ];
 
 pub const EVENT_PAGEFAULT: u8 = 0x12;
-#[allow(dead_code)] // mremap events: not followed yet
 pub const EVENT_REMAP: u8 = 0x14;
 pub const EVENT_REMOVE: u8 = 0x15;
 pub const EVENT_UNMAP: u8 = 0x16;
