@@ -179,9 +179,17 @@ pub(crate) fn release_stray(sh: &Shared, addr: u64) -> bool {
     if lo >= hi || sh.installing.load(Ordering::Acquire) != 0 {
         return false;
     }
-    let ok = sh.uffd.unregister(lo, hi - lo).is_ok();
-    if ok {
-        sh.counters.add(&sh.counters.stray_ranges_released, 1);
+    // Counted first: unregistering wakes the faulting thread, which may
+    // look at the counters next.
+    sh.counters.add(&sh.counters.stray_ranges_released, 1);
+    match sh.uffd.unregister(lo, hi - lo) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!(
+                "svmem: releasing the unmanaged stretch {lo:#x}+{:#x} failed: {e}",
+                hi - lo
+            );
+            false
+        }
     }
-    ok
 }
