@@ -284,7 +284,26 @@ fn snapshot_reports_every_kind_of_page() {
         assert_eq!(v[2], ReadOnly, "{v:?}");
         assert_eq!(v[6], Unmapped, "{v:?}");
         r.protect(Prot::ReadWrite).unwrap();
+        // The program's own mprotect, behind svmem's back: read-only and
+        // PROT_NONE pages.
+        mprotect(a.offset(2 * 4096), 4096, libc::PROT_READ);
+        mprotect(a.offset(7 * 4096), 4096, libc::PROT_NONE);
+        let v = dev.snapshot(a, 8).unwrap();
+        assert_eq!(v[2], ReadOnly, "{v:?}");
+        assert_eq!(v[7], NoAccess, "{v:?}");
+        assert_eq!(v[4], DeviceLocal, "{v:?}");
+        mprotect(a.offset(2 * 4096), 4096, libc::PROT_READ | libc::PROT_WRITE);
+        mprotect(a.offset(7 * 4096), 4096, libc::PROT_READ | libc::PROT_WRITE);
     });
+}
+
+fn mprotect(at: VirtAddr, len: usize, prot: i32) {
+    // SAFETY: changes the protection of the test's own managed pages; no
+    // reference into them lives meanwhile.
+    assert_eq!(
+        unsafe { libc::mprotect(at.0 as *mut libc::c_void, len, prot) },
+        0
+    );
 }
 
 /// The kernel's hmm-tests `anon_teardown`: a device reads a region while

@@ -47,6 +47,9 @@ pub enum PageView {
     Error,
     /// Unmapped by the program (a hole): every access errors.
     Unmapped,
+    /// The CPU's protection is `PROT_NONE` (the program's `mprotect`):
+    /// devices may not access it either.
+    NoAccess,
 }
 
 pub(crate) enum Op<'b> {
@@ -319,17 +322,22 @@ pub(crate) fn snapshot(
     let r = sh.region_for(addr, len)?;
     let first = r.page_of(addr.0);
     let zero = crate::sys::zero_pages(addr.0, npages).map_err(|e| Error::os("PAGEMAP_SCAN", e))?;
+    // The CPU's protection of each page, which devices honour.
+    let mut prot = super::map::CpuProt::default();
     Ok((0..npages)
         .map(|k| match r.states[first + k].load() {
+            PageState::Hole => PageView::Unmapped,
+            _ if !prot.at(addr.0 + (k * PAGE_SIZE) as u64).0 => PageView::NoAccess,
             PageState::Unpopulated => PageView::None,
             PageState::System if zero[k] => PageView::Zero,
-            PageState::System if r.is_writable() => PageView::Writable,
+            PageState::System if r.is_writable() && prot.at(addr.0 + (k * PAGE_SIZE) as u64).1 => {
+                PageView::Writable
+            }
             PageState::System => PageView::ReadOnly,
             PageState::Device { dev, .. } if dev == d => PageView::DeviceLocal,
             PageState::Device { .. } => PageView::DeviceRemote,
             PageState::Migrating => PageView::Migrating,
             PageState::Poisoned => PageView::Error,
-            PageState::Hole => PageView::Unmapped,
         })
         .collect())
 }
