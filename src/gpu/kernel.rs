@@ -194,13 +194,37 @@ impl<'a> Lane<'a> {
         kind: AccessKind,
         mut op: impl FnMut(Target<'_>, usize, usize) -> std::result::Result<(), DeviceError>,
     ) -> std::result::Result<(), DeviceFault> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.run_pieces(1, |_| addr, len, kind, |t, _, pos, n| op(t, pos, n))
+    }
+
+    /// Runs `op` on every page piece of `count` accesses of `size` bytes each,
+    /// access `i` at `at(i)`, in order. Consecutive accesses in one 2 MiB
+    /// block share one hold of its access guard (a strided or gathered walk
+    /// costs one translation per element, not one guard per element).
+    /// `op(target, i, pos, n)` handles bytes `pos..pos+n` of access `i`.
+    /// Faults work as for one access; the retry bound counts faults since
+    /// the last access completed.
+    fn run_pieces(
+        &mut self,
+        count: usize,
+        at_of: impl Fn(usize) -> u64,
+        size: usize,
+        kind: AccessKind,
+        mut op: impl FnMut(Target<'_>, usize, usize, usize) -> std::result::Result<(), DeviceError>,
+    ) -> std::result::Result<(), DeviceFault> {
         let q = &self.sh.notifier.queues[self.d.0 as usize];
         let xnack = self.sh.xnack.load(Ordering::Acquire);
-        let mut pos = 0usize;
+        let (mut i, mut pos) = (0usize, 0usize);
         let mut retries = 0u32;
-        while pos < len {
+        if size == 0 {
+            return Ok(());
+        }
+        while i < count {
             if self.abort.load(Ordering::Relaxed) {
-                return Err(self.fault(addr + pos as u64, kind, FaultReason::Aborted));
+                return Err(self.fault(at_of(i) + pos as u64, kind, FaultReason::Aborted));
             }
             if q.wait_resumed() {
                 self.queue_waits += 1;
@@ -208,7 +232,7 @@ impl<'a> Lane<'a> {
             // A munmap/madvise that returned is handled before a translation
             // is used (no guard is held here).
             self.sh.events.wait();
-            let at = addr + pos as u64;
+            let at = at_of(i) + pos as u64;
             let Some(ri) = self.region_index(at) else {
                 return Err(self.fault(at, kind, FaultReason::Unmanaged));
             };
@@ -222,10 +246,13 @@ impl<'a> Lane<'a> {
                 crate::pressure::evict::touch(r, b, self.d);
                 let seq = blk.seq.load(Ordering::Acquire);
                 let table = &r.ptes[self.d.0 as usize];
-                while pos < len {
-                    let at = addr + pos as u64;
+                while i < count {
+                    let at = at_of(i) + pos as u64;
+                    if !r.contains(at, 1) {
+                        break;
+                    }
                     let k = r.page_of(at);
-                    if k / BLOCK_PAGES != b || !r.contains(at, 1) {
+                    if k / BLOCK_PAGES != b {
                         break;
                     }
                     if q.is_paused() {
@@ -262,18 +289,23 @@ impl<'a> Lane<'a> {
                         return Err(self.fault(at, kind, FaultReason::CpuView));
                     }
                     let off = (at % PAGE_SIZE as u64) as usize;
-                    let n = (PAGE_SIZE - off).min(len - pos);
+                    let n = (PAGE_SIZE - off).min(size - pos);
                     let target = Target::of(r, pte, at);
-                    if let Err(e) = op(target, pos, n) {
+                    if let Err(e) = op(target, i, pos, n) {
                         return Err(self.fault(at, kind, FaultReason::Device(e.reason)));
                     }
                     pos += n;
+                    if pos == size {
+                        i += 1;
+                        pos = 0;
+                        retries = 0;
+                    }
                 }
             }
             if !missed {
                 continue;
             }
-            let at = addr + pos as u64;
+            let at = at_of(i) + pos as u64;
             if r.contains(at, 1) && r.states[r.page_of(at)].load() == PageState::Hole {
                 // Unmapped by the program: it has no translation and never
                 // will (the kernel answers -EFAULT).
@@ -403,6 +435,166 @@ impl<'a> Lane<'a> {
         self.write(addr, bytemuck::cast_slice(vals))
     }
 
+    /// Loads `out.len()` values, value `i` from `base + i·stride_bytes` (a
+    /// column walk, a field of an array of records). One translation per
+    /// value; values in one 2 MiB block share one hold of its guard. A value
+    /// may straddle a page; faults work as for [`Lane::read`].
+    pub fn load_strided<T: bytemuck::Pod>(
+        &mut self,
+        base: VirtAddr,
+        stride_bytes: u64,
+        out: &mut [T],
+    ) -> std::result::Result<(), DeviceFault> {
+        let size = std::mem::size_of::<T>();
+        self.check_span(base, stride_bytes, out.len(), size, AccessKind::Read)?;
+        let dev = self.dev;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
+        self.run_pieces(
+            bytes.len() / size.max(1),
+            |i| base.0 + i as u64 * stride_bytes,
+            size,
+            AccessKind::Read,
+            |t, i, pos, n| t.read(dev, &mut bytes[i * size + pos..i * size + pos + n]),
+        )
+    }
+
+    /// Stores `vals`, value `i` at `base + i·stride_bytes`; see
+    /// [`Lane::load_strided`].
+    pub fn store_strided<T: bytemuck::Pod>(
+        &mut self,
+        base: VirtAddr,
+        stride_bytes: u64,
+        vals: &[T],
+    ) -> std::result::Result<(), DeviceFault> {
+        let size = std::mem::size_of::<T>();
+        self.check_span(base, stride_bytes, vals.len(), size, AccessKind::Write)?;
+        let dev = self.dev;
+        let bytes: &[u8] = bytemuck::cast_slice(vals);
+        self.run_pieces(
+            vals.len(),
+            |i| base.0 + i as u64 * stride_bytes,
+            size,
+            AccessKind::Write,
+            |t, i, pos, n| t.write(dev, &bytes[i * size + pos..i * size + pos + n]),
+        )
+    }
+
+    /// Loads `out[i]` from element `indices[i]` of the array of `T` at `base`
+    /// (`base + indices[i]·size_of::<T>()`), in order. Fails without touching
+    /// memory if the two slices differ in length.
+    pub fn gather<T: bytemuck::Pod>(
+        &mut self,
+        base: VirtAddr,
+        indices: &[u64],
+        out: &mut [T],
+    ) -> std::result::Result<(), DeviceFault> {
+        let size = std::mem::size_of::<T>();
+        let kind = AccessKind::Read;
+        self.check_indices(base, indices, out.len(), size, kind, "gather", "out")?;
+        let dev = self.dev;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
+        self.run_pieces(
+            indices.len(),
+            |i| base.0 + indices[i] * size as u64,
+            size,
+            kind,
+            |t, i, pos, n| t.read(dev, &mut bytes[i * size + pos..i * size + pos + n]),
+        )
+    }
+
+    /// Stores `vals[i]` at element `indices[i]` of the array of `T` at
+    /// `base`, in order (a later index that repeats an earlier one wins).
+    /// Fails without touching memory if the two slices differ in length.
+    pub fn scatter<T: bytemuck::Pod>(
+        &mut self,
+        base: VirtAddr,
+        indices: &[u64],
+        vals: &[T],
+    ) -> std::result::Result<(), DeviceFault> {
+        let size = std::mem::size_of::<T>();
+        let kind = AccessKind::Write;
+        self.check_indices(base, indices, vals.len(), size, kind, "scatter", "vals")?;
+        let dev = self.dev;
+        let bytes: &[u8] = bytemuck::cast_slice(vals);
+        self.run_pieces(
+            indices.len(),
+            |i| base.0 + indices[i] * size as u64,
+            size,
+            kind,
+            |t, i, pos, n| t.write(dev, &bytes[i * size + pos..i * size + pos + n]),
+        )
+    }
+
+    /// A strided walk of `count` values of `size` bytes must stay inside the
+    /// address space.
+    fn check_span(
+        &self,
+        base: VirtAddr,
+        stride: u64,
+        count: usize,
+        size: usize,
+        kind: AccessKind,
+    ) -> std::result::Result<(), DeviceFault> {
+        let last = (count as u64)
+            .checked_sub(1)
+            .map_or(Some(0), |c| c.checked_mul(stride))
+            .and_then(|o| o.checked_add(size as u64))
+            .and_then(|o| base.0.checked_add(o));
+        match last {
+            Some(_) => Ok(()),
+            None => Err(self.fault(
+                base.0,
+                kind,
+                FaultReason::Argument(format!(
+                    "{count} values of {size} bytes every {stride} bytes from {base} run past \
+                     the end of the address space: use a smaller stride or count"
+                )),
+            )),
+        }
+    }
+
+    /// Gathered/scattered indices: as many as values, each address in range.
+    #[allow(clippy::too_many_arguments)]
+    fn check_indices(
+        &self,
+        base: VirtAddr,
+        indices: &[u64],
+        values: usize,
+        size: usize,
+        kind: AccessKind,
+        what: &str,
+        name: &str,
+    ) -> std::result::Result<(), DeviceFault> {
+        if indices.len() != values {
+            return Err(self.fault(
+                base.0,
+                kind,
+                FaultReason::Argument(format!(
+                    "{what} of {} indices into a `{name}` of {values} values: pass slices of \
+                     one length",
+                    indices.len()
+                )),
+            ));
+        }
+        let size = size as u64;
+        if let Some(&bad) = indices.iter().find(|&&j| {
+            j.checked_mul(size)
+                .and_then(|o| o.checked_add(size))
+                .and_then(|o| base.0.checked_add(o))
+                .is_none()
+        }) {
+            return Err(self.fault(
+                base.0,
+                kind,
+                FaultReason::Argument(format!(
+                    "{what} index {bad} of {size}-byte values from {base} runs past the end of \
+                     the address space: indices count elements, not bytes"
+                )),
+            ));
+        }
+        Ok(())
+    }
+
     fn atomic(&mut self, addr: VirtAddr, op: AtomicOp) -> std::result::Result<u64, DeviceFault> {
         if addr.0 % op.width() as u64 != 0 {
             return Err(self.fault(addr.0, AccessKind::Atomic, FaultReason::Misaligned));
@@ -437,6 +629,87 @@ impl<'a> Lane<'a> {
         v: u64,
     ) -> std::result::Result<u64, DeviceFault> {
         self.atomic(addr, AtomicOp::AddU64(v))
+    }
+
+    /// Atomically xors `v` into the `u64` at `addr`; returns the old value.
+    pub fn atomic_xor_u64(
+        &mut self,
+        addr: VirtAddr,
+        v: u64,
+    ) -> std::result::Result<u64, DeviceFault> {
+        self.atomic(addr, AtomicOp::XorU64(v))
+    }
+
+    /// Atomically ors `v` into the `u64` at `addr`; returns the old value.
+    pub fn atomic_or_u64(
+        &mut self,
+        addr: VirtAddr,
+        v: u64,
+    ) -> std::result::Result<u64, DeviceFault> {
+        self.atomic(addr, AtomicOp::OrU64(v))
+    }
+
+    /// Atomically ands `v` into the `u64` at `addr`; returns the old value.
+    pub fn atomic_and_u64(
+        &mut self,
+        addr: VirtAddr,
+        v: u64,
+    ) -> std::result::Result<u64, DeviceFault> {
+        self.atomic(addr, AtomicOp::AndU64(v))
+    }
+
+    /// Atomically stores the smaller of the `u64` at `addr` and `v`; returns
+    /// the old value.
+    pub fn atomic_min_u64(
+        &mut self,
+        addr: VirtAddr,
+        v: u64,
+    ) -> std::result::Result<u64, DeviceFault> {
+        self.atomic(addr, AtomicOp::MinU64(v))
+    }
+
+    /// Atomically stores the larger of the `u64` at `addr` and `v`; returns
+    /// the old value.
+    pub fn atomic_max_u64(
+        &mut self,
+        addr: VirtAddr,
+        v: u64,
+    ) -> std::result::Result<u64, DeviceFault> {
+        self.atomic(addr, AtomicOp::MaxU64(v))
+    }
+
+    /// Atomically adds `v` to the `f32` at `addr` (a compare-exchange loop on
+    /// its bits, as devices without a native float add do); returns the old
+    /// value.
+    pub fn atomic_add_f32(
+        &mut self,
+        addr: VirtAddr,
+        v: f32,
+    ) -> std::result::Result<f32, DeviceFault> {
+        let mut cur = self.load::<u32>(addr)?;
+        loop {
+            let new = (f32::from_bits(cur) + v).to_bits();
+            match self.compare_exchange_u32(addr, cur, new)? {
+                Ok(old) => return Ok(f32::from_bits(old)),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// 64-bit [`Lane::atomic_add_f32`].
+    pub fn atomic_add_f64(
+        &mut self,
+        addr: VirtAddr,
+        v: f64,
+    ) -> std::result::Result<f64, DeviceFault> {
+        let mut cur = self.load::<u64>(addr)?;
+        loop {
+            let new = (f64::from_bits(cur) + v).to_bits();
+            match self.compare_exchange_u64(addr, cur, new)? {
+                Ok(old) => return Ok(f64::from_bits(old)),
+                Err(actual) => cur = actual,
+            }
+        }
     }
 
     /// Stores `new` at `addr` if it holds `current`: `Ok(current)` on success,
