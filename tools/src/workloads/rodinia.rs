@@ -308,6 +308,10 @@ impl Runner<'_> {
                         let (a, z) = ((o[k] - o[0]) as usize, (o[k + 1] - o[0]) as usize);
                         nbrs.extend(e[a..z].iter().map(|&u| u64::from(u)));
                     }
+                    // In address order, once each: a gather that walks blocks in
+                    // order holds each block's guard once.
+                    nbrs.sort_unstable();
+                    nbrs.dedup();
                     let mut nc = vec![0u64; nbrs.len()];
                     lane.gather(pc, &nbrs, &mut nc)?;
                     let mut claimed = false;
