@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
+
 use svmem::{
     AccessMode, Attr, DeviceFault, DeviceId, FaultReason, Lane, Location, PageView, Region, Svm,
     VirtAddr, PAGE_SIZE,
@@ -301,5 +303,170 @@ fn bitwise_min_max_and_float_atomics_from_all_lanes() {
         })
         .expect("misaligned");
         assert_eq!(f.reason, FaultReason::Misaligned);
+    }
+}
+
+/// An `Svm` with XNACK on and `lanes` compute units.
+fn svm_lanes(lanes: usize) -> Svm {
+    let mut cfg = common::emulated("steps", 32 << 20);
+    cfg.compute_units = lanes;
+    Svm::builder().emulated(cfg).unwrap().build().unwrap()
+}
+
+#[test]
+fn a_persistent_launch_runs_its_steps_in_order_with_a_barrier_between() {
+    let svm = svm_lanes(3);
+    let n = 5000u64;
+    let mut x = svm.alloc(2 * n as usize * 8).unwrap();
+    let init: Vec<u64> = (0..n).map(|i| i * 1000).collect();
+    x.as_mut_slice::<u64>()[..n as usize].copy_from_slice(&init);
+    let (src0, dst0) = (x.addr(), x.at(n * 8));
+    const STEPS: u64 = 9;
+    let seen = parking_lot::Mutex::new(Vec::new());
+    let launches = svm.stats().kernel_launches;
+    // Step s shifts the array by one into the other half, plus one: with
+    // a barrier between steps, after S steps x[i] = init[(i + S) mod n] + S.
+    let rep = svm
+        .device(D0)
+        .unwrap()
+        .launch_steps(
+            n,
+            |lane, step, i| {
+                let (src, dst) = if step % 2 == 0 {
+                    (src0, dst0)
+                } else {
+                    (dst0, src0)
+                };
+                let v: u64 = lane.load(src.offset((i + 1) % n * 8))?;
+                lane.store(dst.offset(i * 8), v + 1)
+            },
+            |lane, step| {
+                // Every item of the step is visible to the one lane here.
+                let dst = if step % 2 == 0 { dst0 } else { src0 };
+                seen.lock().push(lane.load::<u64>(dst)?);
+                Ok((step + 1 < STEPS).then_some(n))
+            },
+        )
+        .unwrap();
+    assert_eq!(rep.fatal, None);
+    assert_eq!((rep.grid, rep.items_done), (STEPS * n, STEPS * n));
+    assert_eq!(svm.stats().kernel_launches, launches + 1, "one launch");
+    let want: Vec<u64> = (1..=STEPS).map(|s| init[s as usize] + s).collect();
+    assert_eq!(seen.into_inner(), want);
+    let out = if STEPS % 2 == 1 { n as usize } else { 0 };
+    let w = x.as_slice::<u64>();
+    for i in 0..n as usize {
+        let expect = init[(i + STEPS as usize) % n as usize] + STEPS;
+        assert_eq!(w[out + i], expect, "x[{i}]");
+    }
+}
+
+#[test]
+fn a_fault_in_a_step_or_between_steps_stops_a_persistent_launch() {
+    let svm = svm_lanes(3);
+    let x = svm.alloc(1 << 20).unwrap();
+    let dev = svm.device(D0).unwrap();
+    // A lane faults in step 2 while the others wait at the barrier.
+    let rep = dev
+        .launch_steps(
+            300,
+            |lane, step, i| {
+                if step == 2 && i == 77 {
+                    lane.load::<u64>(VirtAddr(8)).map(|_| ())
+                } else {
+                    lane.store(x.at(i * 8), step)
+                }
+            },
+            |_, step| Ok((step < 5).then_some(300)),
+        )
+        .unwrap();
+    let f = rep.fatal.clone().expect("fatal");
+    assert_eq!((f.reason, f.addr), (FaultReason::Unmanaged, VirtAddr(8)));
+    assert!(rep.items_done >= 600 && rep.items_done < 900, "{rep:?}");
+    // `next` faults: the launch ends after step 0.
+    let rep = dev
+        .launch_steps(
+            100,
+            |lane, _, i| lane.store(x.at(i * 8), 1u64),
+            |lane, _| lane.load::<u64>(VirtAddr(16)).map(|_| Some(100)),
+        )
+        .unwrap();
+    assert_eq!(rep.fatal.map(|f| f.addr), Some(VirtAddr(16)));
+    assert_eq!(rep.items_done, 100);
+}
+
+#[test]
+fn work_groups_share_zeroed_scratch_across_a_barrier() {
+    for (lanes, size) in [(2, 4), (4, 2), (3, 1), (2, 16)] {
+        let svm = svm_lanes(lanes);
+        let groups = 37u64;
+        let per = 1000u64;
+        let mut data = svm.alloc((groups * per * 8) as usize).unwrap();
+        let out = svm.alloc(groups as usize * 8).unwrap();
+        for (i, v) in data.as_mut_slice::<u64>().iter_mut().enumerate() {
+            *v = (i as u64).wrapping_mul(0x9e37_79b9) >> 7;
+        }
+        let (pd, po) = (data.addr(), out.addr());
+        let rep = svm
+            .device(D0)
+            .unwrap()
+            .launch_groups(groups, size, size, |lane, g| {
+                let me = g.local_id();
+                // Scratch starts zeroed for every group.
+                assert_eq!(g.local()[me].load(Ordering::Relaxed), 0);
+                let chunk = per.div_ceil(g.size() as u64);
+                let lo = (g.id() * per + me as u64 * chunk).min((g.id() + 1) * per);
+                let hi = (lo + chunk).min((g.id() + 1) * per);
+                let mut v = vec![0u64; (hi - lo) as usize];
+                lane.read_slice(pd.offset(lo * 8), &mut v)?;
+                let s = v.iter().fold(0u64, |a, x| a.wrapping_add(*x));
+                g.local()[me].store(s + 1, Ordering::Relaxed);
+                g.barrier()?;
+                // Every lane sees every other lane's partial sum.
+                let all: Vec<u64> = g
+                    .local()
+                    .iter()
+                    .map(|w| w.load(Ordering::Relaxed))
+                    .collect();
+                assert!(all.iter().all(|&w| w != 0), "{all:?}");
+                if me == 0 {
+                    let total = all.iter().fold(0u64, |a, w| a.wrapping_add(w - 1));
+                    lane.store(po.offset(g.id() * 8), total)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(rep.fatal, None);
+        assert_eq!(rep.items_done, groups, "lanes {lanes} size {size}");
+        let d = data.as_slice::<u64>();
+        let o = out.as_slice::<u64>();
+        for g in 0..groups as usize {
+            let want = d[g * per as usize..(g + 1) * per as usize]
+                .iter()
+                .fold(0u64, |a, x| a.wrapping_add(*x));
+            assert_eq!(o[g], want, "lanes {lanes} size {size} group {g}");
+        }
+    }
+}
+
+#[test]
+fn a_faulting_group_lane_releases_its_waiting_peers() {
+    let svm = svm_lanes(2);
+    let dev = svm.device(D0).unwrap();
+    let rep = dev
+        .launch_groups(10, 4, 0, |lane, g| {
+            if g.id() == 3 && g.local_id() == 2 {
+                lane.load::<u64>(VirtAddr(64))?;
+            }
+            g.barrier()
+        })
+        .unwrap();
+    assert_eq!(rep.fatal.map(|f| f.addr), Some(VirtAddr(64)));
+    assert!(rep.items_done < 10);
+    for (size, words) in [(0, 1), (65, 1), (4, 1 << 20)] {
+        let e = dev
+            .launch_groups(1, size, words, |_, _| Ok(()))
+            .expect_err("refused");
+        assert!(e.to_string().contains("use"), "{e}");
     }
 }

@@ -736,6 +736,170 @@ impl<'a> Lane<'a> {
     }
 }
 
+/// What a launch's lanes share: the abort flag and the tallies.
+struct Launch<'a> {
+    sh: &'a Ctx,
+    d: DeviceId,
+    dev: &'a dyn Device,
+    abort: AtomicBool,
+    fatal: parking_lot::Mutex<Option<DeviceFault>>,
+    done: AtomicU64,
+    faults: AtomicU64,
+    waits: AtomicU64,
+    /// Barriers lanes may be waiting on: an abort wakes them.
+    barriers: Vec<&'a Barrier>,
+}
+
+impl<'a> Launch<'a> {
+    /// Records `f` (the first fatal fault wins) and stops every lane.
+    fn fail(&self, f: DeviceFault) {
+        if f.reason != FaultReason::Aborted {
+            self.fatal.lock().get_or_insert(f);
+        }
+        self.stop();
+    }
+
+    fn stop(&self) {
+        self.abort.store(true, Ordering::Relaxed);
+        for b in &self.barriers {
+            b.wake_all();
+        }
+    }
+
+    /// Runs `body` on `threads` lane threads (ids `0..threads`), each with a
+    /// fresh [`Lane`]; `body` returns the work items the lane completed.
+    fn run<B>(&self, threads: usize, body: B)
+    where
+        B: Fn(&mut Lane<'_>) -> u64 + Sync,
+    {
+        std::thread::scope(|s| {
+            for id in 0..threads {
+                let body = &body;
+                let spawned = std::thread::Builder::new()
+                    .name(format!("svmem-cu{id}-{}", self.dev.name()))
+                    .spawn_scoped(s, move || {
+                        let mut lane = Lane {
+                            sh: self.sh,
+                            d: self.d,
+                            dev: self.dev,
+                            id,
+                            regions: Vec::new(),
+                            tlb: Box::new([TlbEntry::default(); TLB_ENTRIES]),
+                            reply: Arc::new(Reply::default()),
+                            abort: &self.abort,
+                            faults: 0,
+                            queue_waits: 0,
+                        };
+                        let mine = body(&mut lane);
+                        self.done.fetch_add(mine, Ordering::Relaxed);
+                        self.faults.fetch_add(lane.faults, Ordering::Relaxed);
+                        self.waits.fetch_add(lane.queue_waits, Ordering::Relaxed);
+                    });
+                if let Err(e) = spawned {
+                    eprintln!("svmem: cannot start compute lane {id} of {}: {e}", self.d);
+                    self.stop();
+                }
+            }
+        });
+    }
+
+    /// Runs `kernel(lane, item)` for items handed out from `next` until
+    /// `grid`, a few at a time; false if the launch is stopping.
+    fn items<F>(
+        &self,
+        lane: &mut Lane<'_>,
+        next: &AtomicU64,
+        grid: u64,
+        mine: &mut u64,
+        kernel: F,
+    ) -> bool
+    where
+        F: Fn(&mut Lane<'_>, u64) -> std::result::Result<(), DeviceFault>,
+    {
+        let lanes = self.dev.compute_units().max(1) as u64;
+        let chunk = (grid / (lanes * 64)).clamp(1, 64);
+        while !self.abort.load(Ordering::Relaxed) {
+            let first = next.fetch_add(chunk, Ordering::Relaxed);
+            if first >= grid {
+                return true;
+            }
+            for item in first..(first + chunk).min(grid) {
+                if let Err(f) = kernel(lane, item) {
+                    self.fail(f);
+                    return false;
+                }
+                *mine += 1;
+            }
+        }
+        false
+    }
+
+    fn report(self, grid: u64, lanes: usize, start: Instant) -> LaunchReport {
+        let c = &self.sh.counters;
+        c.add(&c.kernel_launches, 1);
+        let fatal = self.fatal.into_inner();
+        if fatal.is_some() {
+            c.add(&c.device_faults_fatal, 1);
+        }
+        LaunchReport {
+            items_done: self.done.into_inner(),
+            grid,
+            lanes,
+            elapsed: start.elapsed(),
+            faults: self.faults.into_inner(),
+            queue_waits: self.waits.into_inner(),
+            fatal,
+        }
+    }
+}
+
+/// A barrier for a fixed number of lanes that a launch's abort releases.
+pub(crate) struct Barrier {
+    n: usize,
+    state: parking_lot::Mutex<(usize, u64)>,
+    cv: parking_lot::Condvar,
+}
+
+impl Barrier {
+    fn new(n: usize) -> Barrier {
+        Barrier {
+            n,
+            state: parking_lot::Mutex::new((0, 0)),
+            cv: parking_lot::Condvar::new(),
+        }
+    }
+
+    /// Waits until all `n` lanes arrive: `Some(true)` for exactly one of
+    /// them (the leader), `None` once `abort` is set.
+    fn wait(&self, abort: &AtomicBool) -> Option<bool> {
+        let mut g = self.state.lock();
+        if abort.load(Ordering::Relaxed) {
+            return None;
+        }
+        let gen = g.1;
+        g.0 += 1;
+        if g.0 == self.n {
+            *g = (0, gen + 1);
+            self.cv.notify_all();
+            return Some(true);
+        }
+        while g.1 == gen {
+            if abort.load(Ordering::Relaxed) {
+                return None;
+            }
+            self.cv.wait(&mut g);
+        }
+        Some(false)
+    }
+
+    /// Wakes every waiter (after the abort flag is set: they check it under
+    /// the lock, so none misses it).
+    fn wake_all(&self) {
+        let _g = self.state.lock();
+        self.cv.notify_all();
+    }
+}
+
 /// Runs `kernel(lane, item)` for every item in `0..grid` on device `d`'s
 /// compute units; items are handed out in ascending order, a few at a time.
 pub(crate) fn launch<F>(sh: &Ctx, d: DeviceId, grid: u64, kernel: F) -> Result<LaunchReport>
@@ -748,72 +912,238 @@ where
     // mode cannot change under them.
     let _running = rt.enter_launch(&sh.notifier.queues[d.0 as usize]);
     let lanes = dev.compute_units().max(1);
+    let l = Launch::new(sh, d, dev, Vec::new());
     let next = AtomicU64::new(0);
-    let done = AtomicU64::new(0);
-    let abort = AtomicBool::new(false);
-    let chunk = (grid / (lanes as u64 * 64)).clamp(1, 64);
-    let fatal = parking_lot::Mutex::new(None::<DeviceFault>);
-    let (faults, waits) = (AtomicU64::new(0), AtomicU64::new(0));
     let start = Instant::now();
-    std::thread::scope(|s| {
-        for id in 0..lanes {
-            let (next, done, abort, fatal, kernel) = (&next, &done, &abort, &fatal, &kernel);
-            let (faults, waits) = (&faults, &waits);
-            let spawned = std::thread::Builder::new()
-                .name(format!("svmem-cu{id}-{}", dev.name()))
-                .spawn_scoped(s, move || {
-                    let mut lane = Lane {
-                        sh,
-                        d,
-                        dev,
-                        id,
-                        regions: Vec::new(),
-                        tlb: Box::new([TlbEntry::default(); TLB_ENTRIES]),
-                        reply: Arc::new(Reply::default()),
-                        abort,
-                        faults: 0,
-                        queue_waits: 0,
-                    };
-                    let mut mine = 0u64;
-                    'items: while !abort.load(Ordering::Relaxed) {
-                        let first = next.fetch_add(chunk, Ordering::Relaxed);
-                        if first >= grid {
-                            break;
-                        }
-                        for item in first..(first + chunk).min(grid) {
-                            if let Err(f) = kernel(&mut lane, item) {
-                                if f.reason != FaultReason::Aborted {
-                                    fatal.lock().get_or_insert(f);
-                                }
-                                abort.store(true, Ordering::Relaxed);
-                                break 'items;
-                            }
-                            mine += 1;
-                        }
+    l.run(lanes, |lane| {
+        let mut mine = 0;
+        l.items(lane, &next, grid, &mut mine, &kernel);
+        mine
+    });
+    Ok(l.report(grid, lanes, start))
+}
+
+impl<'a> Launch<'a> {
+    fn new(sh: &'a Ctx, d: DeviceId, dev: &'a dyn Device, barriers: Vec<&'a Barrier>) -> Self {
+        Launch {
+            sh,
+            d,
+            dev,
+            abort: AtomicBool::new(false),
+            fatal: parking_lot::Mutex::new(None),
+            done: AtomicU64::new(0),
+            faults: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
+            barriers,
+        }
+    }
+}
+
+/// A persistent launch: the lanes start once and run a sequence of steps,
+/// `kernel(lane, step, item)` for every item of step `step`'s grid, with a
+/// grid-wide barrier between steps (the cooperative-kernel pattern: one
+/// launch instead of one per wavefront or level). Step 0 has `grid` items;
+/// after each step one lane calls `next(lane, step)` with every item of the
+/// step done and visible, which returns the next step's grid or `None` to
+/// finish. The report's `grid` is the sum over steps.
+pub(crate) fn launch_steps<F, G>(
+    sh: &Ctx,
+    d: DeviceId,
+    grid: u64,
+    kernel: F,
+    next: G,
+) -> Result<LaunchReport>
+where
+    F: Fn(&mut Lane<'_>, u64, u64) -> std::result::Result<(), DeviceFault> + Sync,
+    G: FnMut(&mut Lane<'_>, u64) -> std::result::Result<Option<u64>, DeviceFault> + Send,
+{
+    let dev = sh.device(d)?.as_ref();
+    let rt = &sh.runtime[d.0 as usize];
+    let _running = rt.enter_launch(&sh.notifier.queues[d.0 as usize]);
+    let lanes = dev.compute_units().max(1);
+    let barrier = Barrier::new(lanes);
+    let l = Launch::new(sh, d, dev, vec![&barrier]);
+    // (step, grid of the step, finished); written by the leader between
+    // the two barriers of a step change.
+    let plan = parking_lot::Mutex::new((0u64, grid, false));
+    let total = AtomicU64::new(grid);
+    let cursor = AtomicU64::new(0);
+    let next = parking_lot::Mutex::new(next);
+    let start = Instant::now();
+    l.run(lanes, |lane| {
+        let mut mine = 0;
+        loop {
+            let (step, g, finished) = *plan.lock();
+            if finished {
+                break;
+            }
+            let k = |lane: &mut Lane<'_>, item| kernel(lane, step, item);
+            if !l.items(lane, &cursor, g, &mut mine, k) {
+                break;
+            }
+            match barrier.wait(&l.abort) {
+                None => break,
+                Some(true) => match (next.lock())(lane, step) {
+                    Ok(n) => {
+                        cursor.store(0, Ordering::Relaxed);
+                        let mut p = plan.lock();
+                        *p = (step + 1, n.unwrap_or(0), n.is_none());
+                        total.fetch_add(n.unwrap_or(0), Ordering::Relaxed);
                     }
-                    done.fetch_add(mine, Ordering::Relaxed);
-                    faults.fetch_add(lane.faults, Ordering::Relaxed);
-                    waits.fetch_add(lane.queue_waits, Ordering::Relaxed);
-                });
-            if let Err(e) = spawned {
-                eprintln!("svmem: cannot start compute lane {id} of {d}: {e}");
-                abort.store(true, Ordering::Relaxed);
+                    Err(f) => {
+                        l.fail(f);
+                        break;
+                    }
+                },
+                Some(false) => {}
+            }
+            // Every lane sees the new plan (and a reset cursor) before any
+            // takes an item of the next step.
+            if barrier.wait(&l.abort).is_none() {
+                break;
             }
         }
+        mine
     });
-    let c = &sh.counters;
-    c.add(&c.kernel_launches, 1);
-    let fatal = fatal.into_inner();
-    if fatal.is_some() {
-        c.add(&c.device_faults_fatal, 1);
-    }
-    Ok(LaunchReport {
-        items_done: done.into_inner(),
-        grid,
-        lanes,
-        elapsed: start.elapsed(),
-        faults: faults.into_inner(),
-        queue_waits: waits.into_inner(),
-        fatal,
-    })
+    Ok(l.report(total.into_inner(), lanes, start))
 }
+
+/// One work group of a [`launch_groups`] launch, as one of its lanes sees it.
+pub struct Group<'a> {
+    id: u64,
+    local_id: usize,
+    size: usize,
+    local: &'a [AtomicU64],
+    barrier: &'a Barrier,
+    abort: &'a AtomicBool,
+    dev: DeviceId,
+    lane: usize,
+}
+
+impl std::fmt::Debug for Group<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("id", &self.id)
+            .field("local_id", &self.local_id)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Group<'_> {
+    /// The group's index in `0..groups`.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// This lane's index in the group, `0..size`.
+    pub fn local_id(&self) -> usize {
+        self.local_id
+    }
+    /// Lanes in the group.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+    /// The group's local scratch: zeroed when the group starts, shared by
+    /// its lanes only. Writes before a [`Group::barrier`] are visible to
+    /// every lane of the group after it.
+    pub fn local(&self) -> &[AtomicU64] {
+        self.local
+    }
+    /// Waits until every lane of the group reaches it. Fails (aborted) if
+    /// the launch stops meanwhile: return the error, as for any fault.
+    pub fn barrier(&self) -> std::result::Result<(), DeviceFault> {
+        match self.barrier.wait(self.abort) {
+            Some(_) => Ok(()),
+            None => Err(DeviceFault {
+                dev: self.dev,
+                lane: self.lane,
+                addr: VirtAddr(0),
+                kind: AccessKind::Read,
+                reason: FaultReason::Aborted,
+            }),
+        }
+    }
+}
+
+/// Runs `groups` work groups of `size` lanes each: `kernel(lane, group)`
+/// once per lane of every group; the lanes of one group run at the same
+/// time, may wait for each other at [`Group::barrier`] and share
+/// `local_words` words of [`Group::local`] scratch. As many groups run at
+/// once as the device has compute units for (at least one); each group's
+/// lanes are threads of their own. A group finishes when all its lanes
+/// return; the report counts one item per group.
+pub(crate) fn launch_groups<F>(
+    sh: &Ctx,
+    d: DeviceId,
+    groups: u64,
+    size: usize,
+    local_words: usize,
+    kernel: F,
+) -> Result<LaunchReport>
+where
+    F: Fn(&mut Lane<'_>, &Group<'_>) -> std::result::Result<(), DeviceFault> + Sync,
+{
+    if size == 0 || size > MAX_GROUP_SIZE {
+        return Err(Error::Config(format!(
+            "a work group of {size} lanes: use 1 to {MAX_GROUP_SIZE}"
+        )));
+    }
+    if local_words > MAX_LOCAL_WORDS {
+        return Err(Error::Config(format!(
+            "{local_words} words of group-local scratch: use at most {MAX_LOCAL_WORDS} (512 KiB)"
+        )));
+    }
+    let dev = sh.device(d)?.as_ref();
+    let rt = &sh.runtime[d.0 as usize];
+    let _running = rt.enter_launch(&sh.notifier.queues[d.0 as usize]);
+    let slots = (dev.compute_units() / size).max(1);
+    let barriers: Vec<Barrier> = (0..slots).map(|_| Barrier::new(size)).collect();
+    let locals: Vec<Vec<AtomicU64>> = (0..slots)
+        .map(|_| (0..local_words).map(|_| AtomicU64::new(0)).collect())
+        .collect();
+    let l = Launch::new(sh, d, dev, barriers.iter().collect());
+    let start = Instant::now();
+    l.run(slots * size, |lane| {
+        let (slot, local_id) = (lane.id / size, lane.id % size);
+        let (barrier, local) = (&barriers[slot], &locals[slot][..]);
+        let mut mine = 0;
+        let mut g = slot as u64;
+        while g < groups {
+            if local_id == 0 {
+                local.iter().for_each(|w| w.store(0, Ordering::Relaxed));
+            }
+            if barrier.wait(&l.abort).is_none() {
+                break;
+            }
+            let group = Group {
+                id: g,
+                local_id,
+                size,
+                local,
+                barrier,
+                abort: &l.abort,
+                dev: d,
+                lane: lane.id,
+            };
+            if let Err(f) = kernel(lane, &group) {
+                l.fail(f);
+                break;
+            }
+            // The group ends when every lane is done with its scratch.
+            if barrier.wait(&l.abort).is_none() {
+                break;
+            }
+            if local_id == 0 {
+                mine += 1;
+            }
+            g += slots as u64;
+        }
+        mine
+    });
+    Ok(l.report(groups, slots * size, start))
+}
+
+/// The largest work group (lanes are threads).
+pub const MAX_GROUP_SIZE: usize = 64;
+/// The most group-local scratch, in 64-bit words.
+pub const MAX_LOCAL_WORDS: usize = 64 << 10;
