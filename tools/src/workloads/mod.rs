@@ -665,6 +665,28 @@ impl<'a> Runner<'a> {
         F: Fn(&mut Lane<'_>, u64) -> Result<(), DeviceFault> + Sync,
     {
         let rep: LaunchReport = self.svm.device(DEV)?.launch(grid, kernel)?;
+        self.finish(step, rep)
+    }
+
+    /// A persistent launch ([`svmem::DeviceHandle::launch_steps`]): the
+    /// lanes run step after step, `next` (on one lane, between steps) says
+    /// the next step's grid or `None`.
+    fn launch_steps<F, G>(
+        &mut self,
+        step: impl Into<String>,
+        grid: u64,
+        kernel: F,
+        next: G,
+    ) -> Result<(), RunError>
+    where
+        F: Fn(&mut Lane<'_>, u64, u64) -> Result<(), DeviceFault> + Sync,
+        G: FnMut(&mut Lane<'_>, u64) -> Result<Option<u64>, DeviceFault> + Send,
+    {
+        let rep = self.svm.device(DEV)?.launch_steps(grid, kernel, next)?;
+        self.finish(step, rep)
+    }
+
+    fn finish(&mut self, step: impl Into<String>, rep: LaunchReport) -> Result<(), RunError> {
         self.kernel_time += rep.elapsed;
         self.launches += 1;
         self.lanes = rep.lanes;

@@ -1,12 +1,16 @@
 //! Rodinia kernels, re-implemented from the suite's published descriptions.
 //!
-//! | kernel       | arrays (sizing from `bytes`)                     | launches: one work item |
-//! |--------------|--------------------------------------------------|-------------------------|
+//! The kernels that need a device-wide barrier between passes (time steps,
+//! pyramids, levels, wavefronts) run as one persistent launch
+//! ([`svmem::DeviceHandle::launch_steps`]), a step per pass.
+//!
+//! | kernel       | arrays (sizing from `bytes`)                     | steps: one work item |
+//! |--------------|--------------------------------------------------|----------------------|
 //! | `hotspot`    | temp, power, out: `f64` n×n, `n = ⌊√(bytes/8)⌋`  | [`HOTSPOT_STEPS`], ping-ponging temp and out: 8 rows of one step of the thermal update |
 //! | `pathfinder` | wall: `u64` 64 × `bytes/512`; src, dst rows       | one per [`PYRAMID`] rows: a 2048-column tile, computed with a halo of one column per row so that a tile needs no neighbour's result |
 //! | `bfs`        | offsets (n+1), edges (`u32`), cost, flag; `n = bytes/8` nodes | one per BFS level: 4096 nodes; a frontier node's neighbours are gathered and claimed by compare-exchange |
 //! | `nw`         | score, reference: `i32` n×n, `n = ⌊√(bytes/4)⌋`   | one per anti-diagonal of 64×64 blocks: one block, row by row (its left column is a strided load) |
-//! | `nn`         | records (`f32` lat, lng), dist (`f32`), best; `n = bytes/8` records | 1: 8192 records' distances, and their nearest into `best` by atomic min |
+//! | `nn`         | records (`f32` lat, lng), dist (`f32`), best; `n = bytes/8` records | (one launch) 8192 records' distances, and their nearest into `best` by atomic min |
 //!
 //! The BFS graph: node `v` has `1 + h(v) mod 8` edges (4.5 on average): to
 //! `v + 1` (a ring, so every node is reached) and to pseudo-random nodes.
@@ -134,42 +138,41 @@ impl Runner<'_> {
         let power = self.input(&pw, sz[1])?;
         let out = self.array(sz[2])?;
         let pp = power.addr();
-        let (mut from, mut to) = (temp.addr(), out.addr());
-        for step in 0..HOTSPOT_STEPS {
-            let (src, dst) = (from, to);
-            self.launch(
-                format!("the hotspot kernel of step {step}"),
-                n.div_ceil(8),
-                |lane, item| {
-                    let (lo, hi) = (item * 8, ((item + 1) * 8).min(n));
-                    // Rows lo-1..hi+1 (clamped) of temp, rows lo..hi of power.
-                    let (wlo, whi) = (lo.saturating_sub(1), (hi + 1).min(n));
-                    let mut t = vec![0f64; ((whi - wlo) * n) as usize];
-                    let mut p = vec![0f64; ((hi - lo) * n) as usize];
-                    lane.read_slice(src.offset(wlo * n * 8), &mut t)?;
-                    lane.read_slice(pp.offset(lo * n * 8), &mut p)?;
-                    let row = |i: u64| ((i - wlo) * n) as usize;
-                    let mut o = vec![0f64; p.len()];
-                    for i in lo..hi {
-                        let (up, me, down) =
-                            (row(i.saturating_sub(1)), row(i), row((i + 1).min(n - 1)));
-                        for j in 0..nu {
-                            let (w, e) = (j.saturating_sub(1), (j + 1).min(nu - 1));
-                            o[((i - lo) as usize) * nu + j] = hotspot_cell(
-                                t[me + j],
-                                t[up + j],
-                                t[down + j],
-                                t[me + e],
-                                t[me + w],
-                                p[((i - lo) as usize) * nu + j],
-                            );
-                        }
+        let (pt, po) = (temp.addr(), out.addr());
+        let rows = n.div_ceil(8);
+        self.launch_steps(
+            "the hotspot kernel",
+            rows,
+            |lane, step, item| {
+                let (src, dst) = if step % 2 == 0 { (pt, po) } else { (po, pt) };
+                let (lo, hi) = (item * 8, ((item + 1) * 8).min(n));
+                // Rows lo-1..hi+1 (clamped) of temp, rows lo..hi of power.
+                let (wlo, whi) = (lo.saturating_sub(1), (hi + 1).min(n));
+                let mut t = vec![0f64; ((whi - wlo) * n) as usize];
+                let mut p = vec![0f64; ((hi - lo) * n) as usize];
+                lane.read_slice(src.offset(wlo * n * 8), &mut t)?;
+                lane.read_slice(pp.offset(lo * n * 8), &mut p)?;
+                let row = |i: u64| ((i - wlo) * n) as usize;
+                let mut o = vec![0f64; p.len()];
+                for i in lo..hi {
+                    let (up, me, down) =
+                        (row(i.saturating_sub(1)), row(i), row((i + 1).min(n - 1)));
+                    for j in 0..nu {
+                        let (w, e) = (j.saturating_sub(1), (j + 1).min(nu - 1));
+                        o[((i - lo) as usize) * nu + j] = hotspot_cell(
+                            t[me + j],
+                            t[up + j],
+                            t[down + j],
+                            t[me + e],
+                            t[me + w],
+                            p[((i - lo) as usize) * nu + j],
+                        );
                     }
-                    lane.write_slice(dst.offset(lo * n * 8), &o)
-                },
-            )?;
-            std::mem::swap(&mut from, &mut to);
-        }
+                }
+                lane.write_slice(dst.offset(lo * n * 8), &o)
+            },
+            |_, step| Ok((step + 1 < HOTSPOT_STEPS).then_some(rows)),
+        )?;
         let mut cur = t0;
         let mut next = vec![0f64; nu * nu];
         for _ in 0..HOTSPOT_STEPS {
@@ -201,7 +204,7 @@ impl Runner<'_> {
             }
             std::mem::swap(&mut cur, &mut next);
         }
-        let result = if from == temp.addr() { &temp } else { &out };
+        let result = if HOTSPOT_STEPS % 2 == 0 { &temp } else { &out };
         check_array(self.w, "temp", result, &cur)
     }
 
@@ -213,43 +216,43 @@ impl Runner<'_> {
         let src = self.input(&wall[..c as usize], sz[1])?;
         let dst = self.array(sz[2])?;
         let pwall = pw.addr();
-        let (mut from, mut to) = (src.addr(), dst.addr());
-        let mut r0 = 0;
-        while r0 + 1 < rows {
-            let steps = PYRAMID.min(rows - 1 - r0);
-            let (s_, d_) = (from, to);
-            self.launch(
-                format!("the pathfinder kernel from row {r0}"),
-                c.div_ceil(PATHFINDER_TILE),
-                |lane, item| {
-                    let (lo, hi) = (
-                        item * PATHFINDER_TILE,
-                        ((item + 1) * PATHFINDER_TILE).min(c),
-                    );
-                    let (elo, ehi) = (lo.saturating_sub(steps), (hi + steps).min(c));
-                    let w = (ehi - elo) as usize;
-                    let mut cur = vec![0u64; w];
-                    let mut next = vec![0u64; w];
-                    let mut wl = vec![0u64; w];
-                    lane.read_slice(s_.offset(elo * 8), &mut cur)?;
-                    for s in 0..steps {
-                        let r = r0 + 1 + s;
-                        lane.read_slice(pwall.offset((r * c + elo) * 8), &mut wl)?;
-                        for x in 0..w {
-                            let m = cur[x.saturating_sub(1)]
-                                .min(cur[x])
-                                .min(cur[(x + 1).min(w - 1)]);
-                            next[x] = wl[x] + m;
-                        }
-                        std::mem::swap(&mut cur, &mut next);
+        let (ps, pd) = (src.addr(), dst.addr());
+        let tiles = c.div_ceil(PATHFINDER_TILE);
+        // Launch step k computes rows k·PYRAMID+1 ..= (k+1)·PYRAMID.
+        let launches = (rows - 1).div_ceil(PYRAMID);
+        self.launch_steps(
+            "the pathfinder kernel",
+            tiles,
+            |lane, k, item| {
+                let (s_, d_) = if k % 2 == 0 { (ps, pd) } else { (pd, ps) };
+                let r0 = k * PYRAMID;
+                let steps = PYRAMID.min(rows - 1 - r0);
+                let (lo, hi) = (
+                    item * PATHFINDER_TILE,
+                    ((item + 1) * PATHFINDER_TILE).min(c),
+                );
+                let (elo, ehi) = (lo.saturating_sub(steps), (hi + steps).min(c));
+                let w = (ehi - elo) as usize;
+                let mut cur = vec![0u64; w];
+                let mut next = vec![0u64; w];
+                let mut wl = vec![0u64; w];
+                lane.read_slice(s_.offset(elo * 8), &mut cur)?;
+                for s in 0..steps {
+                    let r = r0 + 1 + s;
+                    lane.read_slice(pwall.offset((r * c + elo) * 8), &mut wl)?;
+                    for x in 0..w {
+                        let m = cur[x.saturating_sub(1)]
+                            .min(cur[x])
+                            .min(cur[(x + 1).min(w - 1)]);
+                        next[x] = wl[x] + m;
                     }
-                    let keep = &cur[(lo - elo) as usize..(hi - elo) as usize];
-                    lane.write_slice(d_.offset(lo * 8), keep)
-                },
-            )?;
-            std::mem::swap(&mut from, &mut to);
-            r0 += steps;
-        }
+                    std::mem::swap(&mut cur, &mut next);
+                }
+                let keep = &cur[(lo - elo) as usize..(hi - elo) as usize];
+                lane.write_slice(d_.offset(lo * 8), keep)
+            },
+            |_, k| Ok((k + 1 < launches).then_some(tiles)),
+        )?;
         let cu = c as usize;
         let mut cur = wall[..cu].to_vec();
         for r in 1..rows as usize {
@@ -265,7 +268,7 @@ impl Runner<'_> {
                 cur[j] = wall[r * cu + j] + m;
             }
         }
-        let result = if from == src.addr() { &src } else { &dst };
+        let result = if launches % 2 == 0 { &src } else { &dst };
         check_array(self.w, "result", result, &cur)
     }
 
@@ -286,55 +289,50 @@ impl Runner<'_> {
         let cost = self.input(&cost0, sz[2])?;
         let flag = self.input(&[0u64], sz[3])?;
         let (po, pe, pc, pf) = (off.addr(), ed.addr(), cost.addr(), flag.addr());
-        let mut level = 0u64;
-        loop {
-            self.launch(
-                format!("the BFS kernel of level {level}"),
-                n.div_ceil(BFS_CHUNK),
-                |lane, item| {
-                    let (lo, hi) = (item * BFS_CHUNK, ((item + 1) * BFS_CHUNK).min(n));
-                    let mut c = vec![0u64; (hi - lo) as usize];
-                    lane.read_slice(pc.offset(lo * 8), &mut c)?;
-                    if !c.contains(&level) {
-                        return Ok(());
-                    }
-                    let mut o = vec![0u64; c.len() + 1];
-                    lane.read_slice(po.offset(lo * 8), &mut o)?;
-                    let mut e = vec![0u32; (o[c.len()] - o[0]) as usize];
-                    lane.read_slice(pe.offset(o[0] * 4), &mut e)?;
-                    // Every neighbour of the chunk's frontier, gathered at once.
-                    let mut nbrs: Vec<u64> = Vec::new();
-                    for (k, _) in c.iter().enumerate().filter(|(_, &x)| x == level) {
-                        let (a, z) = ((o[k] - o[0]) as usize, (o[k + 1] - o[0]) as usize);
-                        nbrs.extend(e[a..z].iter().map(|&u| u64::from(u)));
-                    }
-                    // In address order, once each: a gather that walks blocks in
-                    // order holds each block's guard once.
-                    nbrs.sort_unstable();
-                    nbrs.dedup();
-                    let mut nc = vec![0u64; nbrs.len()];
-                    lane.gather(pc, &nbrs, &mut nc)?;
-                    let mut claimed = false;
-                    for (&u, _) in nbrs.iter().zip(&nc).filter(|(_, &x)| x == UNVISITED) {
-                        if lane
-                            .compare_exchange_u64(pc.offset(u * 8), UNVISITED, level + 1)?
-                            .is_ok()
-                        {
-                            claimed = true;
-                        }
-                    }
-                    if claimed {
-                        lane.atomic_max_u64(pf, level + 1)?;
-                    }
-                    Ok(())
-                },
-            )?;
-            let reached = flag.as_slice::<u64>()[0];
-            if reached != level + 1 || level > n {
-                break;
-            }
-            level += 1;
-        }
+        let chunks = n.div_ceil(BFS_CHUNK);
+        // Step `level` expands the nodes at that level; it raises `flag` to
+        // level + 1 if it claimed any node, else the search is over.
+        self.launch_steps(
+            "the BFS kernel",
+            chunks,
+            |lane, level, item| {
+                let (lo, hi) = (item * BFS_CHUNK, ((item + 1) * BFS_CHUNK).min(n));
+                let mut c = vec![0u64; (hi - lo) as usize];
+                lane.read_slice(pc.offset(lo * 8), &mut c)?;
+                if !c.contains(&level) {
+                    return Ok(());
+                }
+                let mut o = vec![0u64; c.len() + 1];
+                lane.read_slice(po.offset(lo * 8), &mut o)?;
+                let mut e = vec![0u32; (o[c.len()] - o[0]) as usize];
+                lane.read_slice(pe.offset(o[0] * 4), &mut e)?;
+                // Every neighbour of the chunk's frontier, gathered at once,
+                // in address order and once each: a gather that walks
+                // blocks in order holds each block's guard once.
+                let mut nbrs: Vec<u64> = Vec::new();
+                for (k, _) in c.iter().enumerate().filter(|(_, &x)| x == level) {
+                    let (a, z) = ((o[k] - o[0]) as usize, (o[k + 1] - o[0]) as usize);
+                    nbrs.extend(e[a..z].iter().map(|&u| u64::from(u)));
+                }
+                nbrs.sort_unstable();
+                nbrs.dedup();
+                let mut nc = vec![0u64; nbrs.len()];
+                lane.gather(pc, &nbrs, &mut nc)?;
+                let mut claimed = false;
+                for (&u, _) in nbrs.iter().zip(&nc).filter(|(_, &x)| x == UNVISITED) {
+                    let won = lane.compare_exchange_u64(pc.offset(u * 8), UNVISITED, level + 1)?;
+                    claimed |= won.is_ok();
+                }
+                if claimed {
+                    lane.atomic_max_u64(pf, level + 1)?;
+                }
+                Ok(())
+            },
+            |lane, level| {
+                let reached: u64 = lane.load(pf)?;
+                Ok((reached == level + 1 && level < n).then_some(chunks))
+            },
+        )?;
         let mut want = vec![UNVISITED; n as usize];
         want[0] = 0;
         let mut queue = std::collections::VecDeque::from([0u64]);
@@ -370,39 +368,43 @@ impl Runner<'_> {
         let reference = self.input(&refm, sz[1])?;
         let (ps, pr) = (score.addr(), reference.addr());
         let nb = (n - 1).div_ceil(NW_BLOCK);
-        for d in 0..2 * nb - 1 {
-            let first = d.saturating_sub(nb - 1);
-            let last = d.min(nb - 1);
-            self.launch(
-                format!("the nw kernel of diagonal {d}"),
-                last - first + 1,
-                |lane, item| {
-                    let (bi, bj) = (first + item, d - first - item);
-                    let (r0, c0) = (1 + bi * NW_BLOCK, 1 + bj * NW_BLOCK);
-                    let (r1, c1) = ((r0 + NW_BLOCK).min(n), (c0 + NW_BLOCK).min(n));
-                    let (h, w) = ((r1 - r0) as usize, (c1 - c0) as usize);
-                    let mut prev = vec![0i32; w + 1];
-                    lane.read_slice(ps.offset(((r0 - 1) * n + c0 - 1) * 4), &mut prev)?;
-                    let mut left = vec![0i32; h];
-                    lane.load_strided(ps.offset((r0 * n + c0 - 1) * 4), n * 4, &mut left)?;
-                    let mut rf = vec![0i32; w];
-                    let mut cur = vec![0i32; w + 1];
-                    for (ri, l) in left.iter().enumerate() {
-                        let r = r0 + ri as u64;
-                        lane.read_slice(pr.offset((r * n + c0) * 4), &mut rf)?;
-                        cur[0] = *l;
-                        for x in 1..=w {
-                            cur[x] = (prev[x - 1] + rf[x - 1])
-                                .max(cur[x - 1] - NW_PENALTY)
-                                .max(prev[x] - NW_PENALTY);
-                        }
-                        lane.write_slice(ps.offset((r * n + c0) * 4), &cur[1..])?;
-                        std::mem::swap(&mut prev, &mut cur);
+        // Anti-diagonal d of blocks: rows of blocks first..=last.
+        let diag = move |d: u64| (d.saturating_sub(nb - 1), d.min(nb - 1));
+        let blocks = move |d: u64| {
+            let (first, last) = diag(d);
+            last - first + 1
+        };
+        self.launch_steps(
+            "the nw wavefront kernel",
+            blocks(0),
+            |lane, d, item| {
+                let (first, _) = diag(d);
+                let (bi, bj) = (first + item, d - first - item);
+                let (r0, c0) = (1 + bi * NW_BLOCK, 1 + bj * NW_BLOCK);
+                let (r1, c1) = ((r0 + NW_BLOCK).min(n), (c0 + NW_BLOCK).min(n));
+                let (h, w) = ((r1 - r0) as usize, (c1 - c0) as usize);
+                let mut prev = vec![0i32; w + 1];
+                lane.read_slice(ps.offset(((r0 - 1) * n + c0 - 1) * 4), &mut prev)?;
+                let mut left = vec![0i32; h];
+                lane.load_strided(ps.offset((r0 * n + c0 - 1) * 4), n * 4, &mut left)?;
+                let mut rf = vec![0i32; w];
+                let mut cur = vec![0i32; w + 1];
+                for (ri, l) in left.iter().enumerate() {
+                    let r = r0 + ri as u64;
+                    lane.read_slice(pr.offset((r * n + c0) * 4), &mut rf)?;
+                    cur[0] = *l;
+                    for x in 1..=w {
+                        cur[x] = (prev[x - 1] + rf[x - 1])
+                            .max(cur[x - 1] - NW_PENALTY)
+                            .max(prev[x] - NW_PENALTY);
                     }
-                    Ok(())
-                },
-            )?;
-        }
+                    lane.write_slice(ps.offset((r * n + c0) * 4), &cur[1..])?;
+                    std::mem::swap(&mut prev, &mut cur);
+                }
+                Ok(())
+            },
+            |_, d| Ok((d + 1 < 2 * nb - 1).then(|| blocks(d + 1))),
+        )?;
         let mut want = score0;
         for i in 1..nu {
             for j in 1..nu {
