@@ -110,6 +110,25 @@ fn a_mismatched_xnack_mode_is_a_config_error() {
     assert!(matches!(e, RunError::Config(_)), "{e}");
 }
 
+#[test]
+fn a_size_beyond_host_memory_is_refused_before_anything_is_allocated() {
+    let svm = Svm::builder()
+        .emulated(EmulatedConfig::with_memory(8 << 20))
+        .unwrap()
+        .build()
+        .unwrap();
+    for w in [Workload::Gemm, Workload::Bfs] {
+        let cfg = RunConfig {
+            bytes: 1 << 50,
+            ..Default::default()
+        };
+        let e = workloads::run(&svm, w, &cfg).unwrap_err();
+        assert!(matches!(e, RunError::Config(_)), "{w}: {e}");
+        assert!(e.to_string().contains("use a smaller size"), "{e}");
+    }
+    assert_eq!(svm.memory_usage().managed_bytes, 0);
+}
+
 macro_rules! kernel_tests {
     ($($name:ident => $w:expr,)*) => {
         $(

@@ -194,6 +194,15 @@ impl Workload {
         }
     }
 
+    /// [`Workload::working_set`], or more, computed in constant time.
+    fn working_set_bound(self, bytes: u64) -> u64 {
+        match self {
+            // At most 8 edges of 4 bytes per node; four arrays rounded up.
+            Workload::Bfs => page_round(bytes) / 8 * (8 + 8 + 32) + 5 * PAGE_SIZE as u64,
+            w => w.working_set(bytes),
+        }
+    }
+
     /// Bytes of managed memory the workload allocates for arrays of `bytes`
     /// (each rounded up to 4 KiB): what device memory must hold for all of
     /// it to live there at once.
@@ -388,6 +397,15 @@ pub fn run(svm: &Svm, w: Workload, cfg: &RunConfig) -> std::result::Result<RunRe
         .into());
     }
     let bytes = page_round(cfg.bytes);
+    // The managed arrays, the CPU's copies of the inputs and its reference
+    // results: about three times the working set of host memory.
+    let need = w.working_set_bound(bytes).saturating_mul(3);
+    if let Some(avail) = host_available().filter(|&a| need > a) {
+        return Err(RunError::Config(format!(
+            "{w} with {bytes} bytes per array needs about {need} bytes of host memory (managed \
+             arrays, the CPU's inputs and reference); {avail} are available: use a smaller size"
+        )));
+    }
     let mut r = Runner {
         svm,
         w,
@@ -449,6 +467,14 @@ pub fn run(svm: &Svm, w: Workload, cfg: &RunConfig) -> std::result::Result<RunRe
         queue_restores: d(|s| s.queue_restores),
         verified: true,
     })
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes (None if it cannot be read).
+fn host_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 fn on_off(b: bool) -> &'static str {
@@ -827,5 +853,12 @@ mod tests {
         assert_eq!(Workload::Pingpong.working_set(8192), 8192);
         // 512 table words → 16 items → one page of output.
         assert_eq!(Workload::Gather.working_set(4096), 2 * 4096);
+        for b in [4096, 1 << 20, 3 << 20] {
+            let (exact, bound) = (
+                Workload::Bfs.working_set(b),
+                Workload::Bfs.working_set_bound(b),
+            );
+            assert!(exact <= bound && bound < exact * 2, "{b}: {exact} {bound}");
+        }
     }
 }
