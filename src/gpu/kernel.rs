@@ -1,6 +1,7 @@
 //! Device kernels: a grid of work items run by the device's compute units
 //! (one thread per unit, each a *lane*). Kernel code reaches managed memory
 //! only through its [`Lane`]: typed loads and stores, bulk reads and writes,
+//! strided and gathered accesses (one call, one translation per element),
 //! and 32/64-bit atomics. Every access translates through the device's page
 //! table with a small per-lane TLB whose entries are tagged with their block's
 //! invalidation sequence number, so any invalidation flushes them.
@@ -15,6 +16,11 @@
 //!      fault buffer and sleep until the fault-service thread replays it;
 //!    - XNACK off: if the queues were evicted meanwhile, wait and retry;
 //!      otherwise it is a fatal fault that stops the launch.
+//!
+//! Launch shapes: [`launch`] (lanes take items of one grid), [`launch_steps`]
+//! (the same lanes run a sequence of grids, a device-wide barrier between
+//! them) and [`launch_groups`] (groups of lanes that run together and share
+//! a barrier and local scratch). Each launch starts its lane threads once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -1008,7 +1014,8 @@ where
     Ok(l.report(total.into_inner(), lanes, start))
 }
 
-/// One work group of a [`launch_groups`] launch, as one of its lanes sees it.
+/// One work group of a `DeviceHandle::launch_groups` launch, as one of its
+/// lanes sees it.
 pub struct Group<'a> {
     id: u64,
     local_id: usize,
