@@ -223,6 +223,9 @@ pub enum FaultReason {
     NotConverged,
     /// Another lane of the launch faulted fatally first.
     Aborted,
+    /// The kernel asked for an access that cannot be made (lengths that do
+    /// not match, an address range that overflows); says which and the fix.
+    Argument(String),
 }
 
 impl std::fmt::Display for FaultReason {
@@ -252,6 +255,7 @@ impl std::fmt::Display for FaultReason {
             FaultReason::Device(s) => write!(f, "device error: {s}"),
             FaultReason::NotConverged => write!(f, "access did not converge after repeated faults"),
             FaultReason::Aborted => write!(f, "launch aborted by another lane's fatal fault"),
+            FaultReason::Argument(s) => write!(f, "invalid access: {s}"),
         }
     }
 }

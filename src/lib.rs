@@ -54,7 +54,8 @@ pub use api::{
 };
 pub use device::{CopyFailure, Device, EmulatedConfig, EmulatedDevice, Injection, MemoryType};
 pub use error::{DeviceFault, Error, FaultReason, Result};
-pub use gpu::{AccessReport, BatchStats, Lane, LaunchReport, PageView, MAX_BATCH};
+pub use gpu::{AccessReport, BatchStats, Group, Lane, LaunchReport, PageView, MAX_BATCH};
+pub use gpu::{MAX_GROUP_SIZE, MAX_LOCAL_WORDS};
 pub use mm::{MigrateReport, PageState};
 pub use observe::{Event, EventKind, EventStream, Stats};
 pub use placement::{AccessMode, Attr, AttrFlags, AttrQuery, Common};

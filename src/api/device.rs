@@ -6,7 +6,7 @@ use crate::device::MemoryType;
 use crate::error::{DeviceFault, Result};
 use crate::gpu::access::{self, AccessReport, Op, PageView};
 use crate::gpu::fault::BatchStats;
-use crate::gpu::kernel::{Lane, LaunchReport};
+use crate::gpu::kernel::{Group, Lane, LaunchReport};
 use crate::mm::migrate::{self, MigrateReport, Trigger};
 use crate::sys::AsyncSignalsBlocked;
 
@@ -118,6 +118,46 @@ impl DeviceHandle<'_> {
         let sh = &self.svm.shared;
         sh.check_device_alive(self.id)?;
         let rep = crate::gpu::kernel::launch(sh, self.id, grid, kernel);
+        sh.check_lost();
+        rep
+    }
+
+    /// A persistent launch: the lanes start once and run step after step,
+    /// `kernel(lane, step, item)` over each step's grid with a device-wide
+    /// barrier between steps; after each step one lane calls
+    /// `next(lane, step)`, which returns the next step's grid or `None` to
+    /// finish (wavefronts and levels without a launch each).
+    pub fn launch_steps<F, G>(&self, grid: u64, kernel: F, next: G) -> Result<LaunchReport>
+    where
+        F: Fn(&mut Lane<'_>, u64, u64) -> std::result::Result<(), DeviceFault> + Sync,
+        G: FnMut(&mut Lane<'_>, u64) -> std::result::Result<Option<u64>, DeviceFault> + Send,
+    {
+        self.svm.check_owner()?;
+        let sh = &self.svm.shared;
+        sh.check_device_alive(self.id)?;
+        let rep = crate::gpu::kernel::launch_steps(sh, self.id, grid, kernel, next);
+        sh.check_lost();
+        rep
+    }
+
+    /// Runs `groups` work groups of `size` lanes (1 to 64) that run
+    /// together, meet at [`Group::barrier`] and share `local_words` words of
+    /// zeroed [`Group::local`] scratch: `kernel(lane, group)` once per lane
+    /// of each group. Every lane of a group must reach the same barriers.
+    pub fn launch_groups<F>(
+        &self,
+        groups: u64,
+        size: usize,
+        local_words: usize,
+        kernel: F,
+    ) -> Result<LaunchReport>
+    where
+        F: Fn(&mut Lane<'_>, &Group<'_>) -> std::result::Result<(), DeviceFault> + Sync,
+    {
+        self.svm.check_owner()?;
+        let sh = &self.svm.shared;
+        sh.check_device_alive(self.id)?;
+        let rep = crate::gpu::kernel::launch_groups(sh, self.id, groups, size, local_words, kernel);
         sh.check_lost();
         rep
     }

@@ -292,6 +292,13 @@ pub enum AtomicOp {
         current: u64,
         new: u64,
     },
+    XorU64(u64),
+    OrU64(u64),
+    AndU64(u64),
+    /// Stores the smaller of the word and the operand (unsigned).
+    MinU64(u64),
+    /// Stores the larger of the word and the operand (unsigned).
+    MaxU64(u64),
 }
 
 impl AtomicOp {
@@ -299,7 +306,13 @@ impl AtomicOp {
     pub fn width(self) -> usize {
         match self {
             AtomicOp::AddU32(_) | AtomicOp::CasU32 { .. } => 4,
-            AtomicOp::AddU64(_) | AtomicOp::CasU64 { .. } => 8,
+            AtomicOp::AddU64(_)
+            | AtomicOp::CasU64 { .. }
+            | AtomicOp::XorU64(_)
+            | AtomicOp::OrU64(_)
+            | AtomicOp::AndU64(_)
+            | AtomicOp::MinU64(_)
+            | AtomicOp::MaxU64(_) => 8,
         }
     }
 
@@ -316,6 +329,11 @@ impl AtomicOp {
             AtomicOp::CasU64 { current, new } => {
                 map.rmw_guarded(off, 8, None, |old| (old == current).then_some(new))
             }
+            AtomicOp::XorU64(v) => map.rmw_guarded(off, 8, None, |old| Some(old ^ v)),
+            AtomicOp::OrU64(v) => map.rmw_guarded(off, 8, None, |old| Some(old | v)),
+            AtomicOp::AndU64(v) => map.rmw_guarded(off, 8, None, |old| Some(old & v)),
+            AtomicOp::MinU64(v) => map.rmw_guarded(off, 8, None, |old| Some(old.min(v))),
+            AtomicOp::MaxU64(v) => map.rmw_guarded(off, 8, None, |old| Some(old.max(v))),
         }
     }
 
@@ -341,6 +359,11 @@ impl AtomicOp {
                     Ok(v) | Err(v) => v,
                 }
             }
+            AtomicOp::XorU64(v) => map.atomic_u64(off)?.fetch_xor(v, SeqCst),
+            AtomicOp::OrU64(v) => map.atomic_u64(off)?.fetch_or(v, SeqCst),
+            AtomicOp::AndU64(v) => map.atomic_u64(off)?.fetch_and(v, SeqCst),
+            AtomicOp::MinU64(v) => map.atomic_u64(off)?.fetch_min(v, SeqCst),
+            AtomicOp::MaxU64(v) => map.atomic_u64(off)?.fetch_max(v, SeqCst),
         })
     }
 }

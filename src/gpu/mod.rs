@@ -11,7 +11,7 @@ pub(crate) mod restore;
 
 pub use access::{AccessReport, PageView};
 pub use fault::{BatchStats, MAX_BATCH};
-pub use kernel::{Lane, LaunchReport};
+pub use kernel::{Group, Lane, LaunchReport, MAX_GROUP_SIZE, MAX_LOCAL_WORDS};
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

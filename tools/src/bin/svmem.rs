@@ -54,6 +54,9 @@ enum Command {
     ///             random elements into out[item]; the CPU recomputes every sum
     ///   pingpong  per round a kernel adds 1 to every element of x (u64), then
     ///             the CPU does; at the end every element must be 2·rounds
+    ///   2dconv 3dconv gemm atax bicg mvt gesummv syr2k hotspot pathfinder
+    ///   bfs gups nw nn: benchmark kernels sized from --size, each checked
+    ///             against a CPU reference (see svmem_cli::workloads)
     ///
     /// Prints what moved (bytes each way, faults, fault batches, migrations,
     /// queue evictions) as a table, or with --json as one JSON object on one
@@ -685,6 +688,12 @@ fn print_run(o: &RunOutput<'_>) {
             human_bytes(r.working_set_bytes - r.bytes)
         ),
         Workload::Pingpong => format!("1 array of {}, {} round(s)", human_bytes(r.bytes), r.rounds),
+        w => format!(
+            "{} arrays sized from {}, {} in all",
+            w.arrays(r.bytes).len(),
+            human_bytes(r.bytes),
+            human_bytes(r.working_set_bytes)
+        ),
     };
     println!(
         "svmem run {}: {arrays}; XNACK {}, preferred location {}, granularity {} ({}); emulated device {}, {} lane(s)",

@@ -8,6 +8,17 @@
 //! | `gather`   | `table` of `u64` (+ `out`, one word per work item) | the CPU writes `table[i] = f(i)`; each work item sums [`GATHER_READS`] random elements (SplitMix64 per item) into `out[item]`; the CPU recomputes every sum |
 //! | `pingpong` | `x` of `u64`                | per round a kernel adds 1 to every element, then the CPU does; at the end every element is `2 · rounds` |
 //!
+//! Fourteen more kernels, re-implemented from their published descriptions
+//! (PolyBench/GPU, Rodinia, HPCC RandomAccess), make with `stream` the
+//! benchmark suite [`Workload::SUITE`]: the regular `2dconv`, `3dconv`,
+//! `gemm`, `atax`, `bicg`, `mvt`, `gesummv`, `syr2k` ([`polybench`]),
+//! `hotspot`, `pathfinder`, and the irregular `bfs`, `nw`, `nn`
+//! ([`rodinia`]) and `gups` ([`gups`]). Each module says how `bytes` sizes
+//! its arrays. Every result is checked against a CPU reference: integers
+//! exactly, floating point bit-exactly (tolerance zero), since the
+//! reference evaluates each element with the same operations in the same
+//! order as the kernel, and Rust neither fuses nor reorders float operations.
+//!
 //! Every array gets the run's granularity and, if set, its preferred
 //! location; with XNACK off the device is granted access to it, so it is
 //! mapped ahead (a device access without a translation would be fatal).
@@ -28,6 +39,10 @@ use svmem::{AccessMode, Attr};
 use svmem::{DeviceFault, Lane, LaunchReport};
 use svmem::{DeviceId, Location, VirtAddr, PAGE_SIZE};
 use svmem::{Region, Svm};
+
+pub mod gups;
+pub mod polybench;
+pub mod rodinia;
 
 /// The device every workload runs on.
 const DEV: DeviceId = DeviceId(0);
@@ -50,10 +65,78 @@ pub enum Workload {
     Gather,
     /// The device and the CPU take turns incrementing every element.
     Pingpong,
+    /// PolyBench 2DCONV: a 3×3 stencil over an `f64` matrix.
+    #[serde(rename = "2dconv")]
+    Conv2d,
+    /// PolyBench 3DCONV: a 3×3×3 stencil over an `f64` cube.
+    #[serde(rename = "3dconv")]
+    Conv3d,
+    /// PolyBench GEMM: `C = α·A·B + β·C`.
+    Gemm,
+    /// PolyBench ATAX: `y = Aᵀ·(A·x)`.
+    Atax,
+    /// PolyBench BICG: `s = Aᵀ·r`, `q = A·p`.
+    Bicg,
+    /// PolyBench MVT: `x1 += A·y1`, `x2 += Aᵀ·y2`.
+    Mvt,
+    /// PolyBench GESUMMV: `y = α·A·x + β·B·x`.
+    Gesummv,
+    /// PolyBench SYR2K: `C = α·A·Bᵀ + α·B·Aᵀ + β·C` (lower triangle).
+    Syr2k,
+    /// Rodinia hotspot: thermal simulation steps on a chip grid.
+    Hotspot,
+    /// Rodinia pathfinder: dynamic programming down a grid of weights.
+    Pathfinder,
+    /// Rodinia BFS: level-synchronous breadth-first search of a generated graph.
+    Bfs,
+    /// HPCC RandomAccess (GUPS): atomic xor updates at random table slots.
+    Gups,
+    /// Rodinia Needleman-Wunsch: sequence alignment by anti-diagonal wavefronts.
+    Nw,
+    /// Rodinia nearest neighbour: distances of records to a point, and the nearest.
+    Nn,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 3] = [Workload::Stream, Workload::Gather, Workload::Pingpong];
+    pub const ALL: [Workload; 17] = [
+        Workload::Stream,
+        Workload::Gather,
+        Workload::Pingpong,
+        Workload::Conv2d,
+        Workload::Conv3d,
+        Workload::Gemm,
+        Workload::Atax,
+        Workload::Bicg,
+        Workload::Mvt,
+        Workload::Gesummv,
+        Workload::Syr2k,
+        Workload::Hotspot,
+        Workload::Pathfinder,
+        Workload::Bfs,
+        Workload::Gups,
+        Workload::Nw,
+        Workload::Nn,
+    ];
+
+    /// The fifteen benchmark kernels (every workload but `gather` and
+    /// `pingpong`): eleven regular, four irregular.
+    pub const SUITE: [Workload; 15] = [
+        Workload::Stream,
+        Workload::Conv2d,
+        Workload::Conv3d,
+        Workload::Gemm,
+        Workload::Atax,
+        Workload::Bicg,
+        Workload::Mvt,
+        Workload::Gesummv,
+        Workload::Syr2k,
+        Workload::Hotspot,
+        Workload::Pathfinder,
+        Workload::Bfs,
+        Workload::Gups,
+        Workload::Nw,
+        Workload::Nn,
+    ];
 
     /// The name the command line and the report use.
     pub fn name(self) -> &'static str {
@@ -61,6 +144,62 @@ impl Workload {
             Workload::Stream => "stream",
             Workload::Gather => "gather",
             Workload::Pingpong => "pingpong",
+            Workload::Conv2d => "2dconv",
+            Workload::Conv3d => "3dconv",
+            Workload::Gemm => "gemm",
+            Workload::Atax => "atax",
+            Workload::Bicg => "bicg",
+            Workload::Mvt => "mvt",
+            Workload::Gesummv => "gesummv",
+            Workload::Syr2k => "syr2k",
+            Workload::Hotspot => "hotspot",
+            Workload::Pathfinder => "pathfinder",
+            Workload::Bfs => "bfs",
+            Workload::Gups => "gups",
+            Workload::Nw => "nw",
+            Workload::Nn => "nn",
+        }
+    }
+
+    /// Irregular kernels: data-dependent (random or graph-shaped) accesses.
+    pub fn irregular(self) -> bool {
+        matches!(
+            self,
+            Workload::Gather | Workload::Bfs | Workload::Gups | Workload::Nw | Workload::Nn
+        )
+    }
+
+    /// Byte sizes of the arrays the workload allocates for `bytes`, in
+    /// allocation order (each is rounded up to 4 KiB when allocated).
+    pub fn arrays(self, bytes: u64) -> Vec<u64> {
+        let b = page_round(bytes);
+        match self {
+            Workload::Stream => vec![b; 3],
+            Workload::Gather => vec![b, gather_items(b / 8) * 8],
+            Workload::Pingpong => vec![b],
+            Workload::Conv2d
+            | Workload::Conv3d
+            | Workload::Gemm
+            | Workload::Atax
+            | Workload::Bicg
+            | Workload::Mvt
+            | Workload::Gesummv
+            | Workload::Syr2k => polybench::arrays(self, b),
+            Workload::Hotspot
+            | Workload::Pathfinder
+            | Workload::Bfs
+            | Workload::Nw
+            | Workload::Nn => rodinia::arrays(self, b),
+            Workload::Gups => gups::arrays(b),
+        }
+    }
+
+    /// [`Workload::working_set`], or more, computed in constant time.
+    fn working_set_bound(self, bytes: u64) -> u64 {
+        match self {
+            // At most 8 edges of 4 bytes per node; four arrays rounded up.
+            Workload::Bfs => page_round(bytes) / 8 * (8 + 8 + 32) + 5 * PAGE_SIZE as u64,
+            w => w.working_set(bytes),
         }
     }
 
@@ -68,12 +207,7 @@ impl Workload {
     /// (each rounded up to 4 KiB): what device memory must hold for all of
     /// it to live there at once.
     pub fn working_set(self, bytes: u64) -> u64 {
-        let b = page_round(bytes);
-        match self {
-            Workload::Stream => 3 * b,
-            Workload::Gather => b + page_round(gather_items(b / 8) * 8),
-            Workload::Pingpong => b,
-        }
+        self.arrays(bytes).into_iter().map(page_round).sum()
     }
 }
 
@@ -85,8 +219,12 @@ impl fmt::Display for Workload {
 
 /// A name that is not a workload.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown workload `{0}`: use stream, gather or pingpong")]
+#[error("unknown workload `{0}`: use one of {names}", names = workload_names())]
 pub struct UnknownWorkload(pub String);
+
+fn workload_names() -> String {
+    Workload::ALL.map(Workload::name).join(", ")
+}
 
 impl FromStr for Workload {
     type Err = UnknownWorkload;
@@ -185,14 +323,18 @@ fn ser_location<S: serde::Serializer>(
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub enum Value {
     U64(u64),
+    I64(i64),
     F64(f64),
+    F32(f32),
 }
 
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::U64(v) => write!(f, "{v}"),
+            Value::I64(v) => write!(f, "{v}"),
             Value::F64(v) => write!(f, "{v:?}"),
+            Value::F32(v) => write!(f, "{v:?}"),
         }
     }
 }
@@ -255,6 +397,15 @@ pub fn run(svm: &Svm, w: Workload, cfg: &RunConfig) -> std::result::Result<RunRe
         .into());
     }
     let bytes = page_round(cfg.bytes);
+    // The managed arrays, the CPU's copies of the inputs and its reference
+    // results: about three times the working set of host memory.
+    let need = w.working_set_bound(bytes).saturating_mul(3);
+    if let Some(avail) = host_available().filter(|&a| need > a) {
+        return Err(RunError::Config(format!(
+            "{w} with {bytes} bytes per array needs about {need} bytes of host memory (managed \
+             arrays, the CPU's inputs and reference); {avail} are available: use a smaller size"
+        )));
+    }
     let mut r = Runner {
         svm,
         w,
@@ -269,6 +420,20 @@ pub fn run(svm: &Svm, w: Workload, cfg: &RunConfig) -> std::result::Result<RunRe
         Workload::Stream => r.stream(bytes)?,
         Workload::Gather => r.gather(bytes)?,
         Workload::Pingpong => r.pingpong(bytes)?,
+        Workload::Conv2d => r.conv2d(bytes)?,
+        Workload::Conv3d => r.conv3d(bytes)?,
+        Workload::Gemm => r.gemm(bytes)?,
+        Workload::Atax => r.atax(bytes)?,
+        Workload::Bicg => r.bicg(bytes)?,
+        Workload::Mvt => r.mvt(bytes)?,
+        Workload::Gesummv => r.gesummv(bytes)?,
+        Workload::Syr2k => r.syr2k(bytes)?,
+        Workload::Hotspot => r.hotspot(bytes)?,
+        Workload::Pathfinder => r.pathfinder(bytes)?,
+        Workload::Bfs => r.bfs(bytes)?,
+        Workload::Gups => r.gups(bytes)?,
+        Workload::Nw => r.nw(bytes)?,
+        Workload::Nn => r.nn(bytes)?,
     }
     let wall = t.elapsed();
     let after = svm.stats();
@@ -302,6 +467,14 @@ pub fn run(svm: &Svm, w: Workload, cfg: &RunConfig) -> std::result::Result<RunRe
         queue_restores: d(|s| s.queue_restores),
         verified: true,
     })
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes (None if it cannot be read).
+fn host_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 fn on_off(b: bool) -> &'static str {
@@ -384,6 +557,33 @@ impl Element for u64 {
     }
 }
 
+impl Element for u32 {
+    fn same(self, other: u32) -> bool {
+        self == other
+    }
+    fn value(self) -> Value {
+        Value::U64(self.into())
+    }
+}
+
+impl Element for i32 {
+    fn same(self, other: i32) -> bool {
+        self == other
+    }
+    fn value(self) -> Value {
+        Value::I64(self.into())
+    }
+}
+
+impl Element for f32 {
+    fn same(self, other: f32) -> bool {
+        self.to_bits() == other.to_bits()
+    }
+    fn value(self) -> Value {
+        Value::F32(self)
+    }
+}
+
 impl Element for f64 {
     fn same(self, other: f64) -> bool {
         // The CPU does the same operations as the kernel: bit-exact.
@@ -424,6 +624,27 @@ fn verify<T: Element>(
     }
 }
 
+/// Checks the first `want.len()` elements of `r`, read as `T`, against `want`.
+fn check_array<T: Element + bytemuck::Pod>(
+    workload: Workload,
+    array: &'static str,
+    r: &Region<'_>,
+    want: &[T],
+) -> Result<(), RunError> {
+    let view = r.as_slice::<T>();
+    verify(workload, array, &view[..want.len()], |i| want[i as usize])
+}
+
+/// Writes `vals` at the start of `r` from the CPU.
+fn fill_array<T: bytemuck::Pod>(r: &mut Region<'_>, vals: &[T]) {
+    r.as_mut_slice::<T>()[..vals.len()].copy_from_slice(vals);
+}
+
+/// A deterministic 64-bit hash of `(salt, i)` (the generators' source).
+fn hash2(salt: u64, i: u64) -> u64 {
+    pattern_word(salt, i)
+}
+
 struct Runner<'a> {
     svm: &'a Svm,
     w: Workload,
@@ -457,12 +678,41 @@ impl<'a> Runner<'a> {
         Ok(r)
     }
 
+    /// Allocates an array of `bytes` and writes `vals` at its start.
+    fn input<T: bytemuck::Pod>(&self, vals: &[T], bytes: u64) -> Result<Region<'a>, RunError> {
+        let mut r = self.array(bytes)?;
+        fill_array(&mut r, vals);
+        Ok(r)
+    }
+
     /// Launches `kernel` over `grid` items on device 0; a fatal fault is an error.
     fn launch<F>(&mut self, step: impl Into<String>, grid: u64, kernel: F) -> Result<(), RunError>
     where
         F: Fn(&mut Lane<'_>, u64) -> Result<(), DeviceFault> + Sync,
     {
         let rep: LaunchReport = self.svm.device(DEV)?.launch(grid, kernel)?;
+        self.finish(step, rep)
+    }
+
+    /// A persistent launch ([`svmem::DeviceHandle::launch_steps`]): the
+    /// lanes run step after step, `next` (on one lane, between steps) says
+    /// the next step's grid or `None`.
+    fn launch_steps<F, G>(
+        &mut self,
+        step: impl Into<String>,
+        grid: u64,
+        kernel: F,
+        next: G,
+    ) -> Result<(), RunError>
+    where
+        F: Fn(&mut Lane<'_>, u64, u64) -> Result<(), DeviceFault> + Sync,
+        G: FnMut(&mut Lane<'_>, u64) -> Result<Option<u64>, DeviceFault> + Send,
+    {
+        let rep = self.svm.device(DEV)?.launch_steps(grid, kernel, next)?;
+        self.finish(step, rep)
+    }
+
+    fn finish(&mut self, step: impl Into<String>, rep: LaunchReport) -> Result<(), RunError> {
         self.kernel_time += rep.elapsed;
         self.launches += 1;
         self.lanes = rep.lanes;
@@ -603,5 +853,12 @@ mod tests {
         assert_eq!(Workload::Pingpong.working_set(8192), 8192);
         // 512 table words → 16 items → one page of output.
         assert_eq!(Workload::Gather.working_set(4096), 2 * 4096);
+        for b in [4096, 1 << 20, 3 << 20] {
+            let (exact, bound) = (
+                Workload::Bfs.working_set(b),
+                Workload::Bfs.working_set_bound(b),
+            );
+            assert!(exact <= bound && bound < exact * 2, "{b}: {exact} {bound}");
+        }
     }
 }
