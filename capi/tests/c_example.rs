@@ -47,6 +47,9 @@ fn quickstart_c_builds_runs_and_checks_its_data() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("quickstart: 524288 words checked"), "{stdout}");
+    assert!(
+        stdout.contains("quickstart: 524288 words checked"),
+        "{stdout}"
+    );
     assert!(stdout.ends_with("quickstart: ok\n"), "{stdout}");
 }
