@@ -2,17 +2,24 @@
 //! this test run with the system C compiler (`cc`), runs it, and checks
 //! that it verified its data.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-/// The directory holding the libraries of this profile (`target/<profile>`).
+/// The directory holding the shared library cargo built with this test:
+/// `target/<profile>/deps`, beside the test binary (cargo copies it up to
+/// `target/<profile>` only when the library itself is built).
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
-    // target/<profile>/deps/c_example-<hash>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps")
-        .to_path_buf()
+    let deps = exe
+        .parent()
+        .expect("the test runs from target/<profile>/deps");
+    let found = [Some(deps), deps.parent()]
+        .into_iter()
+        .flatten()
+        .find(|d| d.join("libsvmem_capi.so").exists())
+        .unwrap_or(deps)
+        .to_path_buf();
+    found
 }
 
 #[test]
