@@ -168,3 +168,34 @@ def test_stats_and_memory_usage(svm):
     assert usage["managed_bytes"] == 2 * MiB
     assert usage["devices"][0]["resident_bytes"] == 2 * MiB
     assert svm.devices() == [0]
+
+
+def test_numpy_writes_race_migrations_without_losing_a_byte(svm):
+    import threading
+
+    region = svm.alloc(4 * MiB)
+    a = np.asarray(region).view(np.uint64)
+    stop = threading.Event()
+    moved = []
+
+    def migrate():
+        while not stop.is_set():
+            for to in (0, "system"):
+                moved.append(region.migrate(to)["migrated"])
+
+    t = threading.Thread(target=migrate)
+    t.start()
+    round_ = 0
+    try:
+        # Until the other thread has moved the region both ways twice.
+        while len(moved) < 4 or round_ < 5:
+            round_ += 1
+            a[:] = round_  # CPU writes fault pages back mid-migration
+            assert int(a.min()) == int(a.max()) == round_
+    finally:
+        stop.set()
+        t.join()
+    assert sum(moved) > 0
+    del a
+    b = np.asarray(region).view(np.uint64)
+    assert int(b.min()) == int(b.max()) == round_
