@@ -502,6 +502,14 @@ pub unsafe extern "C" fn svmem_create(
         let cfg = unsafe { config.as_ref() }
             .copied()
             .unwrap_or(svmem_config_default(256 << 20));
+        if cfg.devices as usize > svmem::addr::MAX_DEVICES {
+            return Err(invalid(format!(
+                "devices = {}: an svmem handle holds at most {} devices; use 1 to {}",
+                cfg.devices,
+                svmem::addr::MAX_DEVICES,
+                svmem::addr::MAX_DEVICES
+            )));
+        }
         let mut b = Svm::builder().xnack(cfg.xnack != 0);
         if cfg.memory_limit_bytes != 0 {
             b = b.memory_limit(cfg.memory_limit_bytes);

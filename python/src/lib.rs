@@ -125,10 +125,11 @@ impl PySvm {
         xnack: bool,
         memory_limit: Option<u64>,
     ) -> PyResult<Self> {
-        if devices == 0 {
-            return Err(PyValueError::new_err(
-                "devices=0: an Svm needs at least one device; use devices=1",
-            ));
+        let max = svmem::addr::MAX_DEVICES;
+        if devices == 0 || devices as usize > max {
+            return Err(PyValueError::new_err(format!(
+                "devices={devices}: an Svm holds 1 to {max} devices; use devices=1"
+            )));
         }
         let svm = py.detach(|| {
             let mut b = Svm::builder().xnack(xnack);

@@ -138,8 +138,10 @@ def test_bad_input_names_the_problem(svm):
         region.migrate(3)
     with pytest.raises(svmem.Error):
         svm.set_attributes(region.addr, len(region), set_flags=0x80000)
-    with pytest.raises(ValueError, match="at least one device"):
+    with pytest.raises(ValueError, match="1 to 8 devices"):
         svmem.Svm(devices=0)
+    with pytest.raises(ValueError, match="devices=1000"):
+        svmem.Svm(devices=1000)
 
 
 def test_events_record_migrations(svm):
