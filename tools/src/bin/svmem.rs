@@ -11,6 +11,7 @@ use svmem::{DeviceId, EmulatedConfig, Location, MemoryType, Stats, Svm};
 use svmem_cli::bench::{self, BenchError, Machine, MigrateBench, Spread};
 use svmem_cli::bench_faults::{self, FaultsBench};
 use svmem_cli::bench_oversub::{self, OversubBench};
+use svmem_cli::limits::{self, Capacity, FlagError};
 use svmem_cli::workloads::{self, RunConfig, RunError, RunReport, Workload};
 
 #[derive(Parser)]
@@ -248,6 +249,10 @@ fn human_bytes(b: u64) -> String {
 fn main() -> ExitCode {
     svmem_cli::default_sigpipe();
     let cli = Cli::parse();
+    if let Err(e) = check_flags(&cli.command, &Capacity::detect()) {
+        eprintln!("svmem: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Demo {
             size,
@@ -303,6 +308,104 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("svmem: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Device memory below one 2 MiB block (the unit svmem migrates and evicts)
+/// cannot hold a block.
+const MIN_DEVICE_MEMORY: u64 = 2 << 20;
+/// Benchmark regions below this migrate too fast to time against the copy
+/// limit (about a millisecond at 20 GB/s).
+const MIN_BENCH_BYTES: u64 = 16 << 20;
+/// Device memory `svmem run` adds to the working set by default.
+const RUN_DEVICE_HEADROOM: u64 = 64 << 20;
+
+/// Checks the size flags against the machine before anything is allocated:
+/// each refusal names the flag, the value, the limit and a value that passes.
+fn check_flags(cmd: &Command, cap: &Capacity) -> Result<(), FlagError> {
+    let device = |d: u64, data: u64| -> Result<(), FlagError> {
+        limits::at_least(
+            "--device-memory",
+            d,
+            MIN_DEVICE_MEMORY,
+            "one 2 MiB block, the unit svmem migrates and evicts",
+        )?;
+        limits::whole_pages("--device-memory", d, "device memory comes in")?;
+        limits::committed_fits(
+            "--device-memory",
+            d,
+            |d| d + data,
+            "emulated device memory is real memory: with the data this needs",
+            cap,
+        )
+    };
+    match cmd {
+        Command::Demo {
+            size,
+            device_memory,
+            ..
+        } => {
+            limits::whole_pages("--size", *size, "the demo moves")?;
+            limits::managed_fits("--size", *size, |v| v, cap)?;
+            device(*device_memory, *size)
+        }
+        Command::Run {
+            workload,
+            size,
+            device_memory,
+            ..
+        } => {
+            let w = *workload;
+            limits::managed_fits("--size", *size, |v| w.working_set(v), cap)?;
+            match device_memory {
+                Some(d) => device(*d, w.working_set(*size)),
+                None => limits::committed_fits(
+                    "--size",
+                    *size,
+                    |v| 2 * w.working_set(v) + RUN_DEVICE_HEADROOM,
+                    "the arrays and the device memory to hold them (plus 64 MiB) need",
+                    cap,
+                ),
+            }
+        }
+        Command::Bench {
+            which: BenchCommand::Migrate { size, .. } | BenchCommand::Faults { size, .. },
+        } => {
+            limits::at_least(
+                "--size",
+                *size,
+                MIN_BENCH_BYTES,
+                "smaller regions move too fast to time",
+            )?;
+            limits::managed_fits("--size", *size, |v| v, cap)?;
+            limits::committed_fits(
+                "--size",
+                *size,
+                |v| 3 * v + RUN_DEVICE_HEADROOM,
+                "the region, its device memory and a copy buffer need",
+                cap,
+            )
+        }
+        Command::Bench {
+            which: BenchCommand::Oversub { device_memory, .. },
+        } => {
+            let d = *device_memory;
+            limits::at_least(
+                "--device-memory",
+                d,
+                MIN_BENCH_BYTES,
+                "smaller devices evict too fast to time",
+            )?;
+            limits::whole_pages("--device-memory", d, "device memory comes in")?;
+            limits::managed_fits("--device-memory", d, |d| 2 * d, cap)?;
+            limits::committed_fits(
+                "--device-memory",
+                d,
+                |d| 3 * d,
+                "the device and its largest working set (2x) need",
+                cap,
+            )
         }
     }
 }
