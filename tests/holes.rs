@@ -300,10 +300,8 @@ fn snapshot_reports_every_kind_of_page() {
 fn mprotect(at: VirtAddr, len: usize, prot: i32) {
     // SAFETY: changes the protection of the test's own managed pages; no
     // reference into them lives meanwhile.
-    assert_eq!(
-        unsafe { libc::mprotect(at.0 as *mut libc::c_void, len, prot) },
-        0
-    );
+    let rc = unsafe { libc::mprotect(at.0 as *mut libc::c_void, len, prot) };
+    assert_eq!(rc, 0);
 }
 
 /// The kernel's hmm-tests `anon_teardown`: a device reads a region while
