@@ -12,7 +12,8 @@
 //! also checked to fail when the protocol is broken: without the drain in
 //! `invalidate`, or with `seq` bumped before the PTEs are cleared, models (4)
 //! and (5) fail; with `fill_stale_hole` filling whatever the state, model (1)
-//! fails; the old unlocked decision is kept as a `should_panic` model.
+//! fails; the old unlocked decision is kept as a `should_panic` model, and
+//! so is a relocation (mremap) that copies states without the block locks.
 //!
 //! What is real and what is modelled:
 //! - **Real**: the page-state words ([`StateCell`] and its named transitions),
@@ -249,7 +250,12 @@ impl World {
     /// `expect[i]`; device PTEs point where the pages are; no device page
     /// leaked.
     fn check_quiescent(&self, expect: &[u64]) {
-        let r = &self.r;
+        self.check_region(&self.r, expect);
+    }
+
+    /// [`World::check_quiescent`] for `r`, which holds the world's pages
+    /// (the world's region, or the one that took them over in an mremap).
+    fn check_region(&self, r: &RegionInner, expect: &[u64]) {
         let mut owned = Vec::new();
         for (i, &want) in expect.iter().enumerate() {
             let state = r.states[i].load();
@@ -423,6 +429,32 @@ fn munmap_and_unmap_event(w: &World, i: usize) {
             w.k.set_staging(i, None);
         }
     }
+}
+
+/// The program moves the whole region with mremap (the kernel carries the
+/// managed view's page tables along: in the model the views are indexed by
+/// page, so they serve the new address as they are), then the reader
+/// handles the REMAP event as `mm::remap::relocate` does: every block lock
+/// (ascending), invalidate every block, a new record from the real
+/// [`RegionInner::relocated`], the old pages become holes. `locked: false`
+/// is the broken variant that copies the states without the locks.
+fn relocate(w: &World, locked: bool) -> RegionInner {
+    let r = &w.r;
+    let guards: Vec<_> = match locked {
+        true => r.blocks.iter().map(|b| b.migrate.lock()).collect(),
+        false => Vec::new(),
+    };
+    for b in 0..r.blocks.len() {
+        r.invalidate(b, r.block_pages(b), UnmapTrigger::UnmapFromCpu);
+    }
+    let at = r.managed.addr();
+    let new = r.relocated(r.managed.moved(at).expect("moved"));
+    for k in 0..r.npages {
+        let _ = r.states[k].unmap();
+    }
+    r.freed.store(true, Ordering::Release);
+    drop(guards);
+    new
 }
 
 /// The device-resident pages among `idxs` (one block, whose lock the caller
@@ -848,4 +880,46 @@ fn loom_unmap_vs_to_device() {
         m.join().expect("migration");
         w.check_quiescent(&[0]);
     });
+}
+
+/// Model (8): the program moves the region with mremap (REMAP event) while
+/// a migration takes its page to the device. Whichever holds the block lock
+/// first, the new record holds the one authoritative copy (on the device
+/// if the migration went first, in the CPU view otherwise: a migration that
+/// finds the old record's page a hole moves nothing) and the old record is
+/// all holes.
+#[test]
+fn loom_relocate_vs_to_device() {
+    relocate_vs_to_device(true);
+}
+
+fn relocate_vs_to_device(locked: bool) {
+    check(move || {
+        let w = World::new(
+            &[Init::System {
+                v: 42,
+                mapped: true,
+            }],
+            0,
+        );
+        let w2 = w.clone();
+        let m = thread::spawn(move || to_device(&w2, 0..1, true));
+        let new = relocate(&w, locked);
+        m.join().expect("migration");
+        assert_eq!(
+            w.r.states[0].load(),
+            PageState::Hole,
+            "the old record keeps a page"
+        );
+        w.check_region(&new, &[42]);
+    });
+}
+
+/// Model (8) broken: the states copied without the block locks. Loom finds
+/// the migration's page copied while `Migrating` (or the commit landing on
+/// the old record): must fail.
+#[test]
+#[should_panic(expected = "the old record keeps a page")]
+fn loom_relocate_unlocked_vs_to_device_fails() {
+    relocate_vs_to_device(false);
 }
