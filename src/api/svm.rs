@@ -199,6 +199,8 @@ impl SvmBuilder {
             devices: self.devices,
             regions: RwLock::new(BTreeMap::new()),
             installing: Default::default(),
+            own_removes: Default::default(),
+            kick: EventFd::new().map_err(|e| Error::os("eventfd", e))?,
             counters: Counters::default(),
             zeros,
             pipeline_depth: self.pipeline_depth,

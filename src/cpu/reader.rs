@@ -215,10 +215,25 @@ pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
             };
         }
         if n == 0 {
-            sh.events.handled();
-            match sh.uffd.poll_with(std::os::fd::AsFd::as_fd(&*shutdown), -1) {
-                Ok((_, true)) => return,
-                Ok(_) => continue,
+            {
+                // Under the `pending` lock: another thread that read
+                // messages for us (`staging::copy_out_protected`) put them
+                // there under it, so they are handled before the gate opens.
+                let pending = sh.pending.lock();
+                if !pending.is_empty() {
+                    continue;
+                }
+                sh.events.handled();
+            }
+            use std::os::fd::AsFd;
+            match sh.uffd.poll_with([shutdown.as_fd(), sh.kick.as_fd()], -1) {
+                Ok((_, [true, _])) => return,
+                Ok((_, [_, kicked])) => {
+                    if kicked {
+                        sh.kick.drain();
+                    }
+                    continue;
+                }
                 Err(e) => {
                     eprintln!("svmem: poll on the userfaultfd failed: {e}");
                     return;
@@ -229,6 +244,13 @@ pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
         for m in batch {
             if m.event == uffd::EVENT_REMOVE {
                 sh.counters.add(&sh.counters.uffd_events, 1);
+                let mut own = sh.own_removes.lock();
+                if let Some(k) = own.iter().position(|x| *x == (m.arg0, m.arg1)) {
+                    // svmem's own: a protected page it copied out.
+                    own.swap_remove(k);
+                    continue;
+                }
+                drop(own);
                 discard(&sh, m.arg0, m.arg1);
             } else if m.event == uffd::EVENT_UNMAP {
                 sh.counters.add(&sh.counters.uffd_events, 1);
@@ -240,8 +262,11 @@ pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
         }
         // Every event read is handled, unless handling them read more (a
         // `Backoff` fills `pending`): those come first in the next round.
-        if sh.pending.lock().is_empty() {
-            sh.events.handled();
+        {
+            let pending = sh.pending.lock();
+            if pending.is_empty() {
+                sh.events.handled();
+            }
         }
         for m in batch.iter().filter(|m| m.event == uffd::EVENT_PAGEFAULT) {
             sh.counters.add(&sh.counters.cpu_faults, 1);

@@ -30,6 +30,12 @@ pub(crate) struct Shared {
     pub events: EventGate,
     pub devices: Vec<Arc<dyn Device>>,
     pub regions: RwLock<BTreeMap<u64, Arc<RegionInner>>>,
+    /// Wakes the reader when another thread left messages in `pending`.
+    pub kick: crate::sys::EventFd,
+    /// REMOVE events svmem raises itself (a protected page copied out of
+    /// the CPU view, `staging::copy_out_protected`), as `[start, end)`: the
+    /// reader drops one matching event instead of discarding the data.
+    pub own_removes: parking_lot::Mutex<Vec<(u64, u64)>>,
     /// Regions being installed (registered, not yet in `regions`): while
     /// non-zero, a fault nobody holds may be one of theirs.
     pub installing: std::sync::atomic::AtomicUsize,
@@ -74,9 +80,22 @@ impl EventGate {
     /// thread whose event svmem has not handled yet).
     pub fn reading(&self) {
         use std::sync::atomic::Ordering::SeqCst;
-        if self.word.load(SeqCst) % 2 == 0 {
-            self.word.fetch_add(1, SeqCst);
+        // Any thread may read messages for the reader (with `pending` held),
+        // so make it odd exactly once, whoever comes first.
+        loop {
+            let w = self.word.load(SeqCst);
+            if w % 2 == 1 || self.word.compare_exchange(w, w + 1, SeqCst, SeqCst).is_ok() {
+                return;
+            }
         }
+    }
+
+    /// Whether events were read that are not handled yet (or a read is
+    /// under way): the program may have moved or unmapped memory svmem has
+    /// not caught up with, so addresses of managed pages are not to be
+    /// trusted for taking pages out of the CPU view meanwhile.
+    pub fn unsettled(&self) -> bool {
+        self.word.load(std::sync::atomic::Ordering::SeqCst) % 2 == 1
     }
 
     /// The reader has handled every event it read.

@@ -144,16 +144,26 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
     let mut out = vec![Taken::Moved; n];
     // (page, tries): busy retries belong to the page that is busy.
     let mut busy = (usize::MAX, 0);
-    // (page, mirror steps taken) and the managed ranges made writable for
-    // the move, with the protection to give them back.
+    // (page, mirror steps taken).
     let mut mirrored = (usize::MAX, 0);
-    let mut protected: Vec<(usize, usize, i32)> = Vec::new();
     // Pages shared with a forked child are busy until unshared: once per call.
     let mut unshared = false;
+    let reader = IS_READER.with(|c| c.get());
     page_runs(
         sh,
         start..start + n,
         |i, len| {
+            // Events read but not handled may have moved or unmapped these
+            // addresses (the program's mremap/munmap returned): what is
+            // there now may not be this region's page, and a hole may not
+            // mean zeros. Wait for the reader (it handles events in order,
+            // so it need not wait for itself).
+            if !reader && sh.events.unsettled() {
+                return Err(crate::sys::uffd::Partial {
+                    done: 0,
+                    errno: libc::EAGAIN,
+                });
+            }
             sh.uffd
                 .move_pages(r.staging_addr(i), r.addr_of(i).0, len, false, true)
         },
@@ -163,30 +173,20 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
                 Stuck::Skip
             }
             // A page refused for its mapping's flags: `UFFDIO_MOVE` moves
-            // only between writable mappings with equal protection and equal
-            // mlock state, and the program may have changed either behind
-            // svmem's back (no event says so). A read-only or `PROT_NONE`
-            // page (the kernel migrates those too) is made writable for the
-            // one ioctl that moves it out (the rest of the run inside that
-            // mapping with it), and its protection is restored right after:
-            // it is a hole then, so no CPU access sees the difference. Then
-            // the mlock flag is mirrored onto staging; then svmem gives up.
+            // only between writable mappings with equal mlock state, and the
+            // program may have changed either behind svmem's back (no event
+            // says so). A read-only or `PROT_NONE` page (the kernel migrates
+            // those too) is copied out instead ([`copy_out_protected`]),
+            // leaving its protection alone; then the mlock flag is mirrored
+            // onto staging; then svmem gives up.
             Stop::Invalid if mirrored.0 != i || mirrored.1 < 2 => {
                 let step = if mirrored.0 == i { mirrored.1 } else { 0 };
                 mirrored = (i, step + 1);
                 let off = i * PAGE_SIZE;
                 if step == 0 {
-                    let at = r.addr_of(i).0;
-                    if let Ok(Some(v)) = crate::sys::vma::query(at) {
-                        let writable = v.read && v.write;
-                        if !writable && !v.shared && !v.file {
-                            let last = r.page_of(v.end.min(r.base() + r.len()) - 1);
-                            let len = ((start + n).min(last + 1) - i) * PAGE_SIZE;
-                            let rw = libc::PROT_READ | libc::PROT_WRITE;
-                            if r.managed.protect_range(off, len, rw).is_ok() {
-                                protected.push((off, len, v.prot_bits()));
-                            }
-                        }
+                    if copy_out_protected(sh, r, i) {
+                        out[i - start] = Taken::Moved;
+                        return Stuck::Skip;
                     }
                     return Stuck::Retry;
                 }
@@ -222,11 +222,88 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
             }
         },
     );
-    for (off, len, prot) in protected {
-        // The program's protection, back on the (now empty) pages.
-        let _ = r.managed.protect_range(off, len, prot);
-    }
     out
+}
+
+/// Takes page `i` of `r` out of the CPU view when its mapping is private
+/// anonymous memory the program made read-only or `PROT_NONE`, which
+/// `UFFDIO_MOVE` refuses: its bytes are read with the kernel's forced
+/// access (as a debugger reads, whatever the protection), put into its
+/// staging page with `UFFDIO_COPY`, and the managed page is dropped with
+/// `MADV_DONTNEED`, whose REMOVE event the reader recognises as svmem's own
+/// (`Shared::own_removes`) and ignores. The protection is never touched.
+/// Not on the reader thread (its own event would block it). The caller
+/// holds the block lock and has isolated the page. Returns whether the page
+/// is in staging now.
+fn copy_out_protected(sh: &Shared, r: &RegionInner, i: usize) -> bool {
+    if IS_READER.with(|c| c.get()) {
+        return false;
+    }
+    let at = r.addr_of(i).0;
+    match crate::sys::vma::query(at) {
+        Ok(Some(v)) if !(v.read && v.write) && !v.shared && !v.file => {}
+        _ => return false,
+    }
+    let mut buf = vec![0u8; PAGE_SIZE];
+    if r.managed.read_forced(i * PAGE_SIZE, &mut buf).is_err() {
+        return false;
+    }
+    let mut backoff = Backoff::new(sh);
+    loop {
+        match sh.uffd.copy(
+            r.staging_addr(i),
+            buf.as_ptr() as u64,
+            PAGE_SIZE as u64,
+            true,
+        ) {
+            Ok(_) => break,
+            Err(p) if p.stop() == Stop::WouldBlock && backoff.wait() => {}
+            Err(_) => return false,
+        }
+    }
+    let range = (at, at + PAGE_SIZE as u64);
+    sh.own_removes.lock().push(range);
+    if drop_own_page(sh, r, i).is_err() {
+        sh.own_removes.lock().retain(|x| *x != range);
+        sh.drop_staged(r, i, 1);
+        return false;
+    }
+    sh.counters.add(&sh.counters.protected_pages_copied_out, 1);
+    true
+}
+
+/// `MADV_DONTNEED` on managed page `i` of `r`, from a helper thread: the
+/// call returns only once its REMOVE event is read, and the reader may be
+/// waiting for the block lock this thread holds. So this thread reads the
+/// messages itself meanwhile, into `pending` (held across the read, so the
+/// reader opens the event gate only after handling them), and kicks the
+/// reader when done.
+fn drop_own_page(sh: &Shared, r: &RegionInner, i: usize) -> std::io::Result<()> {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let res = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let res = r
+                .managed
+                .madvise(i * PAGE_SIZE, PAGE_SIZE, crate::sys::Advice::DontNeed);
+            done.store(true, std::sync::atomic::Ordering::Release);
+            res
+        });
+        let mut buf = [UffdMsg::default(); 16];
+        while !done.load(std::sync::atomic::Ordering::Acquire) {
+            {
+                let mut pending = sh.pending.lock();
+                sh.events.reading();
+                if let Ok(n) = sh.uffd.read_msgs(&mut buf) {
+                    pending.extend(buf[..n].iter().copied());
+                }
+            }
+            std::thread::yield_now();
+        }
+        h.join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("madvise thread panicked")))
+    });
+    let _ = sh.kick.signal();
+    res
 }
 
 /// Puts staged pages back into the CPU view (rollback, or the end of a

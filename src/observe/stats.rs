@@ -41,6 +41,9 @@ counters! {
     /// Regions the program moved whole with `mremap`, followed to their new
     /// address.
     remaps_followed,
+    /// Read-only or `PROT_NONE` pages taken out of the CPU view by copy (the
+    /// kernel's `UFFDIO_MOVE` refuses them), their protection untouched.
+    protected_pages_copied_out,
     /// Parts of regions the program moved with `mremap` alone, handed over
     /// as ordinary memory (device data copied in).
     remaps_detached,

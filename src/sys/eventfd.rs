@@ -1,7 +1,8 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-/// An owned, non-blocking eventfd used to wake the uffd reader for shutdown.
+/// An owned, non-blocking eventfd used to wake the uffd reader (for
+/// shutdown, or to serve messages another thread read for it).
 #[derive(Debug)]
 pub struct EventFd(OwnedFd);
 
@@ -26,6 +27,15 @@ impl EventFd {
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+}
+
+impl EventFd {
+    /// Resets the counter to zero (a no-op when it is zero already).
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from a non-blocking fd we own.
+        let _ = unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
     }
 }
 

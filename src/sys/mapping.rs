@@ -371,6 +371,17 @@ impl Mapping {
         }
     }
 
+    /// Copies `buf.len()` bytes at `off` into `buf` whatever the mapping's
+    /// protection (through `/proc/self/mem`, the kernel's forced access, as
+    /// a debugger reads). A missing page is faulted in (a userfaultfd
+    /// registered page is served by its handler: not for the reader thread).
+    pub fn read_forced(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.check(off, buf.len())?;
+        let f = std::fs::File::open("/proc/self/mem")?;
+        f.read_exact_at(buf, self.addr() + off as u64)
+    }
+
     /// Copies `buf.len()` bytes at `off` into `buf` like [`Mapping::read_at`],
     /// but a byte the program made inaccessible (`mprotect`, `munmap` behind
     /// svmem's back) gives `EFAULT` instead of a signal (see

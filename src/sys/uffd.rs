@@ -414,31 +414,33 @@ impl Uffd {
         Ok(n as usize / std::mem::size_of::<UffdMsg>())
     }
 
-    /// Waits until the uffd or `other` is readable, or `timeout_ms` passes.
-    /// Returns (uffd readable, other readable).
-    pub fn poll_with(&self, other: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<(bool, bool)> {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: other.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a live array of two pollfd structs.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+    /// Waits until the uffd or one of `others` is readable, or `timeout_ms`
+    /// passes. Returns (uffd readable, each of `others` readable).
+    pub fn poll_with<const N: usize>(
+        &self,
+        others: [BorrowedFd<'_>; N],
+        timeout_ms: i32,
+    ) -> io::Result<(bool, [bool; N])> {
+        let pfd = |fd: i32| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let mut fds = vec![pfd(self.fd.as_raw_fd())];
+        fds.extend(others.iter().map(|o| pfd(o.as_raw_fd())));
+        // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EINTR) {
-                return Ok((false, false));
+                return Ok((false, [false; N]));
             }
             return Err(e);
         }
-        Ok((fds[0].revents != 0, fds[1].revents != 0))
+        Ok((
+            fds[0].revents != 0,
+            std::array::from_fn(|i| fds[i + 1].revents != 0),
+        ))
     }
 }
 

@@ -27,15 +27,6 @@ pub struct Vma {
     pub file: bool,
 }
 
-impl Vma {
-    /// The `PROT_*` bits of the mapping.
-    pub fn prot_bits(&self) -> i32 {
-        (if self.read { libc::PROT_READ } else { 0 })
-            | (if self.write { libc::PROT_WRITE } else { 0 })
-            | (if self.exec { libc::PROT_EXEC } else { 0 })
-    }
-}
-
 #[repr(C)]
 #[derive(Default)]
 struct ProcmapQuery {
