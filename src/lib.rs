@@ -53,6 +53,7 @@ pub use api::{
     huge_mapped, DeviceHandle, DeviceInfo, MemAdvice, Region, Svm, SvmBuilder, View, ViewMut,
 };
 pub use device::{CopyFailure, Device, EmulatedConfig, EmulatedDevice, Injection, MemoryType};
+pub use device::{LaunchTiming, TimingProfile, TimingReport};
 pub use error::{DeviceFault, Error, FaultReason, Result};
 pub use gpu::{AccessReport, BatchStats, Lane, LaunchReport, PageView, MAX_BATCH};
 pub use mm::{MigrateReport, PageState};

@@ -368,6 +368,9 @@ pub(crate) fn service_batch(sh: &Ctx, d: DeviceId, batch: &mut Vec<Fault>) -> Op
     let c = &sh.counters;
     c.add(&c.device_faults, raw as u64);
     c.add(&c.device_fault_batches, 1);
+    if let Some(clock) = sh.devices[d.0 as usize].clock() {
+        clock.fault_batch(raw as u64);
+    }
     if sh.devices[d.0 as usize].is_lost() {
         // A lost device's faults are fatal; its pages are poisoned first.
         sh.check_lost();

@@ -45,6 +45,8 @@ pub struct LaunchReport {
     pub queue_waits: u64,
     /// The first fatal fault, which stopped the launch.
     pub fatal: Option<DeviceFault>,
+    /// The timing model's account of the launch (zero under profile `none`).
+    pub timing: crate::device::LaunchTiming,
 }
 
 fn ser_duration_us<S: serde::Serializer>(
@@ -139,6 +141,9 @@ pub struct Lane<'a> {
     abort: &'a AtomicBool,
     faults: u64,
     queue_waits: u64,
+    /// What the timing model charges this lane.
+    clock: crate::device::timing::LaneClock,
+    remote_min: u32,
 }
 
 impl std::fmt::Debug for Lane<'_> {
@@ -236,6 +241,7 @@ impl<'a> Lane<'a> {
                     let word = if slot.tag == vpn + 1 && slot.seq == seq {
                         slot.pte
                     } else {
+                        self.clock.tlb_misses += 1;
                         let w = table[k].load(Ordering::Acquire);
                         // Only valid translations are cached: a fault-service
                         // mapping does not bump the sequence number.
@@ -264,9 +270,11 @@ impl<'a> Lane<'a> {
                     let off = (at % PAGE_SIZE as u64) as usize;
                     let n = (PAGE_SIZE - off).min(len - pos);
                     let target = Target::of(r, pte, at);
+                    let remote = matches!(target, Target::System { .. });
                     if let Err(e) = op(target, pos, n) {
                         return Err(self.fault(at, kind, FaultReason::Device(e.reason)));
                     }
+                    self.clock.access(remote, kind, n, self.remote_min);
                     pos += n;
                 }
             }
@@ -289,7 +297,10 @@ impl<'a> Lane<'a> {
             }
             if xnack {
                 self.faults += 1;
-                match crate::gpu::fault::post(self.sh, self.d, at, kind, self.id, &self.reply) {
+                let mark = self.dev.clock().map(crate::device::Clock::engine_mark);
+                let outcome = crate::gpu::fault::post(self.sh, self.d, at, kind, self.id, &self.reply);
+                self.clock.stall_since(self.dev.clock(), mark);
+                match outcome {
                     FaultOutcome::Replay => {}
                     FaultOutcome::Fatal(reason) => return Err(self.fault(at, kind, reason)),
                 }
@@ -481,11 +492,13 @@ where
     let chunk = (grid / (lanes as u64 * 64)).clamp(1, 64);
     let fatal = parking_lot::Mutex::new(None::<DeviceFault>);
     let (faults, waits) = (AtomicU64::new(0), AtomicU64::new(0));
+    let span = dev.clock().map(crate::device::Clock::launch_begin);
+    let remote_min = span.as_ref().map_or(0, |s| s.profile().remote_min_bytes);
     let start = Instant::now();
     std::thread::scope(|s| {
         for id in 0..lanes {
             let (next, done, abort, fatal, kernel) = (&next, &done, &abort, &fatal, &kernel);
-            let (faults, waits) = (&faults, &waits);
+            let (faults, waits, span) = (&faults, &waits, &span);
             let spawned = std::thread::Builder::new()
                 .name(format!("svmem-cu{id}-{}", dev.name()))
                 .spawn_scoped(s, move || {
@@ -500,6 +513,8 @@ where
                         abort,
                         faults: 0,
                         queue_waits: 0,
+                        clock: Default::default(),
+                        remote_min,
                     };
                     let mut mine = 0u64;
                     'items: while !abort.load(Ordering::Relaxed) {
@@ -521,6 +536,9 @@ where
                     done.fetch_add(mine, Ordering::Relaxed);
                     faults.fetch_add(lane.faults, Ordering::Relaxed);
                     waits.fetch_add(lane.queue_waits, Ordering::Relaxed);
+                    if let Some(span) = span {
+                        span.lane_done(&lane.clock, lanes as u64);
+                    }
                 });
             if let Err(e) = spawned {
                 eprintln!("svmem: cannot start compute lane {id} of {d}: {e}");
@@ -528,6 +546,8 @@ where
             }
         }
     });
+    let elapsed = start.elapsed();
+    let timing = span.map(crate::device::timing::LaunchSpan::end);
     let c = &sh.counters;
     c.add(&c.kernel_launches, 1);
     let fatal = fatal.into_inner();
@@ -538,9 +558,10 @@ where
         items_done: done.into_inner(),
         grid,
         lanes,
-        elapsed: start.elapsed(),
+        elapsed,
         faults: faults.into_inner(),
         queue_waits: waits.into_inner(),
         fatal,
+        timing: timing.unwrap_or_default(),
     })
 }
