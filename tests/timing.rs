@@ -51,8 +51,12 @@ fn one_remote_read_costs_its_bytes_latency_and_fault() {
     let svm = svm(simple(), 1, 1, true);
     let mut r = svm.alloc(2 << 20).unwrap();
     r.as_mut_slice::<u64>().fill(7);
-    svm.set_attributes(r.addr(), r.len(), &[Attr::Access(D0, AccessMode::AccessInPlace)])
-        .unwrap();
+    svm.set_attributes(
+        r.addr(),
+        r.len(),
+        &[Attr::Access(D0, AccessMode::AccessInPlace)],
+    )
+    .unwrap();
     let dev = svm.device(D0).unwrap();
     let before = dev.timing().unwrap();
     let rep = dev
@@ -65,11 +69,17 @@ fn one_remote_read_costs_its_bytes_latency_and_fault() {
         .unwrap()
         .check()
         .unwrap();
-    assert_eq!(rep.faults, 1, "the first touch faults once, then maps in place");
+    assert_eq!(
+        rep.faults, 1,
+        "the first touch faults once, then maps in place"
+    );
     let t = &rep.timing;
     assert_eq!(t.remote_read_bytes, PAGE_SIZE as u64);
     assert_eq!(t.device_bytes, 0);
-    assert_eq!(t.copied_to_device_bytes, 0, "served in place, nothing copied");
+    assert_eq!(
+        t.copied_to_device_bytes, 0,
+        "served in place, nothing copied"
+    );
     // 4096 bytes at 1 B/ns + one 1 µs round trip + the 11 µs batch it waited for.
     assert_eq!(t.modelled, Duration::from_nanos(4_096 + 1_000 + 11_000));
     assert_eq!(t.bound, Bound::Lanes);
@@ -88,7 +98,9 @@ fn one_migration_costs_setup_plus_bytes_over_the_link() {
     r.as_mut_slice::<u64>().fill(1);
     let dev = svm.device(D0).unwrap();
     let before = dev.timing().unwrap();
-    let m = svm.migrate(r.addr(), r.len(), Location::Device(D0)).unwrap();
+    let m = svm
+        .migrate(r.addr(), r.len(), Location::Device(D0))
+        .unwrap();
     assert_eq!(m.migrated, 512);
     let d = dev.timing().unwrap().since(&before);
     assert_eq!(d.copied_to_device_bytes, 2 << 20);
@@ -115,7 +127,8 @@ fn two_engines_share_the_link() {
     r.as_mut_slice::<u64>().fill(1);
     let dev = svm.device(D0).unwrap();
     let before = dev.timing().unwrap();
-    svm.migrate(r.addr(), r.len(), Location::Device(D0)).unwrap();
+    svm.migrate(r.addr(), r.len(), Location::Device(D0))
+        .unwrap();
     let d = dev.timing().unwrap().since(&before);
     assert_eq!(d.copied_to_device_bytes, 4 << 20);
     assert_eq!(d.modelled, Duration::from_nanos(2 * (5_000 + (2 << 20))));
@@ -184,7 +197,10 @@ fn backwards_sweep(profile: TimingProfile) -> (svmem::LaunchTiming, svmem::Timin
             let lo = (items - 1 - item) as usize * chunk;
             let mut buf = vec![0u64; chunk];
             lane.read_slice(r.at(lo as u64 * 8), &mut buf)?;
-            sum.fetch_add(buf.iter().sum::<u64>(), std::sync::atomic::Ordering::Relaxed);
+            sum.fetch_add(
+                buf.iter().sum::<u64>(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             Ok(())
         })
         .unwrap()
@@ -202,7 +218,11 @@ fn modelled_time_is_the_same_across_runs() {
     assert_eq!(a, b);
     assert_eq!(ta, tb);
     assert_eq!(ta.copied_to_device_bytes, 6 << 20);
-    assert_eq!(ta.device_bytes, 6 << 20, "every byte read from device memory");
+    assert_eq!(
+        ta.device_bytes,
+        6 << 20,
+        "every byte read from device memory"
+    );
 }
 
 #[test]
@@ -230,7 +250,10 @@ fn bad_profiles_are_refused_with_the_fix() {
         .build()
         .unwrap_err()
         .to_string();
-    assert!(e.contains("remote_in_flight") && e.contains("at least 1"), "{e}");
+    assert!(
+        e.contains("remote_in_flight") && e.contains("at least 1"),
+        "{e}"
+    );
     let e = TimingProfile::by_name("pcie3").unwrap_err().to_string();
     assert!(e.contains("pcie3") && e.contains("coherent"), "{e}");
 }

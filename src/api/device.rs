@@ -126,7 +126,9 @@ impl DeviceHandle<'_> {
     /// no model); [`crate::device::TimingReport::since`] gives an interval.
     pub fn timing(&self) -> Option<crate::device::TimingReport> {
         self.svm.assert_owner();
-        self.svm.shared.devices[self.id.0 as usize].clock().map(|c| c.report())
+        self.svm.shared.devices[self.id.0 as usize]
+            .clock()
+            .map(|c| c.report())
     }
 
     /// Changes this device's timing profile from now on.

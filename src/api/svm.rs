@@ -686,7 +686,12 @@ impl Svm {
             s.queue_restore_retries += q.restore_retries.load(Ordering::Relaxed);
         }
         s.events_dropped = sh.notifier.events.dropped();
-        for t in sh.devices.iter().filter_map(|d| d.clock()).map(|c| c.report()) {
+        for t in sh
+            .devices
+            .iter()
+            .filter_map(|d| d.clock())
+            .map(|c| c.report())
+        {
             s.modelled_ns += t.modelled.as_nanos() as u64;
             s.remote_read_bytes += t.remote_read_bytes;
             s.remote_write_bytes += t.remote_write_bytes;

@@ -79,7 +79,11 @@ fn run_job(
     job: &CopyJob,
 ) -> std::result::Result<(), DeviceError> {
     inject.copy_job()?;
-    clock.copy_job(job.bytes_to_device(), job.bytes_to_host(), job.bytes_filled());
+    clock.copy_job(
+        job.bytes_to_device(),
+        job.bytes_to_host(),
+        job.bytes_filled(),
+    );
     let err = |e: std::io::Error| DeviceError::new(format!("copy engine: {e}"));
     for op in &job.ops {
         match op {

@@ -298,7 +298,8 @@ impl<'a> Lane<'a> {
             if xnack {
                 self.faults += 1;
                 let mark = self.dev.clock().map(crate::device::Clock::engine_mark);
-                let outcome = crate::gpu::fault::post(self.sh, self.d, at, kind, self.id, &self.reply);
+                let outcome =
+                    crate::gpu::fault::post(self.sh, self.d, at, kind, self.id, &self.reply);
                 self.clock.stall_since(self.dev.clock(), mark);
                 match outcome {
                     FaultOutcome::Replay => {}

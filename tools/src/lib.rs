@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_faults;
 pub mod bench_oversub;
+pub mod bench_suite;
 pub mod workloads;
 
 /// Restores the default action of SIGPIPE (end the process quietly), as a
