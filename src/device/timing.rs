@@ -649,9 +649,11 @@ mod tests {
     #[test]
     fn presets_by_name_and_unknown_names() {
         for n in TimingProfile::NAMES {
-            assert_eq!(TimingProfile::by_name(n).unwrap().name, n);
+            assert_eq!(TimingProfile::by_name(n).expect("a preset").name, n);
         }
-        let e = TimingProfile::by_name("pcie9").unwrap_err().to_string();
+        let e = TimingProfile::by_name("pcie9")
+            .expect_err("unknown")
+            .to_string();
         assert!(e.contains("pcie9") && e.contains("pcie4"), "{e}");
         assert!(TimingProfile::none().is_none());
         assert!(!TimingProfile::pcie4().is_none());
