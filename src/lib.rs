@@ -55,7 +55,7 @@ pub use api::{
 pub use device::{CopyFailure, Device, EmulatedConfig, EmulatedDevice, Injection, MemoryType};
 pub use device::{LaunchTiming, TimingProfile, TimingReport};
 pub use error::{DeviceFault, Error, FaultReason, Result};
-pub use gpu::{AccessReport, BatchStats, Lane, LaunchReport, PageView, MAX_BATCH};
+pub use gpu::{AccessReport, BatchStats, Lane, LaunchReport, PageView, Prefetch, MAX_BATCH};
 pub use mm::{MigrateReport, PageState};
 pub use observe::{Event, EventKind, EventStream, Stats};
 pub use placement::{AccessMode, Attr, AttrFlags, AttrQuery, Common};

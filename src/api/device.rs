@@ -138,6 +138,20 @@ impl DeviceHandle<'_> {
         crate::device::timing::apply(std::slice::from_ref(d), profile)
     }
 
+    /// How this device's faults grow their migrations from now on
+    /// ([`crate::Prefetch`]; default none).
+    pub fn set_prefetch(&self, p: crate::Prefetch) -> Result<()> {
+        self.svm.check_owner()?;
+        p.store(&self.svm.shared.runtime[self.id.0 as usize].prefetch);
+        Ok(())
+    }
+
+    /// The device's prefetcher.
+    pub fn prefetch(&self) -> crate::Prefetch {
+        self.svm.assert_owner();
+        crate::Prefetch::load(&self.svm.shared.runtime[self.id.0 as usize].prefetch)
+    }
+
     /// Fault-service statistics of this device (recent batches).
     pub fn fault_stats(&self) -> BatchStats {
         self.svm.assert_owner();

@@ -37,6 +37,7 @@ use parking_lot::Mutex;
 
 use super::ahead::run_ahead;
 use super::map::map_locked;
+use super::prefetch::Prefetch;
 use super::Ctx;
 use crate::addr::AccessKind;
 use crate::addr::{DeviceId, Location, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
@@ -156,6 +157,8 @@ pub(crate) struct DeviceRuntime {
     rx: Receiver<Msg>,
     log: Mutex<BatchLog>,
     running: Mutex<usize>,
+    /// The device's prefetcher ([`super::prefetch::Prefetch`]).
+    pub prefetch: std::sync::atomic::AtomicU8,
 }
 
 impl Default for DeviceRuntime {
@@ -167,6 +170,7 @@ impl Default for DeviceRuntime {
             rx,
             log: Mutex::default(),
             running: Mutex::new(0),
+            prefetch: Default::default(),
         }
     }
 }
@@ -544,6 +548,9 @@ fn service_block(
         }
         if plan.is_empty() {
             return sweep;
+        }
+        if Prefetch::load(&sh.runtime[d.0 as usize].prefetch) == Prefetch::Density {
+            super::prefetch::grow(r, d, &mut plan);
         }
         // 2. migrate
         let mut migrated = false;
