@@ -72,7 +72,10 @@ fn density_prefetch_cuts_fault_batches_on_a_sweep() {
     // Without it every page is its own fault; with it each block takes
     // about log2(512) faults.
     assert_eq!(none, PAGES as u64, "one batch per page without prefetch");
-    assert!(density * 20 < none, "density {density} vs none {none} batches");
+    assert!(
+        density * 20 < none,
+        "density {density} vs none {none} batches"
+    );
     assert_eq!(moved_none, PAGES as u64);
     assert_eq!(moved_density, PAGES as u64, "nothing moved twice");
 }

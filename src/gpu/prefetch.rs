@@ -47,9 +47,7 @@ impl Prefetch {
             .into_iter()
             .find(|p| p.name().eq_ignore_ascii_case(name))
             .ok_or_else(|| {
-                Error::Config(format!(
-                    "unknown prefetcher `{name}`: use none or density"
-                ))
+                Error::Config(format!("unknown prefetcher `{name}`: use none or density"))
             })
     }
 
@@ -73,7 +71,11 @@ pub(crate) type Step = (usize, usize, Decision, bool, AttrFlags);
 /// overlap.
 pub(crate) fn grow(r: &RegionInner, d: DeviceId, plan: &mut Vec<Step>) {
     let to_d = |s: &Step| s.2 == Decision::MigrateToDevice(d);
-    let wanted: Vec<(usize, usize)> = plan.iter().filter(|s| to_d(s)).map(|s| (s.0, s.1)).collect();
+    let wanted: Vec<(usize, usize)> = plan
+        .iter()
+        .filter(|s| to_d(s))
+        .map(|s| (s.0, s.1))
+        .collect();
     if wanted.is_empty() {
         return;
     }
@@ -140,7 +142,10 @@ mod tests {
         assert_eq!(dense_window(1024, 512, 513, |k| k < 512 + 257), (512, 1024));
         // Never past the region's end or the block.
         assert_eq!(dense_window(600, 590, 591, |_| true), (512, 600));
-        assert_eq!(Prefetch::by_name("DENSITY").expect("known"), Prefetch::Density);
+        assert_eq!(
+            Prefetch::by_name("DENSITY").expect("known"),
+            Prefetch::Density
+        );
         assert!(Prefetch::by_name("tree").is_err());
     }
 }

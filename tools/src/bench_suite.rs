@@ -14,14 +14,15 @@
 //! kernel's fitting run (the 1.0 level, else the lowest level asked for),
 //! bytes migrated each way, bytes the kernels read and wrote in system
 //! memory over the link, device faults, fault batches, evictions and wall
-//! time. Modelled time depends only on the sequence of work; wall time is
+//! time. Each prefetcher asked for ([`Prefetch`]) gets its own rows, its
+//! slowdowns against its own fitting run. Modelled time depends only on the sequence of work; wall time is
 //! this machine's. With several runs each figure is the median run's.
 
 use std::time::Instant;
 
 use crate::bench::BenchError;
 use crate::workloads::{self, RunConfig, Workload};
-use svmem::{DeviceId, EmulatedConfig, Svm, TimingProfile, TimingReport, PAGE_SIZE};
+use svmem::{DeviceId, EmulatedConfig, Prefetch, Svm, TimingProfile, TimingReport, PAGE_SIZE};
 
 const DEV: DeviceId = DeviceId(0);
 
@@ -40,6 +41,10 @@ pub struct SuiteConfig {
     /// Bytes per array.
     pub bytes: u64,
     pub runs: usize,
+    /// Prefetchers to compare (each row names its own).
+    pub prefetch: Vec<Prefetch>,
+    /// Fault granularity of every array, log2 pages.
+    pub granularity: u8,
 }
 
 impl Default for SuiteConfig {
@@ -50,6 +55,8 @@ impl Default for SuiteConfig {
             kernels: Workload::ALL.to_vec(),
             bytes: DEFAULT_SIZE,
             runs: 1,
+            prefetch: vec![Prefetch::None],
+            granularity: 9,
         }
     }
 }
@@ -58,6 +65,7 @@ impl Default for SuiteConfig {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SuiteRow {
     pub kernel: String,
+    pub prefetch: &'static str,
     pub oversub: f64,
     pub working_set_bytes: u64,
     pub device_memory_bytes: u64,
@@ -83,6 +91,7 @@ pub struct SuiteBench {
     pub profile: TimingProfile,
     pub bytes_per_array: u64,
     pub runs: usize,
+    pub granularity: u8,
     pub rows: Vec<SuiteRow>,
 }
 
@@ -96,10 +105,16 @@ pub fn device_memory_for(ws: u64, level: f64) -> u64 {
 }
 
 fn check(cfg: &SuiteConfig) -> Result<(), BenchError> {
-    if cfg.levels.is_empty() || cfg.kernels.is_empty() || cfg.runs == 0 {
+    if cfg.levels.is_empty() || cfg.kernels.is_empty() || cfg.runs == 0 || cfg.prefetch.is_empty() {
         return Err(BenchError::Params(
-            "the suite needs at least one level, one kernel and one run".into(),
+            "the suite needs at least one level, kernel, prefetcher and run".into(),
         ));
+    }
+    if cfg.granularity > 9 {
+        return Err(BenchError::Params(format!(
+            "granularity {}: use 0 (4 KiB) to 9 (2 MiB)",
+            cfg.granularity
+        )));
     }
     if let Some(l) = cfg.levels.iter().find(|l| !(0.1..=16.0).contains(*l)) {
         return Err(BenchError::Params(format!(
@@ -116,7 +131,7 @@ fn check(cfg: &SuiteConfig) -> Result<(), BenchError> {
 }
 
 /// One run of `w` at `level`.
-fn one(cfg: &SuiteConfig, w: Workload, level: f64) -> Result<SuiteRow, BenchError> {
+fn one(cfg: &SuiteConfig, w: Workload, p: Prefetch, level: f64) -> Result<SuiteRow, BenchError> {
     let ws = w.working_set(cfg.bytes);
     let device_memory = device_memory_for(ws, level);
     let svm = Svm::builder()
@@ -127,11 +142,13 @@ fn one(cfg: &SuiteConfig, w: Workload, level: f64) -> Result<SuiteRow, BenchErro
         .timing(cfg.profile)
         .build()?;
     let dev = svm.device(DEV)?;
+    dev.set_prefetch(p)?;
     let t0 = dev.timing().unwrap_or_default();
     let s0 = svm.stats();
     let start = Instant::now();
     let run = RunConfig {
         bytes: cfg.bytes,
+        granularity: cfg.granularity,
         ..RunConfig::default()
     };
     let rep = workloads::run(&svm, w, &run).map_err(|e| BenchError::Params(e.to_string()))?;
@@ -140,6 +157,7 @@ fn one(cfg: &SuiteConfig, w: Workload, level: f64) -> Result<SuiteRow, BenchErro
     let s1 = svm.stats();
     Ok(SuiteRow {
         kernel: w.name().to_string(),
+        prefetch: p.name(),
         oversub: level,
         working_set_bytes: ws,
         device_memory_bytes: device_memory,
@@ -170,11 +188,15 @@ pub fn bench_suite(cfg: &SuiteConfig) -> Result<SuiteBench, BenchError> {
         levels[0]
     };
     let mut rows = Vec::new();
-    for &w in &cfg.kernels {
+    for (&w, &p) in cfg
+        .kernels
+        .iter()
+        .flat_map(|w| cfg.prefetch.iter().map(move |p| (w, p)))
+    {
         let first = rows.len();
         for &level in &levels {
             let mut runs = (0..cfg.runs)
-                .map(|_| one(cfg, w, level))
+                .map(|_| one(cfg, w, p, level))
                 .collect::<Result<Vec<_>, _>>()?;
             runs.sort_by(|a, b| a.modelled_ms.total_cmp(&b.modelled_ms));
             rows.push(runs.swap_remove(runs.len() / 2));
@@ -195,6 +217,7 @@ pub fn bench_suite(cfg: &SuiteConfig) -> Result<SuiteBench, BenchError> {
         profile: cfg.profile,
         bytes_per_array: cfg.bytes,
         runs: cfg.runs,
+        granularity: cfg.granularity,
         rows,
     })
 }
@@ -221,18 +244,20 @@ pub fn print_table(b: &SuiteBench) {
     let p = &b.profile;
     println!(
         "svmem bench suite: profile {} (HBM {:.0} GB/s, link {:.0}/{:.0} GB/s h->d/d->h, {} ns round trip), \
-         {} per array, {} run(s) per row",
+         {} per array, granularity {}, {} run(s) per row",
         p.name,
         p.hbm_bytes_per_sec as f64 / 1e9,
         p.link_h2d_bytes_per_sec as f64 / 1e9,
         p.link_d2h_bytes_per_sec as f64 / 1e9,
         p.link_latency_ns,
         mib(b.bytes_per_array) + " MiB",
+        b.granularity,
         b.runs
     );
     println!(
-        "  {:<12} {:>6} {:>8} {:>11} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9}",
+        "  {:<12} {:<8} {:>6} {:>8} {:>11} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9}",
         "kernel",
+        "prefetch",
         "oversub",
         "WS MiB",
         "modelled ms",
@@ -248,8 +273,9 @@ pub fn print_table(b: &SuiteBench) {
     );
     for r in &b.rows {
         println!(
-            "  {:<12} {:>6.2}x {:>8} {:>11.3} {:>7.2}x {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9.1}",
+            "  {:<12} {:<8} {:>6.2}x {:>8} {:>11.3} {:>7.2}x {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9.1}",
             r.kernel,
+            r.prefetch,
             r.oversub,
             mib(r.working_set_bytes),
             r.modelled_ms,

@@ -68,7 +68,7 @@ fn suite_reports_every_kernel_at_every_level() {
 }
 
 #[test]
-fn suite_runs_chosen_kernels_and_profile_none_models_nothing() {
+fn suite_runs_chosen_kernels_and_prefetchers_and_none_models_nothing() {
     let b = json(&[
         "bench",
         "suite",
@@ -80,12 +80,20 @@ fn suite_runs_chosen_kernels_and_profile_none_models_nothing() {
         "stream",
         "--profile",
         "none",
+        "--prefetch",
+        "none,density",
+        "--granularity",
+        "4",
         "--json",
     ]);
     let rows = b["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0]["kernel"], "stream");
-    assert_eq!(num(&rows[0], "modelled_ms"), 0.0);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(b["granularity"], 4);
+    for (r, p) in rows.iter().zip(["none", "density"]) {
+        assert_eq!(r["kernel"], "stream");
+        assert_eq!(r["prefetch"], p);
+        assert_eq!(num(r, "modelled_ms"), 0.0);
+    }
 }
 
 #[test]

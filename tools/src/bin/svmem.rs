@@ -206,6 +206,14 @@ enum BenchCommand {
         #[arg(long, value_name = "N", default_value_t = 1,
               value_parser = clap::value_parser!(u32).range(1..=1_000))]
         runs: u32,
+        /// Prefetchers to compare: none, density.
+        #[arg(long, value_name = "NAME,..", value_delimiter = ',', default_value = "none",
+              value_parser = |s: &str| svmem::Prefetch::by_name(s).map_err(|e| e.to_string()))]
+        prefetch: Vec<svmem::Prefetch>,
+        /// Fault granularity, log2 pages: 0 (4 KiB) to 9 (2 MiB).
+        #[arg(long, value_name = "N", default_value_t = 9,
+              value_parser = clap::value_parser!(u8).range(0..=9))]
+        granularity: u8,
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -345,6 +353,8 @@ fn main() -> ExitCode {
                     kernels,
                     size,
                     runs,
+                    prefetch,
+                    granularity,
                     json,
                 },
         } => bench_suite::bench_suite(&SuiteConfig {
@@ -357,6 +367,8 @@ fn main() -> ExitCode {
             },
             bytes: size,
             runs: runs as usize,
+            prefetch,
+            granularity,
         })
         .map_err(CliError::from)
         .and_then(|b| show(&b, json, bench_suite::print_table)),
