@@ -84,7 +84,7 @@ pub(crate) fn grow(r: &RegionInner, d: DeviceId, plan: &mut Vec<Step>) {
             || matches!(r.states[k].load(), PageState::Device { dev, .. } if dev == d)
     };
     for s in plan.iter_mut().filter(|s| to_d(s)) {
-        (s.0, s.1) = dense_window(r.npages, s.0, s.1, &counted);
+        (s.0, s.1) = dense_window(r.npages, s.0, s.1, counted);
     }
     let mut merged: Vec<Step> = Vec::with_capacity(plan.len());
     for s in plan.drain(..) {
