@@ -170,6 +170,28 @@ fn lane_arithmetic_by_hand() {
     assert_eq!(ns, 2_000 + 192 + 4_000);
     assert_eq!(TimingProfile::none().copy_ps(1 << 20, 1 << 20, 1 << 20), 0);
     assert_eq!(p.fault_batch_ps(3), 13_000_000);
+    // The modelled TLB maps 2 MiB blocks: walks inside one block miss once,
+    // walks over more blocks than it holds miss every time.
+    let mut l = LaneClock::default();
+    for vpn in 0..512 {
+        l.tlb_walk(vpn);
+    }
+    assert_eq!(l.tlb_misses, 1);
+    let mut l = LaneClock::default();
+    for round in 0..2 {
+        for b in 0..64u64 {
+            l.tlb_walk(b * 512 + round);
+        }
+    }
+    assert_eq!(l.tlb_misses, 128);
+    let ns = l.path_ps(
+        &TimingProfile {
+            tlb_miss_ns: 7,
+            ..p
+        },
+        1,
+    ) / 1000;
+    assert_eq!(ns, 128 * 7);
 }
 
 /// One lane reads a CPU-written array backwards (no sequential sweep, so no

@@ -68,9 +68,11 @@ pub struct TimingProfile {
     pub fault_batch_ns: u64,
     /// Cost per fault of a batch, ns.
     pub fault_ns: u64,
-    /// One miss of a lane's 4 KiB-page TLB, ns: a walk that hits the
-    /// page-walk caches, amortised over the requests in flight (real GPUs
-    /// map 2 MiB pages, so most of the emulated misses are not misses there).
+    /// One miss of the modelled device TLB, ns: a page walk, partly hidden
+    /// by the other requests in flight. The model gives each lane
+    /// [`MODEL_TLB_ENTRIES`] entries of 2 MiB (real GPUs map managed memory
+    /// with 2 MiB pages), so a sweep misses once per block, and random
+    /// access to a table past the TLB's reach misses on most accesses.
     pub tlb_miss_ns: u64,
 }
 
@@ -119,7 +121,7 @@ impl TimingProfile {
             copy_setup_ns: 5_000,
             fault_batch_ns: 30_000,
             fault_ns: 500,
-            tlb_miss_ns: 2,
+            tlb_miss_ns: 100,
         }
     }
 
@@ -139,7 +141,7 @@ impl TimingProfile {
             copy_setup_ns: 5_000,
             fault_batch_ns: 25_000,
             fault_ns: 400,
-            tlb_miss_ns: 2,
+            tlb_miss_ns: 100,
         }
     }
 
@@ -160,7 +162,7 @@ impl TimingProfile {
             copy_setup_ns: 3_000,
             fault_batch_ns: 20_000,
             fault_ns: 300,
-            tlb_miss_ns: 2,
+            tlb_miss_ns: 100,
         }
     }
 
@@ -180,7 +182,7 @@ impl TimingProfile {
             copy_setup_ns: 2_000,
             fault_batch_ns: 20_000,
             fault_ns: 300,
-            tlb_miss_ns: 1,
+            tlb_miss_ns: 50,
         }
     }
 
@@ -281,6 +283,9 @@ fn ser_us<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok
     s.serialize_f64(d.as_secs_f64() * 1e6)
 }
 
+/// Entries of the modelled per-lane device TLB, each mapping one 2 MiB block.
+pub const MODEL_TLB_ENTRIES: usize = 32;
+
 /// What one lane did, as the model counts it (plain fields: a lane is one
 /// thread).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -295,6 +300,8 @@ pub struct LaneClock {
     pub tlb_misses: u64,
     /// Picoseconds waited for fault service.
     pub stall_ps: u64,
+    /// The modelled TLB: 2 MiB block number + 1 per entry (0: empty).
+    tlb: [u64; MODEL_TLB_ENTRIES],
 }
 
 impl LaneClock {
@@ -330,6 +337,18 @@ impl LaneClock {
             (self.remote_accesses as u128 * p.link_latency_ns as u128 * 1000 * lanes as u128
                 / p.remote_in_flight.max(1) as u128) as u64;
         hbm + link + latency + self.tlb_misses * p.tlb_miss_ns * 1000 + self.stall_ps
+    }
+
+    /// The lane walked the page table for virtual page `vpn` (its own small
+    /// TLB missed); a miss of the modelled TLB too is counted.
+    #[inline]
+    pub fn tlb_walk(&mut self, vpn: u64) {
+        let tag = (vpn >> 9) + 1;
+        let slot = &mut self.tlb[tag as usize % MODEL_TLB_ENTRIES];
+        if *slot != tag {
+            *slot = tag;
+            self.tlb_misses += 1;
+        }
     }
 
     /// Charges, as a stall, the engine time `clock` gained since `mark`

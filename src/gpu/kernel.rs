@@ -241,7 +241,7 @@ impl<'a> Lane<'a> {
                     let word = if slot.tag == vpn + 1 && slot.seq == seq {
                         slot.pte
                     } else {
-                        self.clock.tlb_misses += 1;
+                        self.clock.tlb_walk(vpn);
                         let w = table[k].load(Ordering::Acquire);
                         // Only valid translations are cached: a fault-service
                         // mapping does not bump the sequence number.
