@@ -139,17 +139,17 @@ impl DeviceHandle<'_> {
     }
 
     /// How this device's faults grow their migrations from now on
-    /// ([`crate::Prefetch`]; default none).
-    pub fn set_prefetch(&self, p: crate::Prefetch) -> Result<()> {
+    /// ([`crate::gpu::Prefetch`]; default none).
+    pub fn set_prefetch(&self, p: crate::gpu::Prefetch) -> Result<()> {
         self.svm.check_owner()?;
         p.store(&self.svm.shared.runtime[self.id.0 as usize].prefetch);
         Ok(())
     }
 
     /// The device's prefetcher.
-    pub fn prefetch(&self) -> crate::Prefetch {
+    pub fn prefetch(&self) -> crate::gpu::Prefetch {
         self.svm.assert_owner();
-        crate::Prefetch::load(&self.svm.shared.runtime[self.id.0 as usize].prefetch)
+        crate::gpu::Prefetch::load(&self.svm.shared.runtime[self.id.0 as usize].prefetch)
     }
 
     /// Fault-service statistics of this device (recent batches).
