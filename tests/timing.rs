@@ -102,6 +102,7 @@ fn one_migration_costs_setup_plus_bytes_over_the_link() {
         .migrate(r.addr(), r.len(), Location::Device(D0))
         .unwrap();
     assert_eq!(m.migrated, 512);
+    assert_eq!(m.modelled_ns, 5_000 + (2 << 20), "the report has it too");
     let d = dev.timing().unwrap().since(&before);
     assert_eq!(d.copied_to_device_bytes, 2 << 20);
     // One job of 512 pages: 5 µs + 2 MiB at 1 B/ns; outside a launch it

@@ -442,7 +442,9 @@ impl Svm {
         if let Location::Device(d) = to {
             crate::pressure::evict::admit(&self.shared, &r, first, n, d)?;
         }
-        let rep = migrate::migrate_range(&self.shared, &r, first, n, to, Trigger::Explicit);
+        let t0 = crate::device::timing::copies_ps(&self.shared.devices);
+        let mut rep = migrate::migrate_range(&self.shared, &r, first, n, to, Trigger::Explicit);
+        rep.modelled_ns = (crate::device::timing::copies_ps(&self.shared.devices) - t0) / 1000;
         migrate::count_skips(&self.shared, &rep);
         if self.shared.check_lost() {
             if let Location::Device(d) = to {

@@ -275,6 +275,16 @@ pub fn apply(devices: &[std::sync::Arc<dyn super::Device>], p: TimingProfile) ->
     Ok(())
 }
 
+/// Modelled time of every copy job so far on `devices`, ps (an interval's
+/// part is the difference of two readings).
+pub fn copies_ps(devices: &[std::sync::Arc<dyn super::Device>]) -> u64 {
+    devices
+        .iter()
+        .filter_map(|d| d.clock())
+        .map(|c| c.copy_ps.load(Relaxed))
+        .sum()
+}
+
 fn ps(ps: u64) -> Duration {
     Duration::from_nanos(ps / 1000)
 }
