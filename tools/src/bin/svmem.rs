@@ -174,6 +174,9 @@ enum BenchCommand {
         #[arg(long, value_name = "N", default_value_t = 3,
               value_parser = clap::value_parser!(u32).range(1..=1_000))]
         passes: u32,
+        /// Timing model of the device: none, pcie4, pcie5, coherent, apu.
+        #[arg(long, value_name = "NAME", default_value = "none", value_parser = profile_parser)]
+        profile: svmem::TimingProfile,
         #[command(flatten)]
         out: BenchOut,
     },
@@ -340,9 +343,10 @@ fn main() -> ExitCode {
                 BenchCommand::Oversub {
                     device_memory,
                     passes,
+                    profile,
                     out,
                 },
-        } => bench_oversub::bench_oversub(device_memory, passes, out.runs as usize)
+        } => bench_oversub::bench_oversub(device_memory, passes, out.runs as usize, profile)
             .map_err(CliError::from)
             .and_then(|b| show(&b, out.json, print_oversub_bench)),
         Command::Bench {
@@ -565,6 +569,30 @@ fn print_oversub_bench(b: &OversubBench) {
         if b.within_target { "met" } else { "NOT met" },
         b.slowdown_2x_without_mitigation
     );
+    if b.profile != "none" {
+        let points: Vec<String> = b
+            .points
+            .iter()
+            .map(|p| {
+                let m = if p.ratio <= 1.0 {
+                    ""
+                } else if p.thrash_mitigation {
+                    " on"
+                } else {
+                    " off"
+                };
+                format!(
+                    "{:.2}x{m} {:.2} ({:.1} ms)",
+                    p.ratio, p.modelled_slowdown_vs_fit, p.modelled_ms
+                )
+            })
+            .collect();
+        println!(
+            "  modelled slowdown (profile {}): {}",
+            b.profile,
+            points.join(", ")
+        );
+    }
 }
 
 fn print_faults_bench(b: &FaultsBench) {
