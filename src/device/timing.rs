@@ -3,8 +3,9 @@
 //! so wall time cannot tell a migration from a remote access; the model can.
 //!
 //! **Resources.** A [`TimingProfile`] gives each resource a rate: device
-//! memory (HBM), the link to system memory (one rate per direction), the
-//! fault service (a fixed cost per batch plus one per fault), copy jobs (a
+//! memory (HBM), the link to system memory (one rate per direction, plus a
+//! round-trip latency per remote access, hidden by the accesses in flight),
+//! the fault service (a fixed cost per batch plus one per fault), copy jobs (a
 //! setup cost plus their bytes over the link) and TLB misses.
 //!
 //! **What charges what.** Every charge is a count of bytes or events, kept in
@@ -13,8 +14,8 @@
 //! machine's speed or load.
 //! - A lane ([`LaneClock`]) counts its device-memory bytes, its remote bytes
 //!   each way (a remote access moves at least [`TimingProfile::remote_min_bytes`]
-//!   over the link), its remote accesses, its TLB misses and the time it
-//!   stalled on faults. Its *critical path* is
+//!   over the link), its remote accesses, its misses of a modelled TLB of
+//!   2 MiB entries, and the time it stalled on faults. Its *critical path* is
 //!   `device bytes / (HBM / lanes)` (a lane stands for its share of the
 //!   device's compute units) `+ remote bytes / link + accesses · latency ·
 //!   lanes / in-flight + misses · TLB cost + stalls`.
@@ -24,9 +25,11 @@
 //!   the time of `2x`. A fault batch adds `fixed + faults · per-fault` there.
 //! - A lane that posts a fault is charged, as a stall, the engine time
 //!   charged while it waited (the batch that served it, the copies it made,
-//!   and whatever the engines did before it). With one lane this is exactly
-//!   its batches; with several it is a deterministic function of the order
-//!   the batches ran in.
+//!   and whatever the engines did meanwhile, such as fault-ahead copies).
+//!   With one lane and no fault-ahead this is exactly its own batches and
+//!   copies, and repeated runs model the same time; with several lanes, or
+//!   fault-ahead racing a sweep, the order the engines ran in (and so the
+//!   figure) can vary a little between runs.
 //!
 //! **A launch** takes the maximum of its resources' busy times over the
 //! launch: each lane's critical path, the link's bytes each way (lanes'
