@@ -53,8 +53,9 @@ pub use api::{
     huge_mapped, DeviceHandle, DeviceInfo, MemAdvice, Region, Svm, SvmBuilder, View, ViewMut,
 };
 pub use device::{CopyFailure, Device, EmulatedConfig, EmulatedDevice, Injection, MemoryType};
+pub use device::{LaunchTiming, TimingProfile, TimingReport};
 pub use error::{DeviceFault, Error, FaultReason, Result};
-pub use gpu::{AccessReport, BatchStats, Group, Lane, LaunchReport, PageView, MAX_BATCH};
+pub use gpu::{AccessReport, BatchStats, Group, Lane, LaunchReport, PageView, Prefetch, MAX_BATCH};
 pub use gpu::{MAX_GROUP_SIZE, MAX_LOCAL_WORDS};
 pub use mm::{MigrateReport, PageState};
 pub use observe::{Event, EventKind, EventStream, Stats};

@@ -162,6 +162,36 @@ impl DeviceHandle<'_> {
         rep
     }
 
+    /// The timing model's totals for this device (`None`: the device keeps
+    /// no model); [`crate::device::TimingReport::since`] gives an interval.
+    pub fn timing(&self) -> Option<crate::device::TimingReport> {
+        self.svm.assert_owner();
+        self.svm.shared.devices[self.id.0 as usize]
+            .clock()
+            .map(|c| c.report())
+    }
+
+    /// Changes this device's timing profile from now on.
+    pub fn set_timing(&self, profile: crate::device::TimingProfile) -> Result<()> {
+        self.svm.check_owner()?;
+        let d = &self.svm.shared.devices[self.id.0 as usize];
+        crate::device::timing::apply(std::slice::from_ref(d), profile)
+    }
+
+    /// How this device's faults grow their migrations from now on
+    /// ([`crate::gpu::Prefetch`]; default none).
+    pub fn set_prefetch(&self, p: crate::gpu::Prefetch) -> Result<()> {
+        self.svm.check_owner()?;
+        p.store(&self.svm.shared.runtime[self.id.0 as usize].prefetch);
+        Ok(())
+    }
+
+    /// The device's prefetcher.
+    pub fn prefetch(&self) -> crate::gpu::Prefetch {
+        self.svm.assert_owner();
+        crate::gpu::Prefetch::load(&self.svm.shared.runtime[self.id.0 as usize].prefetch)
+    }
+
     /// Fault-service statistics of this device (recent batches).
     pub fn fault_stats(&self) -> BatchStats {
         self.svm.assert_owner();

@@ -42,6 +42,7 @@ pub struct SvmBuilder {
     memory_limit: Option<u64>,
     pin_limit: Option<u64>,
     huge_pages: bool,
+    timing: Option<crate::device::TimingProfile>,
 }
 
 impl std::fmt::Debug for SvmBuilder {
@@ -76,6 +77,7 @@ impl Default for SvmBuilder {
             memory_limit: None,
             pin_limit: None,
             huge_pages: true,
+            timing: None,
         }
     }
 }
@@ -150,7 +152,17 @@ impl SvmBuilder {
         self
     }
 
+    /// The timing model of every device (see [`crate::device::timing`]);
+    /// default: each device's own (`none` for emulated devices).
+    pub fn timing(mut self, profile: crate::device::TimingProfile) -> Self {
+        self.timing = Some(profile);
+        self
+    }
+
     pub fn build(self) -> Result<Svm> {
+        if let Some(p) = self.timing {
+            crate::device::timing::apply(&self.devices, p)?;
+        }
         if self.devices.len() > MAX_DEVICES {
             return Err(Error::Config(format!(
                 "{} devices: at most {MAX_DEVICES} are supported",
@@ -578,7 +590,9 @@ impl Svm {
         if let Location::Device(d) = to {
             crate::pressure::evict::admit(&self.shared, &r, first, n, d)?;
         }
-        let rep = migrate::migrate_range(&self.shared, &r, first, n, to, Trigger::Explicit);
+        let t0 = crate::device::timing::copies_ps(&self.shared.devices);
+        let mut rep = migrate::migrate_range(&self.shared, &r, first, n, to, Trigger::Explicit);
+        rep.modelled_ns = (crate::device::timing::copies_ps(&self.shared.devices) - t0) / 1000;
         migrate::count_skips(&self.shared, &rep);
         if self.shared.check_lost() {
             if let Location::Device(d) = to {
@@ -822,6 +836,16 @@ impl Svm {
             s.queue_restore_retries += q.restore_retries.load(Ordering::Relaxed);
         }
         s.events_dropped = sh.notifier.events.dropped();
+        for t in sh
+            .devices
+            .iter()
+            .filter_map(|d| d.clock())
+            .map(|c| c.report())
+        {
+            s.modelled_ns += t.modelled.as_nanos() as u64;
+            s.remote_read_bytes += t.remote_read_bytes;
+            s.remote_write_bytes += t.remote_write_bytes;
+        }
         s
     }
 

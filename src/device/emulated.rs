@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::inject::{Injection, Injector};
+use super::timing::Clock;
 use super::{AtomicOp, Buddy, CopyJob, CopyOp, DevRun, Device, DeviceError, Fence, MemoryType};
 use crate::addr::MAX_DEV_PAGES;
 use crate::addr::{DevPage, PAGE_SIZE};
@@ -57,6 +58,8 @@ pub struct EmulatedDevice {
     engines: Vec<JoinHandle<()>>,
     /// Fault injection, shared with the copy engines.
     inject: Arc<Injector>,
+    /// The timing model's clock, shared with the copy engines.
+    clock: Arc<Clock>,
 }
 
 impl std::fmt::Debug for EmulatedDevice {
@@ -67,13 +70,20 @@ impl std::fmt::Debug for EmulatedDevice {
     }
 }
 
-/// Runs one job unless injection fails it (a failed job touches nothing).
+/// Runs one job unless injection fails it (a failed job touches nothing),
+/// and charges it to the timing model.
 fn run_job(
     arena: &Mapping,
     inject: &Injector,
+    clock: &Clock,
     job: &CopyJob,
 ) -> std::result::Result<(), DeviceError> {
     inject.copy_job()?;
+    clock.copy_job(
+        job.bytes_to_device(),
+        job.bytes_to_host(),
+        job.bytes_filled(),
+    );
     let err = |e: std::io::Error| DeviceError::new(format!("copy engine: {e}"));
     for op in &job.ops {
         match op {
@@ -99,9 +109,14 @@ fn run_job(
     Ok(())
 }
 
-fn engine_loop(arena: Arc<Mapping>, inject: Arc<Injector>, rx: Receiver<(CopyJob, Fence)>) {
+fn engine_loop(
+    arena: Arc<Mapping>,
+    inject: Arc<Injector>,
+    clock: Arc<Clock>,
+    rx: Receiver<(CopyJob, Fence)>,
+) {
     while let Ok((job, fence)) = rx.recv() {
-        fence.complete(run_job(&arena, &inject, &job));
+        fence.complete(run_job(&arena, &inject, &clock, &job));
     }
 }
 
@@ -149,12 +164,13 @@ impl EmulatedDevice {
         let arena = Arc::new(arena);
         let (tx, rx) = crossbeam_channel::unbounded();
         let inject = Arc::new(Injector::new());
+        let clock = Arc::new(Clock::default());
         let engines = (0..config.copy_engines)
             .map(|i| {
-                let (a, r, inj) = (arena.clone(), rx.clone(), inject.clone());
+                let (a, r, inj, c) = (arena.clone(), rx.clone(), inject.clone(), clock.clone());
                 std::thread::Builder::new()
                     .name(format!("svmem-ce{i}-{}", config.name))
-                    .spawn(move || engine_loop(a, inj, r))
+                    .spawn(move || engine_loop(a, inj, c, r))
                     .map_err(|e| Error::os("spawn copy engine", e))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -165,6 +181,7 @@ impl EmulatedDevice {
             jobs: Some(tx),
             engines,
             inject,
+            clock,
         })
     }
 
@@ -215,7 +232,7 @@ impl Device for EmulatedDevice {
         }
     }
     fn copy_now(&self, job: &CopyJob) -> std::result::Result<(), DeviceError> {
-        run_job(&self.arena, &self.inject, job)
+        run_job(&self.arena, &self.inject, &self.clock, job)
     }
     fn load(
         &self,
@@ -280,6 +297,9 @@ impl Device for EmulatedDevice {
     fn reset(&self) -> Result<()> {
         self.inject.restore();
         Ok(())
+    }
+    fn clock(&self) -> Option<&Clock> {
+        Some(&self.clock)
     }
 }
 

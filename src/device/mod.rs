@@ -7,6 +7,7 @@
 mod buddy;
 pub mod emulated;
 pub mod inject;
+pub mod timing;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use parking_lot::{Condvar, Mutex};
 pub use buddy::Buddy;
 pub use emulated::{EmulatedConfig, EmulatedDevice};
 pub use inject::{splitmix64, CopyFailure, Injection};
+pub use timing::{Clock, LaunchTiming, TimingProfile, TimingReport};
 
 use crate::addr::{DevPage, DeviceId};
 use crate::sys::Mapping;
@@ -89,6 +91,26 @@ pub struct CopyJob {
 impl CopyJob {
     pub fn pages(&self) -> u32 {
         self.ops.iter().map(CopyOp::npages).sum()
+    }
+
+    fn bytes(&self, f: impl Fn(&CopyOp) -> bool) -> u64 {
+        self.ops
+            .iter()
+            .filter(|op| f(op))
+            .map(|op| op.npages() as u64 * crate::addr::PAGE_SIZE as u64)
+            .sum()
+    }
+    /// Bytes the job copies host → device.
+    pub fn bytes_to_device(&self) -> u64 {
+        self.bytes(|op| matches!(op, CopyOp::ToDevice { .. }))
+    }
+    /// Bytes the job copies device → host.
+    pub fn bytes_to_host(&self) -> u64 {
+        self.bytes(|op| matches!(op, CopyOp::ToHost { .. }))
+    }
+    /// Bytes the job zero-fills in device memory.
+    pub fn bytes_filled(&self) -> u64 {
+        self.bytes(|op| matches!(op, CopyOp::Fill { .. }))
     }
 }
 
@@ -271,6 +293,10 @@ pub trait Device: Send + Sync {
     /// only once no page lives in the device's memory.
     fn reset(&self) -> crate::error::Result<()> {
         Ok(())
+    }
+    /// The device's modelled clock ([`timing`]), if it keeps one.
+    fn clock(&self) -> Option<&Clock> {
+        None
     }
 }
 

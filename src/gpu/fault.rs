@@ -37,6 +37,7 @@ use parking_lot::Mutex;
 
 use super::ahead::run_ahead;
 use super::map::{cpu_forbids, map_locked, CpuProt};
+use super::prefetch::Prefetch;
 use super::Ctx;
 use crate::addr::AccessKind;
 use crate::addr::{DeviceId, Location, VirtAddr, BLOCK_PAGES, PAGE_SIZE};
@@ -156,6 +157,8 @@ pub(crate) struct DeviceRuntime {
     rx: Receiver<Msg>,
     log: Mutex<BatchLog>,
     running: Mutex<usize>,
+    /// The device's prefetcher ([`super::prefetch::Prefetch`]).
+    pub prefetch: std::sync::atomic::AtomicU8,
 }
 
 impl Default for DeviceRuntime {
@@ -167,6 +170,7 @@ impl Default for DeviceRuntime {
             rx,
             log: Mutex::default(),
             running: Mutex::new(0),
+            prefetch: Default::default(),
         }
     }
 }
@@ -368,6 +372,9 @@ pub(crate) fn service_batch(sh: &Ctx, d: DeviceId, batch: &mut Vec<Fault>) -> Op
     let c = &sh.counters;
     c.add(&c.device_faults, raw as u64);
     c.add(&c.device_fault_batches, 1);
+    if let Some(clock) = sh.devices[d.0 as usize].clock() {
+        clock.fault_batch(raw as u64);
+    }
     if sh.devices[d.0 as usize].is_lost() {
         // A lost device's faults are fatal; its pages are poisoned first.
         sh.check_lost();
@@ -550,6 +557,9 @@ fn service_block(
         }
         if plan.is_empty() {
             return sweep;
+        }
+        if Prefetch::load(&sh.runtime[d.0 as usize].prefetch) == Prefetch::Density {
+            super::prefetch::grow(r, d, &mut plan);
         }
         // 2. migrate
         let mut migrated = false;

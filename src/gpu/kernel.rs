@@ -52,6 +52,8 @@ pub struct LaunchReport {
     pub queue_waits: u64,
     /// The first fatal fault, which stopped the launch.
     pub fatal: Option<DeviceFault>,
+    /// The timing model's account of the launch (zero under profile `none`).
+    pub timing: crate::device::LaunchTiming,
 }
 
 fn ser_duration_us<S: serde::Serializer>(
@@ -158,6 +160,9 @@ pub struct Lane<'a> {
     abort: &'a AtomicBool,
     faults: u64,
     queue_waits: u64,
+    /// What the timing model charges this lane.
+    clock: crate::device::timing::LaneClock,
+    remote_min: u32,
 }
 
 impl std::fmt::Debug for Lane<'_> {
@@ -282,6 +287,7 @@ impl<'a> Lane<'a> {
                     let word = if slot.tag == vpn + 1 && slot.seq == seq {
                         slot.pte
                     } else {
+                        self.clock.tlb_walk(vpn);
                         let w = table[k].load(Ordering::Acquire);
                         // Only valid translations are cached: a fault-service
                         // mapping does not bump the sequence number.
@@ -320,6 +326,7 @@ impl<'a> Lane<'a> {
                         };
                         return Err(self.fault(at, kind, why));
                     }
+                    self.clock.access(system, kind, n, self.remote_min);
                     pos += n;
                     if pos == size {
                         i += 1;
@@ -347,7 +354,11 @@ impl<'a> Lane<'a> {
             }
             if xnack {
                 self.faults += 1;
-                match crate::gpu::fault::post(self.sh, self.d, at, kind, self.id, &self.reply) {
+                let mark = self.dev.clock().map(crate::device::Clock::engine_mark);
+                let outcome =
+                    crate::gpu::fault::post(self.sh, self.d, at, kind, self.id, &self.reply);
+                self.clock.stall_since(self.dev.clock(), mark);
+                match outcome {
                     FaultOutcome::Replay => {}
                     FaultOutcome::Fatal(reason) => return Err(self.fault(at, kind, reason)),
                 }
@@ -771,6 +782,8 @@ struct Launch<'a> {
     waits: AtomicU64,
     /// Barriers lanes may be waiting on: an abort wakes them.
     barriers: Vec<&'a Barrier>,
+    /// The timing model's account of the launch (devices that keep one).
+    span: Option<crate::device::timing::LaunchSpan<'a>>,
 }
 
 impl<'a> Launch<'a> {
@@ -812,11 +825,19 @@ impl<'a> Launch<'a> {
                             abort: &self.abort,
                             faults: 0,
                             queue_waits: 0,
+                            clock: Default::default(),
+                            remote_min: self
+                                .span
+                                .as_ref()
+                                .map_or(0, |s| s.profile().remote_min_bytes),
                         };
                         let mine = body(&mut lane);
                         self.done.fetch_add(mine, Ordering::Relaxed);
                         self.faults.fetch_add(lane.faults, Ordering::Relaxed);
                         self.waits.fetch_add(lane.queue_waits, Ordering::Relaxed);
+                        if let Some(span) = &self.span {
+                            span.lane_done(&lane.clock, threads as u64);
+                        }
                     });
                 if let Err(e) = spawned {
                     eprintln!("svmem: cannot start compute lane {id} of {}: {e}", self.d);
@@ -864,14 +885,17 @@ impl<'a> Launch<'a> {
         if fatal.is_some() {
             c.add(&c.device_faults_fatal, 1);
         }
+        let elapsed = start.elapsed();
+        let timing = self.span.map(crate::device::timing::LaunchSpan::end);
         LaunchReport {
             items_done: self.done.into_inner(),
             grid,
             lanes,
-            elapsed: start.elapsed(),
+            elapsed,
             faults: self.faults.into_inner(),
             queue_waits: self.waits.into_inner(),
             fatal,
+            timing: timing.unwrap_or_default(),
         }
     }
 }
@@ -958,6 +982,7 @@ impl<'a> Launch<'a> {
             faults: AtomicU64::new(0),
             waits: AtomicU64::new(0),
             barriers,
+            span: dev.clock().map(crate::device::Clock::launch_begin),
         }
     }
 }

@@ -7,11 +7,13 @@ pub(crate) mod ahead;
 pub(crate) mod fault;
 pub(crate) mod kernel;
 pub(crate) mod map;
+pub(crate) mod prefetch;
 pub(crate) mod restore;
 
 pub use access::{AccessReport, PageView};
 pub use fault::{BatchStats, MAX_BATCH};
 pub use kernel::{Group, Lane, LaunchReport, MAX_GROUP_SIZE, MAX_LOCAL_WORDS};
+pub use prefetch::Prefetch;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

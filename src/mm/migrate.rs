@@ -53,6 +53,9 @@ pub struct MigrateReport {
     /// Pages whose data was lost: their copy back from a device failed on a
     /// CPU fault (retried page by page), so they are poisoned now.
     pub poisoned: u64,
+    /// Modelled time of the copies, ns (`device::timing`; set by
+    /// `Svm::migrate`, 0 under profile `none`).
+    pub modelled_ns: u64,
 }
 
 impl MigrateReport {

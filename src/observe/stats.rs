@@ -24,6 +24,12 @@ macro_rules! counters {
             pub queue_restore_retries: u64,
             /// Events a full subscriber lost.
             pub events_dropped: u64,
+            /// Modelled device time, summed over devices, ns (0 under the
+            /// timing profile `none`; see `device::timing`).
+            pub modelled_ns: u64,
+            /// Bytes kernels read from / wrote to system memory in place.
+            pub remote_read_bytes: u64,
+            pub remote_write_bytes: u64,
         }
 
         impl Counters {

@@ -49,6 +49,10 @@ pub struct OversubRun {
     pub gbps: f64,
     pub ns_per_byte: f64,
     pub slowdown_vs_fit: f64,
+    /// Modelled time of the timed passes (timing profile; 0 under `none`),
+    /// and its ratio per byte to the fitting set's.
+    pub modelled_ms: f64,
+    pub modelled_slowdown_vs_fit: f64,
     /// Over the timed passes.
     pub evictions: u64,
     pub bytes_to_device: u64,
@@ -67,6 +71,8 @@ pub struct OversubPoint {
     pub gbps: f64,
     pub slowdown_vs_fit: f64,
     pub slowdown_spread: Spread,
+    pub modelled_ms: f64,
+    pub modelled_slowdown_vs_fit: f64,
     pub evictions: u64,
     pub bytes_to_device: u64,
     pub bytes_to_system: u64,
@@ -76,6 +82,8 @@ pub struct OversubPoint {
 /// The result of [`bench_oversub`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct OversubBench {
+    /// The timing profile of the device (`none`: nothing modelled).
+    pub profile: &'static str,
     pub device_memory_bytes: u64,
     pub passes: u32,
     pub runs: usize,
@@ -97,6 +105,7 @@ pub fn bench_oversub(
     device_memory: u64,
     passes: u32,
     runs: usize,
+    profile: svmem::TimingProfile,
 ) -> Result<OversubBench, BenchError> {
     if device_memory < 4 * ITEM_BYTES {
         return Err(BenchError::Params(format!(
@@ -113,15 +122,18 @@ pub fn bench_oversub(
     let lanes = EmulatedConfig::default().compute_units;
     let mut samples = Vec::new();
     for _ in 0..runs {
-        let mut fit_ns = None;
+        let (mut fit_ns, mut fit_modelled) = (None, None);
         for ratio in RATIOS {
             for mitigation in [true, false] {
                 if ratio <= 1.0 && !mitigation {
                     continue; // nothing is evicted: one measurement serves both
                 }
-                let mut s = one(device_memory, ratio, passes, mitigation)?;
+                let mut s = one(device_memory, ratio, passes, mitigation, profile)?;
                 let fit = *fit_ns.get_or_insert(s.ns_per_byte);
                 s.slowdown_vs_fit = s.ns_per_byte / fit;
+                let per_byte = s.modelled_ms / s.working_set_bytes as f64;
+                let fit = *fit_modelled.get_or_insert(per_byte);
+                s.modelled_slowdown_vs_fit = if fit > 0.0 { per_byte / fit } else { 0.0 };
                 samples.push(s);
             }
         }
@@ -146,6 +158,8 @@ pub fn bench_oversub(
                 gbps: col(|s| s.gbps).median,
                 slowdown_vs_fit: slow.median,
                 slowdown_spread: slow,
+                modelled_ms: col(|s| s.modelled_ms).median,
+                modelled_slowdown_vs_fit: col(|s| s.modelled_slowdown_vs_fit).median,
                 evictions: first.evictions,
                 bytes_to_device: first.bytes_to_device,
                 bytes_to_system: first.bytes_to_system,
@@ -162,6 +176,7 @@ pub fn bench_oversub(
     let slowdown_2x = at_2x(true);
     let slowdown_2x_without_mitigation = at_2x(false);
     Ok(OversubBench {
+        profile: profile.name,
         device_memory_bytes: device_memory,
         passes,
         runs,
@@ -183,6 +198,7 @@ fn one(
     ratio: f64,
     passes: u32,
     mitigation: bool,
+    profile: svmem::TimingProfile,
 ) -> Result<OversubRun, BenchError> {
     let window = if mitigation {
         Duration::from_millis(svmem::placement::policy::THRASH_WINDOW_MS)
@@ -197,6 +213,7 @@ fn one(
         })?
         .xnack(true)
         .thrash_window(window)
+        .timing(profile)
         .build()?;
     let len = ((device_memory as f64 * ratio) as u64).next_multiple_of(ITEM_BYTES);
     let mut region = svm.alloc(len as usize)?;
@@ -241,6 +258,8 @@ fn one(
         gbps: gbps(bytes, el),
         ns_per_byte: el.as_secs_f64() * 1e9 / bytes as f64,
         slowdown_vs_fit: 0.0,
+        modelled_ms: (after.modelled_ns - before.modelled_ns) as f64 / 1e6,
+        modelled_slowdown_vs_fit: 0.0,
         evictions: after.evictions - before.evictions,
         bytes_to_device: after.to_device_bytes - before.to_device_bytes,
         bytes_to_system: after.to_system_bytes - before.to_system_bytes,

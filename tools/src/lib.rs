@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_faults;
 pub mod bench_oversub;
+pub mod bench_suite;
 pub mod limits;
 pub mod workloads;
 

@@ -11,6 +11,7 @@ use svmem::{DeviceId, EmulatedConfig, Location, MemoryType, Stats, Svm};
 use svmem_cli::bench::{self, BenchError, Machine, MigrateBench, Spread};
 use svmem_cli::bench_faults::{self, FaultsBench};
 use svmem_cli::bench_oversub::{self, OversubBench};
+use svmem_cli::bench_suite::{self, SuiteConfig};
 use svmem_cli::limits::{self, Capacity, FlagError};
 use svmem_cli::workloads::{self, RunConfig, RunError, RunReport, Workload};
 
@@ -104,6 +105,9 @@ enum Command {
         /// Print every event of the run as a JSON line (see above).
         #[arg(long)]
         events: bool,
+        /// Timing model of the device: none, pcie4, pcie5, coherent, apu.
+        #[arg(long, value_name = "NAME", default_value = "none", value_parser = profile_parser)]
+        profile: svmem::TimingProfile,
     },
     /// Benchmarks.
     Bench {
@@ -174,9 +178,58 @@ enum BenchCommand {
         #[arg(long, value_name = "N", default_value_t = 3,
               value_parser = clap::value_parser!(u32).range(1..=1_000))]
         passes: u32,
+        /// Timing model of the device: none, pcie4, pcie5, coherent, apu.
+        #[arg(long, value_name = "NAME", default_value = "none", value_parser = profile_parser)]
+        profile: svmem::TimingProfile,
         #[command(flatten)]
         out: BenchOut,
     },
+    /// Every workload at every footprint level, timed by a device model
+    ///
+    /// Per workload and level x, on a fresh Svm (XNACK on, no preferred
+    /// location): device memory is the working set / x, the workload runs and
+    /// is verified. Reports modelled time (timing profile --profile), the
+    /// slowdown against the 1.0 run, bytes migrated each way, bytes read and
+    /// written remotely, device faults, fault batches, evictions, wall time.
+    Suite {
+        /// Timing model of the device: none, pcie4, pcie5, coherent, apu.
+        #[arg(long, value_name = "NAME", default_value = "pcie4", value_parser = profile_parser)]
+        profile: svmem::TimingProfile,
+        /// Footprint levels, multiples of device memory.
+        #[arg(
+            long,
+            value_name = "X,..",
+            value_delimiter = ',',
+            default_value = "1.0,1.25,1.5"
+        )]
+        oversub: Vec<f64>,
+        /// Workloads to run [default: all].
+        #[arg(long, value_name = "NAME,..", value_delimiter = ',', value_parser = workload_parser())]
+        kernels: Vec<Workload>,
+        /// Bytes per array (suffixes K, M, G: KiB, MiB, GiB).
+        #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_size)]
+        size: u64,
+        /// Runs per row (the median run's figures are reported).
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u32).range(1..=1_000))]
+        runs: u32,
+        /// Prefetchers to compare: none, density.
+        #[arg(long, value_name = "NAME,..", value_delimiter = ',', default_value = "none",
+              value_parser = |s: &str| svmem::Prefetch::by_name(s).map_err(|e| e.to_string()))]
+        prefetch: Vec<svmem::Prefetch>,
+        /// Fault granularity, log2 pages: 0 (4 KiB) to 9 (2 MiB).
+        #[arg(long, value_name = "N", default_value_t = 9,
+              value_parser = clap::value_parser!(u8).range(0..=9))]
+        granularity: u8,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses a timing profile's name.
+fn profile_parser(s: &str) -> Result<svmem::TimingProfile, String> {
+    svmem::TimingProfile::by_name(s).map_err(|e| e.to_string())
 }
 
 /// `on` or `off`.
@@ -269,6 +322,7 @@ fn main() -> ExitCode {
             device_memory,
             json,
             events,
+            profile,
         } => {
             let cfg = RunConfig {
                 bytes: size,
@@ -280,7 +334,7 @@ fn main() -> ExitCode {
                 granularity,
                 rounds,
             };
-            run(workload, &cfg, device_memory, json, events)
+            run(workload, &cfg, device_memory, json, events, profile)
         }
         Command::Bench {
             which: BenchCommand::Migrate { size, out },
@@ -297,11 +351,39 @@ fn main() -> ExitCode {
                 BenchCommand::Oversub {
                     device_memory,
                     passes,
+                    profile,
                     out,
                 },
-        } => bench_oversub::bench_oversub(device_memory, passes, out.runs as usize)
+        } => bench_oversub::bench_oversub(device_memory, passes, out.runs as usize, profile)
             .map_err(CliError::from)
             .and_then(|b| show(&b, out.json, print_oversub_bench)),
+        Command::Bench {
+            which:
+                BenchCommand::Suite {
+                    profile,
+                    oversub,
+                    kernels,
+                    size,
+                    runs,
+                    prefetch,
+                    granularity,
+                    json,
+                },
+        } => bench_suite::bench_suite(&SuiteConfig {
+            profile,
+            levels: oversub,
+            kernels: if kernels.is_empty() {
+                Workload::SUITE.to_vec()
+            } else {
+                kernels
+            },
+            bytes: size,
+            runs: runs as usize,
+            prefetch,
+            granularity,
+        })
+        .map_err(CliError::from)
+        .and_then(|b| show(&b, json, bench_suite::print_table)),
     };
     match result {
         Ok(code) => code,
@@ -384,6 +466,24 @@ fn check_flags(cmd: &Command, cap: &Capacity) -> Result<(), FlagError> {
                 *size,
                 |v| 3 * v + RUN_DEVICE_HEADROOM,
                 "the region, its device memory and a copy buffer need",
+                cap,
+            )
+        }
+        Command::Bench {
+            which: BenchCommand::Suite { size, kernels, .. },
+        } => {
+            let kernels: &[Workload] = if kernels.is_empty() {
+                &Workload::SUITE
+            } else {
+                kernels
+            };
+            let most = |v: u64| kernels.iter().map(|w| w.working_set(v)).max().unwrap_or(v);
+            limits::managed_fits("--size", *size, most, cap)?;
+            limits::committed_fits(
+                "--size",
+                *size,
+                |v| 2 * most(v) + RUN_DEVICE_HEADROOM,
+                "the largest kernel's arrays and the device memory to hold them need",
                 cap,
             )
         }
@@ -593,6 +693,30 @@ fn print_oversub_bench(b: &OversubBench) {
         if b.within_target { "met" } else { "NOT met" },
         b.slowdown_2x_without_mitigation
     );
+    if b.profile != "none" {
+        let points: Vec<String> = b
+            .points
+            .iter()
+            .map(|p| {
+                let m = if p.ratio <= 1.0 {
+                    ""
+                } else if p.thrash_mitigation {
+                    " on"
+                } else {
+                    " off"
+                };
+                format!(
+                    "{:.2}x{m} {:.2} ({:.1} ms)",
+                    p.ratio, p.modelled_slowdown_vs_fit, p.modelled_ms
+                )
+            })
+            .collect();
+        println!(
+            "  modelled slowdown (profile {}): {}",
+            b.profile,
+            points.join(", ")
+        );
+    }
 }
 
 fn print_faults_bench(b: &FaultsBench) {
@@ -715,6 +839,8 @@ struct RunOutput<'a> {
     events: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     events_dropped: Option<u64>,
+    /// The timing model's account of the run.
+    timing: svmem::TimingReport,
 }
 
 fn run(
@@ -723,6 +849,7 @@ fn run(
     device_memory: Option<u64>,
     json: bool,
     events: bool,
+    profile: svmem::TimingProfile,
 ) -> Result<ExitCode, CliError> {
     let device_memory = device_memory.unwrap_or(w.working_set(cfg.bytes) + (64 << 20));
     let svm = Svm::builder()
@@ -732,7 +859,9 @@ fn run(
             ..EmulatedConfig::default()
         })?
         .xnack(cfg.xnack)
+        .timing(profile)
         .build()?;
+    let t0 = svm.device(DeviceId(0))?.timing().unwrap_or_default();
     // Collect events on a thread of their own while the run goes, so the
     // stream never falls far behind; print them once the run is over.
     let stream = events.then(|| svm.subscribe(EVENT_CAPACITY));
@@ -771,6 +900,11 @@ fn run(
         device_memory_bytes: device_memory,
         events: lines.as_ref().map(|l| l.len() as u64),
         events_dropped: dropped,
+        timing: svm
+            .device(DeviceId(0))?
+            .timing()
+            .unwrap_or_default()
+            .since(&t0),
     };
     if json {
         let s = serde_json::to_string(&out).map_err(|e| CliError::Other(e.to_string()))?;
@@ -842,6 +976,9 @@ fn print_run(o: &RunOutput<'_>) {
         ),
     );
     row("CPU faults", r.cpu_faults.to_string());
+    if o.timing.profile != "none" {
+        row("modelled time", bench_suite::modelled_line(&o.timing));
+    }
     row(
         "queue evictions",
         format!("{} ({} restores)", r.queue_evictions, r.queue_restores),
