@@ -192,6 +192,11 @@ pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
     let mut msgs = [UffdMsg::default(); 64];
     loop {
         // Messages absorbed while an ioctl waited out an unread event come first.
+        // Every read of the userfaultfd, here or by another thread into
+        // `pending`, happens under the `pending` lock, and this thread reads
+        // directly only when `pending` is empty: messages are handled in the
+        // order the kernel sent them (a REMAP before a fault at its new
+        // address).
         let mut n = 0;
         {
             let mut pending = sh.pending.lock();
@@ -200,19 +205,19 @@ pub(crate) fn reader_loop(sh: Arc<Shared>, shutdown: Arc<EventFd>) {
                 msgs[n] = m;
                 n += 1;
             }
-        }
-        if n == 0 {
-            sh.events.reading();
-            n = match sh.uffd.read_msgs(&mut msgs) {
-                Ok(n) => n,
-                Err(e) => {
-                    eprintln!(
-                        "svmem: reading the userfaultfd failed: {e}; CPU faults are no longer served"
-                    );
-                    sh.events.handled();
-                    return;
-                }
-            };
+            if n == 0 {
+                sh.events.reading();
+                n = match sh.uffd.read_msgs(&mut msgs) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        eprintln!(
+                            "svmem: reading the userfaultfd failed: {e}; CPU faults are no longer served"
+                        );
+                        sh.events.handled();
+                        return;
+                    }
+                };
+            }
         }
         if n == 0 {
             {

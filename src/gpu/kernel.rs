@@ -320,8 +320,10 @@ impl<'a> Lane<'a> {
                     if let Err(e) = op(target, i, pos, n) {
                         // A system page the program protected or unmapped
                         // since the translation was made: say which.
+                        // (Allowed again by the time it is asked: it was
+                        // not mapped for this access when it ran.)
                         let why = match system {
-                            true => cpu_forbids(at, kind).unwrap_or(FaultReason::Device(e.reason)),
+                            true => cpu_forbids(at, kind).unwrap_or(FaultReason::Unmapped),
                             false => FaultReason::Device(e.reason),
                         };
                         return Err(self.fault(at, kind, why));

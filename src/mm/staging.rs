@@ -98,9 +98,11 @@ impl<'a> Backoff<'a> {
         if IS_READER.with(|r| r.get()) {
             let mut buf = [UffdMsg::default(); 16];
             // What it reads is handled later: device accesses wait till then.
+            // (Under the `pending` lock, as every read: see `reader_loop`.)
+            let mut pending = self.sh.pending.lock();
             self.sh.events.reading();
             if let Ok(n) = self.sh.uffd.read_msgs(&mut buf) {
-                self.sh.pending.lock().extend(buf[..n].iter().copied());
+                pending.extend(buf[..n].iter().copied());
             }
         }
         if self.tries < 100 {
