@@ -384,10 +384,8 @@ fn torture(moves: bool) {
     // Everything writable again, then the final check from both sides.
     let at = w.at.load(Ordering::Acquire);
     // SAFETY: the test's own region, no reference into it.
-    assert_eq!(
-        unsafe { libc::mprotect(at as *mut _, LEN, libc::PROT_READ | libc::PROT_WRITE) },
-        0
-    );
+    let rc = unsafe { libc::mprotect(at as *mut _, LEN, libc::PROT_READ | libc::PROT_WRITE) };
+    assert_eq!(rc, 0);
     assert_eq!(r.addr().0, at, "the Region follows the moves");
     let dev = svm.device(D0).unwrap();
     let s = r.as_slice::<u64>();

@@ -243,7 +243,7 @@ fn copy_out_protected(sh: &Shared, r: &RegionInner, i: usize) -> bool {
     }
     let at = r.addr_of(i).0;
     match crate::sys::vma::query(at) {
-        Ok(Some(v)) if !(v.read && v.write) && !v.shared && !v.file => {}
+        Ok(Some(v)) if !(v.shared || v.file || v.read && v.write) => {}
         _ => return false,
     }
     let mut buf = vec![0u8; PAGE_SIZE];
