@@ -238,7 +238,7 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
 /// holds the block lock and has isolated the page. Returns whether the page
 /// is in staging now.
 fn copy_out_protected(sh: &Shared, r: &RegionInner, i: usize) -> bool {
-    if IS_READER.with(|c| c.get()) {
+    if IS_READER.with(|c| c.get()) || sh.events.unsettled() {
         return false;
     }
     let at = r.addr_of(i).0;
@@ -262,6 +262,13 @@ fn copy_out_protected(sh: &Shared, r: &RegionInner, i: usize) -> bool {
             Err(p) if p.stop() == Stop::WouldBlock && backoff.wait() => {}
             Err(_) => return false,
         }
+    }
+    // The COPY succeeded, so no event was unread then; none read and not
+    // handled now (a relocation or unmap of this region would need this
+    // block's lock) means the bytes read came from this region's page.
+    if sh.events.unsettled() {
+        sh.drop_staged(r, i, 1);
+        return false;
     }
     let range = (at, at + PAGE_SIZE as u64);
     sh.own_removes.lock().push(range);
