@@ -243,6 +243,18 @@ fn migrating_over_a_hole_names_it_and_moves_nothing() {
             .migrate(r.addr(), r.len(), Location::System)
             .unwrap_err();
         assert_eq!(unmapped_at(&e), Some(hole), "{e}");
+        // Prefetches and pins over the hole too: named, nothing done.
+        let e = svm
+            .prefetch(r.addr(), r.len(), Location::Device(D0))
+            .unwrap_err();
+        assert_eq!(unmapped_at(&e), Some(hole), "{e}");
+        let e = svm.pin(r.addr(), r.len()).unwrap_err();
+        assert_eq!(unmapped_at(&e), Some(hole), "{e}");
+        assert_eq!(svm.pin_count(r.addr()), 0, "nothing pinned");
+        assert_eq!(
+            svm.location(r.addr().offset(100 * 4096)),
+            Some(Location::System)
+        );
     });
 }
 

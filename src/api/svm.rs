@@ -584,9 +584,7 @@ impl Svm {
         // migrates nothing (migrate_vma answers -EINVAL).
         self.shared.events.wait();
         let (r, first, n) = self.check_range(addr, len)?;
-        if let Some(k) = (first..first + n).find(|&k| r.states[k].load() == PageState::Hole) {
-            return Err(Error::Unmapped { addr: r.addr_of(k) });
-        }
+        refuse_holes(&r, first, n)?;
         if let Location::Device(d) = to {
             crate::pressure::evict::admit(&self.shared, &r, first, n, d)?;
         }
@@ -748,6 +746,9 @@ impl Svm {
     /// location, which migrates the range now; returns what moved.
     pub fn prefetch(&self, addr: VirtAddr, len: u64, to: Location) -> Result<MigrateReport> {
         self.check_owner()?;
+        // Like a migration, a prefetch over a hole moves nothing.
+        let (r, first, n) = self.check_range(addr, len)?;
+        refuse_holes(&r, first, n)?;
         Ok(self
             .apply_attributes(addr, len, &[Attr::PrefetchLocation(Some(to))])?
             .unwrap_or_default())
@@ -919,6 +920,16 @@ impl Svm {
     }
 }
 
+/// [`Error::Unmapped`] naming the first hole (a page the program unmapped)
+/// among pages `[first, first + n)` of `r`: migrations, prefetches and pins
+/// over a hole do nothing (the kernel's `migrate_vma` answers -EINVAL).
+fn refuse_holes(r: &RegionInner, first: usize, n: usize) -> Result<()> {
+    match (first..first + n).find(|&k| r.states[k].load() == PageState::Hole) {
+        Some(k) => Err(Error::Unmapped { addr: r.addr_of(k) }),
+        None => Ok(()),
+    }
+}
+
 impl Drop for Svm {
     fn drop(&mut self) {
         if self.check_owner().is_err() {
@@ -1021,6 +1032,7 @@ impl Svm {
         self.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
         let (r, first, n) = self.check_range(addr, len)?;
+        refuse_holes(&r, first, n)?;
         crate::pressure::pin::pin(&self.shared, &self.shared.pressure, &r, first, n)
     }
 
