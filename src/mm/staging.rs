@@ -246,9 +246,23 @@ fn copy_out_protected(sh: &Shared, r: &RegionInner, i: usize) -> bool {
         Ok(Some(v)) if !(v.shared || v.file || v.read && v.write) => {}
         _ => return false,
     }
+    // Write-protect the page first (userfaultfd WP, which the program's
+    // mprotect does not lift): a CPU write after the program makes the page
+    // writable again waits in a fault until this migration is done, then
+    // lands on the migrated data, instead of being zapped with the page.
+    if sh.uffd.writeprotect(at, PAGE_SIZE as u64, true).is_err() {
+        return false;
+    }
+    let undo = |staged: bool| {
+        if staged {
+            sh.drop_staged(r, i, 1);
+        }
+        let _ = sh.uffd.writeprotect(at, PAGE_SIZE as u64, false);
+        false
+    };
     let mut buf = vec![0u8; PAGE_SIZE];
     if r.managed.read_forced(i * PAGE_SIZE, &mut buf).is_err() {
-        return false;
+        return undo(false);
     }
     let mut backoff = Backoff::new(sh);
     loop {
@@ -260,22 +274,20 @@ fn copy_out_protected(sh: &Shared, r: &RegionInner, i: usize) -> bool {
         ) {
             Ok(_) => break,
             Err(p) if p.stop() == Stop::WouldBlock && backoff.wait() => {}
-            Err(_) => return false,
+            Err(_) => return undo(false),
         }
     }
     // The COPY succeeded, so no event was unread then; none read and not
     // handled now (a relocation or unmap of this region would need this
     // block's lock) means the bytes read came from this region's page.
     if sh.events.unsettled() {
-        sh.drop_staged(r, i, 1);
-        return false;
+        return undo(true);
     }
     let range = (at, at + PAGE_SIZE as u64);
     sh.own_removes.lock().push(range);
     if drop_own_page(sh, r, i).is_err() {
         sh.own_removes.lock().retain(|x| *x != range);
-        sh.drop_staged(r, i, 1);
-        return false;
+        return undo(true);
     }
     sh.counters.add(&sh.counters.protected_pages_copied_out, 1);
     true

@@ -90,7 +90,6 @@ const REGISTER_MODE_MISSING: u64 = 1;
 const REGISTER_MODE_WP: u64 = 2;
 const MODE_DONTWAKE: u64 = 1;
 const MOVE_MODE_ALLOW_SRC_HOLES: u64 = 2;
-#[allow(dead_code)] // write-protect: the uffd layer is complete; tested below, used by no path yet
 const WP_MODE_WP: u64 = 1;
 
 /// Features svmem needs, with the names the kernel headers give them.
@@ -377,7 +376,6 @@ impl Uffd {
     }
 
     /// Sets or clears write protection on the range.
-    #[allow(dead_code)] // write-protect: the uffd layer is complete; tested below, used by no path yet
     pub fn writeprotect(&self, start: u64, len: u64, protect: bool) -> io::Result<()> {
         let mut arg = WriteProtectArg {
             range: RangeArg { start, len },
