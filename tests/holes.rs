@@ -309,6 +309,16 @@ fn snapshot_reports_every_kind_of_page() {
     });
 }
 
+/// Once `go` is set, waits `delay_us` and unmaps `[at, at+len)`: the munmap
+/// the racing tests throw at a device access in flight.
+fn munmap_when(go: &AtomicBool, delay_us: u64, at: VirtAddr, len: usize) {
+    while !go.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+    std::thread::sleep(std::time::Duration::from_micros(delay_us));
+    munmap(at, len);
+}
+
 fn mprotect(at: VirtAddr, len: usize, prot: i32) {
     // SAFETY: changes the protection of the test's own managed pages; no
     // reference into them lives meanwhile.
@@ -331,10 +341,7 @@ fn device_reads_racing_munmap() {
             let len = 1usize << 20;
             let mut r = svm.alloc(len).unwrap();
             let seed = round as u8;
-            r.as_mut_slice::<u8>()
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, b)| *b = common::pattern(i, seed));
+            common::fill(&mut r, seed);
             if round % 3 == 1 {
                 svm.migrate(r.addr(), len as u64, Location::Device(D0))
                     .unwrap();
@@ -347,13 +354,7 @@ fn device_reads_racing_munmap() {
             let go = AtomicBool::new(false);
             let mut buf = vec![0u8; len];
             let res = std::thread::scope(|s| {
-                s.spawn(|| {
-                    while !go.load(Ordering::Acquire) {
-                        std::hint::spin_loop();
-                    }
-                    std::thread::sleep(std::time::Duration::from_micros(delay));
-                    munmap(half, len / 2);
-                });
+                s.spawn(|| munmap_when(&go, delay, half, len / 2));
                 go.store(true, Ordering::Release);
                 dev.read(r.addr(), &mut buf)
             });
@@ -452,10 +453,7 @@ fn kernel_lanes_racing_munmap() {
             let len = 1usize << 20;
             let mut r = svm.alloc(len).unwrap();
             let seed = round as u8;
-            r.as_mut_slice::<u8>()
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, b)| *b = common::pattern(i, seed));
+            common::fill(&mut r, seed);
             match round % 3 {
                 0 => svm
                     .set_attributes(
@@ -476,13 +474,7 @@ fn kernel_lanes_racing_munmap() {
             let bad = std::sync::Mutex::new(None);
             let base = r.addr();
             let res = std::thread::scope(|s| {
-                s.spawn(|| {
-                    while !go.load(Ordering::Acquire) {
-                        std::hint::spin_loop();
-                    }
-                    std::thread::sleep(std::time::Duration::from_micros(delay));
-                    munmap(half, len / 2);
-                });
+                s.spawn(|| munmap_when(&go, delay, half, len / 2));
                 go.store(true, Ordering::Release);
                 dev.launch((len / 4096) as u64, |lane, item| {
                     let mut page = [0u8; 4096];

@@ -204,10 +204,14 @@ pub(crate) fn access(
         dev: d,
         reason: e.reason,
     };
-    let sys_err = |e: std::io::Error, at: u64| match e.raw_os_error() {
-        Some(libc::EFAULT) => {
-            protection_error(at, kind, d).unwrap_or(Error::Unmapped { addr: VirtAddr(at) })
-        }
+    // A failed copy of a run `[at, at+n)`: the first page the CPU's mapping
+    // forbids now names the error (or the run's start if none does: it was
+    // unmapped when the copy ran).
+    let sys_err = |e: std::io::Error, at: u64, n: usize| match e.raw_os_error() {
+        Some(libc::EFAULT) => (at & !(PAGE_SIZE as u64 - 1)..at + n as u64)
+            .step_by(PAGE_SIZE)
+            .find_map(|p| protection_error(p.max(at), kind, d))
+            .unwrap_or(Error::Unmapped { addr: VirtAddr(at) }),
         _ => Error::os("device access to system memory", e),
     };
     let mut pos = 0u64;
@@ -254,7 +258,7 @@ pub(crate) fn access(
             let off = (at % PAGE_SIZE as u64) as usize;
             let mut n = ((PAGE_SIZE - off) as u64).min(len - pos) as usize;
             if let Pte::System { .. } = pte {
-                // One kernel copy for the whole run of system pages in this
+                // One guarded copy for the whole run of system pages in this
                 // block, not one per page.
                 let usable = |j: usize| {
                     j / BLOCK_PAGES == b
@@ -271,18 +275,18 @@ pub(crate) fn access(
             let span = pos as usize..pos as usize + n;
             let target = Target::of(&r, pte, at);
             match (target, &mut op) {
-                // System memory is copied through the kernel, so a page the
+                // System memory is copied with guarded copies, so a page the
                 // program unmapped under a translation not yet invalidated
                 // (its UNMAP event still unread: the kernel unmaps first and
                 // tells us after) fails with EFAULT instead of a SIGSEGV.
                 (Target::System { off, .. }, Op::Read(buf)) => r
                     .managed
-                    .read_checked(off, &mut buf[span])
-                    .map_err(|e| sys_err(e, at)),
+                    .read_guarded(off, &mut buf[span])
+                    .map_err(|e| sys_err(e, at, n)),
                 (Target::System { off, .. }, Op::Write(buf)) => r
                     .managed
-                    .write_checked(off, &buf[span])
-                    .map_err(|e| sys_err(e, at)),
+                    .write_guarded(off, &buf[span])
+                    .map_err(|e| sys_err(e, at, n)),
                 (t, Op::Read(buf)) => t.read(&**dev, &mut buf[span]).map_err(dev_err),
                 (t, Op::Write(buf)) => t.write(&**dev, &buf[span]).map_err(dev_err),
             }?;

@@ -106,7 +106,8 @@ fn detach(sh: &Shared, r: &RegionInner, s: u64, e: u64, to: u64) {
             match r.states[k].unmap() {
                 Ok(PageState::Device { dev, page, staged }) => {
                     let dev_ref = &sh.devices[dev.0 as usize];
-                    let copied = dev_ref.load(page, 0, &mut buf).is_ok() && copy_in(sh, dst, &buf);
+                    let copied = dev_ref.load(page, 0, &mut buf).is_ok()
+                        && super::staging::copy_page(sh, dst, &buf, false);
                     if !copied {
                         // The data cannot reach the new address: say so there.
                         let _ = sh.uffd.poison(dst, PAGE_SIZE as u64);
@@ -129,23 +130,6 @@ fn detach(sh: &Shared, r: &RegionInner, s: u64, e: u64, to: u64) {
         }
     });
     sh.counters.add(&sh.counters.remaps_detached, 1);
-}
-
-/// `UFFDIO_COPY` of one page into `dst`, waiting out events not read yet
-/// (the `UNMAP` of the old range follows every `REMAP`, and the kernel
-/// refuses to fill pages while it is pending).
-fn copy_in(sh: &Shared, dst: u64, page: &[u8]) -> bool {
-    let mut backoff = super::staging::Backoff::new(sh);
-    loop {
-        match sh
-            .uffd
-            .copy(dst, page.as_ptr() as u64, PAGE_SIZE as u64, false)
-        {
-            Ok(_) => return true,
-            Err(p) if p.stop() == crate::sys::uffd::Stop::WouldBlock && backoff.wait() => {}
-            Err(_) => return false,
-        }
-    }
 }
 
 /// A fault at `addr`, which no region holds: if the address is registered

@@ -151,6 +151,7 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
     // Pages shared with a forked child are busy until unshared: once per call.
     let mut unshared = false;
     let reader = IS_READER.with(|c| c.get());
+    let stale = std::cell::Cell::new(false);
     page_runs(
         sh,
         start..start + n,
@@ -158,12 +159,15 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
             // Events read but not handled may have moved or unmapped these
             // addresses (the program's mremap/munmap returned): what is
             // there now may not be this region's page, and a hole may not
-            // mean zeros. Wait for the reader (it handles events in order,
-            // so it need not wait for itself).
-            if !reader && sh.events.unsettled() {
+            // mean zeros. Leave the pages (busy) rather than wait: the
+            // reader may need this block's lock to handle those events.
+            // (The reader handles events in order: it need not check.)
+            if !reader && (stale.get() || !settled_soon(sh)) {
+                // Once unsettled, the rest of the run is left at once.
+                stale.set(true);
                 return Err(crate::sys::uffd::Partial {
                     done: 0,
-                    errno: libc::EAGAIN,
+                    errno: libc::ESTALE,
                 });
             }
             sh.uffd
@@ -227,6 +231,41 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
     out
 }
 
+/// Whether every event read is handled, giving the reader up to about 2 ms
+/// (a wake-up across CPUs costs tens of microseconds; the gate is odd for
+/// every read, and after svmem's own REMOVE until the reader has seen it).
+/// Bounded, because the reader may be waiting for a lock the caller holds.
+fn settled_soon(sh: &Shared) -> bool {
+    for k in 0..104 {
+        if !sh.events.unsettled() {
+            return true;
+        }
+        if k < 64 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    }
+    false
+}
+
+/// `UFFDIO_COPY` of one page (`page`) into `dst`, waiting out events not
+/// read yet (the kernel refuses to fill pages while one is pending, as the
+/// `UNMAP` after every `REMAP` is). False if the kernel refused.
+pub(crate) fn copy_page(sh: &Shared, dst: u64, page: &[u8], dontwake: bool) -> bool {
+    let mut backoff = Backoff::new(sh);
+    loop {
+        match sh
+            .uffd
+            .copy(dst, page.as_ptr() as u64, PAGE_SIZE as u64, dontwake)
+        {
+            Ok(_) => return true,
+            Err(p) if p.stop() == Stop::WouldBlock && backoff.wait() => {}
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Takes page `i` of `r` out of the CPU view when its mapping is private
 /// anonymous memory the program made read-only or `PROT_NONE`, which
 /// `UFFDIO_MOVE` refuses: its bytes are read with the kernel's forced
@@ -238,7 +277,7 @@ pub(crate) fn take_cpu_pages(sh: &Shared, r: &RegionInner, start: usize, n: usiz
 /// holds the block lock and has isolated the page. Returns whether the page
 /// is in staging now.
 fn copy_out_protected(sh: &Shared, r: &RegionInner, i: usize) -> bool {
-    if IS_READER.with(|c| c.get()) || sh.events.unsettled() {
+    if IS_READER.with(|c| c.get()) || !settled_soon(sh) {
         return false;
     }
     let at = r.addr_of(i).0;
@@ -264,18 +303,8 @@ fn copy_out_protected(sh: &Shared, r: &RegionInner, i: usize) -> bool {
     if r.managed.read_forced(i * PAGE_SIZE, &mut buf).is_err() {
         return undo(false);
     }
-    let mut backoff = Backoff::new(sh);
-    loop {
-        match sh.uffd.copy(
-            r.staging_addr(i),
-            buf.as_ptr() as u64,
-            PAGE_SIZE as u64,
-            true,
-        ) {
-            Ok(_) => break,
-            Err(p) if p.stop() == Stop::WouldBlock && backoff.wait() => {}
-            Err(_) => return undo(false),
-        }
+    if !copy_page(sh, r.staging_addr(i), &buf, true) {
+        return undo(false);
     }
     // The COPY succeeded, so no event was unread then; none read and not
     // handled now (a relocation or unmap of this region would need this

@@ -24,9 +24,13 @@
 //! atomic views that share this memory; the atomics are sequentially
 //! consistent (`lock`-prefixed).
 //!
-//! Elsewhere (not x86-64) the copies use `process_vm_readv`/`writev` on
-//! this process, which return `EFAULT` instead of raising a signal, and
-//! atomics are plain (an access to a protected page there still faults).
+//! Elsewhere (not x86-64) a copy is one `process_vm_readv` on this process
+//! (the kernel copies both ways through its fault path and returns
+//! `EFAULT` instead of raising a signal), and atomics are plain (an atomic
+//! on a protected page there still faults).
+//!
+//! Every device access to system memory uses these: lanes and
+//! `DeviceHandle` reads and writes alike.
 
 use std::io;
 
@@ -254,9 +258,21 @@ mod imp {
     use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 
     pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> bool {
-        // SAFETY: the caller's contract (a protected page still faults here).
-        unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
-        true
+        // `process_vm_readv` on this process: the kernel reads `src` and
+        // writes `dst` through its own fault path, so a protected or
+        // unmapped byte on either side fails the call with EFAULT.
+        let local = libc::iovec {
+            iov_base: dst.cast(),
+            iov_len: len,
+        };
+        let remote = libc::iovec {
+            iov_base: src as *mut _,
+            iov_len: len,
+        };
+        // SAFETY: both iovecs describe `len` bytes the caller vouches for;
+        // neither is dereferenced here.
+        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        n == len as isize
     }
 
     pub unsafe fn xadd64(p: *mut u64, v: u64) -> Option<u64> {

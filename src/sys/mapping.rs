@@ -327,50 +327,6 @@ impl Mapping {
         out
     }
 
-    /// Like [`Mapping::read_at`], but a byte the process has no mapping for
-    /// is an error (`EFAULT`), never a signal: the copy goes through
-    /// `process_vm_readv` on this process, so the kernel's fault handling
-    /// (userfaultfd included) applies and an unmapped address fails the call.
-    pub fn read_checked(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
-        self.vm_copy(off, buf.as_mut_ptr(), buf.len(), false)
-    }
-
-    /// Like [`Mapping::write_at`], with [`Mapping::read_checked`]'s
-    /// guarantee: an unmapped (or read-only) byte fails with `EFAULT`
-    /// instead of raising a signal. A failed copy may have written a prefix.
-    pub fn write_checked(&self, off: usize, buf: &[u8]) -> io::Result<()> {
-        self.vm_copy(off, buf.as_ptr().cast_mut(), buf.len(), true)
-    }
-
-    /// `process_vm_readv` (`write`: `writev`) between `len` bytes at `local`
-    /// and `[off, off+len)` of the mapping, on this process.
-    fn vm_copy(&self, off: usize, local: *mut u8, len: usize, write: bool) -> io::Result<()> {
-        self.check(off, len)?;
-        let local = libc::iovec {
-            iov_base: local.cast(),
-            iov_len: len,
-        };
-        let remote = libc::iovec {
-            iov_base: (self.addr() as usize + off) as *mut libc::c_void,
-            iov_len: len,
-        };
-        // SAFETY: `local` is a caller's Rust buffer of `len` bytes (written
-        // only for a read, where the caller passed it mutably); `remote` is
-        // only an address the kernel validates and accesses through its own
-        // fault path (it is never dereferenced here).
-        let n = unsafe {
-            match write {
-                false => libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0),
-                true => libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0),
-            }
-        };
-        match n {
-            n if n < 0 => Err(io::Error::last_os_error()),
-            n if n as usize == len => Ok(()),
-            _ => Err(io::Error::from_raw_os_error(libc::EFAULT)),
-        }
-    }
-
     /// Copies `buf.len()` bytes at `off` into `buf` whatever the mapping's
     /// protection (through `/proc/self/mem`, the kernel's forced access, as
     /// a debugger reads). A missing page is faulted in (a userfaultfd
@@ -668,8 +624,8 @@ mod tests {
         m.forget_range(3 * ps, 10 * ps);
         assert_eq!(m.owned_ranges(), vec![(0, ps), (2 * ps, ps)]);
         let mut b = [0u8; 8];
-        m.read_checked(ps, &mut b)
-            .expect("checked read of a mapped page");
+        m.read_guarded(ps, &mut b)
+            .expect("guarded read of a mapped page");
         assert_eq!(b, [7; 8]);
         drop(m);
         // The forgotten pages stay mapped (and readable), the rest is gone.
