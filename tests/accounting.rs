@@ -20,6 +20,7 @@ fn device(name: &str, mib: u64) -> EmulatedConfig {
         copy_engines: 1,
         memory_type: MemoryType::Private,
         compute_units: 2,
+        commit_up_front: false,
     }
 }
 

@@ -25,6 +25,7 @@ fn svm(ndev: usize, xnack: bool) -> Svm {
                 copy_engines: 1,
                 memory_type: MemoryType::Private,
                 compute_units: 2,
+                commit_up_front: false,
             })
             .unwrap();
     }

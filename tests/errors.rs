@@ -281,6 +281,7 @@ fn snapshot_of_unknown_device_or_bad_address() {
             copy_engines: 1,
             memory_type: MemoryType::Private,
             compute_units: 2,
+            commit_up_front: false,
         })
         .unwrap()
         .emulated(EmulatedConfig {
@@ -289,6 +290,7 @@ fn snapshot_of_unknown_device_or_bad_address() {
             copy_engines: 2,
             memory_type: MemoryType::Private,
             compute_units: 2,
+            commit_up_front: false,
         })
         .unwrap()
         .build()

@@ -29,6 +29,7 @@ fn svm(xnack: bool) -> Svm {
             copy_engines: 1,
             memory_type: MemoryType::Private,
             compute_units: 2,
+            commit_up_front: false,
         })
         .unwrap()
         .xnack(xnack)

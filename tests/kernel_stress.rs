@@ -33,6 +33,7 @@ fn run(xnack: bool, granularity: u8, duration: Duration) {
             copy_engines: 1,
             memory_type: MemoryType::Private,
             compute_units: 2,
+            commit_up_front: false,
         })
         .unwrap()
         .xnack(xnack)

@@ -23,6 +23,7 @@ fn svm(xnack: bool, device_mib: u64) -> Svm {
             copy_engines: 1,
             memory_type: MemoryType::Private,
             compute_units: 3,
+            commit_up_front: false,
         })
         .expect("device")
         .xnack(xnack)

@@ -20,6 +20,7 @@ fn builder(xnack: bool) -> svmem::SvmBuilder {
             copy_engines: 1,
             memory_type: MemoryType::Private,
             compute_units: 3,
+            commit_up_front: false,
         })
         .unwrap()
         .memory_limit(1 << 40)
@@ -303,6 +304,7 @@ fn a_long_term_pin_moves_pages_out_of_coherent_device_memory() {
             copy_engines: 1,
             memory_type: MemoryType::Coherent,
             compute_units: 2,
+            commit_up_front: false,
         })
         .unwrap()
         .memory_limit(1 << 40)

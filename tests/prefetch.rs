@@ -23,6 +23,7 @@ fn sweep(p: Prefetch) -> (u64, u64) {
             copy_engines: 1,
             memory_type: MemoryType::Private,
             compute_units: 1,
+            commit_up_front: false,
         })
         .unwrap()
         .build()

@@ -121,6 +121,7 @@ fn run_mem_case(granularity: u8, ops: &[MemOp]) -> Result<(), TestCaseError> {
                 copy_engines: 1,
                 memory_type: MemoryType::Private,
                 compute_units: 2,
+                commit_up_front: false,
             })
             .unwrap();
     }

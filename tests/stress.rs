@@ -84,6 +84,7 @@ fn run(cfg: Config) {
                 copy_engines: 2,
                 memory_type: MemoryType::Private,
                 compute_units: 2,
+                commit_up_front: false,
             })
             .unwrap();
     }

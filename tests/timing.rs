@@ -38,6 +38,7 @@ fn svm(profile: TimingProfile, lanes: usize, engines: usize, xnack: bool) -> Svm
             copy_engines: engines,
             memory_type: MemoryType::Private,
             compute_units: lanes,
+            commit_up_front: false,
         })
         .unwrap()
         .xnack(xnack)

@@ -26,6 +26,13 @@ pub struct EmulatedConfig {
     pub memory_type: MemoryType,
     /// Compute threads that run kernel lanes (each thread is one lane).
     pub compute_units: usize,
+    /// Commit all of `memory_bytes` when the device is built, as real VRAM
+    /// is. Off by default: the arena is reserved, and host memory is
+    /// committed as pages are first written, so the process's resident
+    /// memory follows what the device holds, not what it was configured
+    /// with. A device page once used stays committed until the device is
+    /// dropped.
+    pub commit_up_front: bool,
 }
 
 impl Default for EmulatedConfig {
@@ -36,6 +43,7 @@ impl Default for EmulatedConfig {
             copy_engines: 2,
             memory_type: MemoryType::Private,
             compute_units: 2,
+            commit_up_front: false,
         }
     }
 }
@@ -154,13 +162,14 @@ impl EmulatedDevice {
         // svmem brings device-resident pages home before every fork), so
         // fork copies none of its page tables.
         let _ = arena.madvise(0, len, Advice::DontFork);
-        // Device memory is resident from the start, like VRAM.
-        arena
-            .madvise(0, len, Advice::PopulateWrite)
-            .map_err(|e| Error::AllocTooLarge {
-                requested: len as u64,
-                reason: format!("cannot populate the emulated device memory: {e}"),
-            })?;
+        if config.commit_up_front {
+            arena
+                .madvise(0, len, Advice::PopulateWrite)
+                .map_err(|e| Error::AllocTooLarge {
+                    requested: len as u64,
+                    reason: format!("cannot populate the emulated device memory: {e}"),
+                })?;
+        }
         let arena = Arc::new(arena);
         let (tx, rx) = crossbeam_channel::unbounded();
         let inject = Arc::new(Injector::new());

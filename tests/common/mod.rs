@@ -12,6 +12,7 @@ pub fn emulated(name: &str, memory_bytes: u64) -> EmulatedConfig {
         copy_engines: 1,
         memory_type: MemoryType::Private,
         compute_units: 2,
+        commit_up_front: false,
     }
 }
 

@@ -298,6 +298,7 @@ fn service(run: usize, s: &mut FaultsRun) -> Result<(), BenchError> {
             copy_engines: EmulatedConfig::default().copy_engines,
             memory_type: MemoryType::Private,
             compute_units: SERVICE_LANES,
+            commit_up_front: false,
         })?
         .xnack(true)
         .build()?;

@@ -1070,6 +1070,7 @@ fn demo(size: u64, device_memory: u64, json: bool) -> Result<ExitCode, CliError>
             copy_engines: EmulatedConfig::default().copy_engines,
             memory_type: MemoryType::Private,
             compute_units: 2,
+            commit_up_front: false,
         })?
         .build()?;
     let dev_id = DeviceId(0);
