@@ -1,8 +1,10 @@
 //! Issue 11: the address-space torture tests. Threads hammer one region with
 //! CPU reads and writes, device reads and writes, kernels and migrations
 //! while the program moves the whole region with `mremap` (back and forth
-//! between two reserved areas) and flips pages read-only and back with
-//! `mprotect`, behind svmem's back. Every value read is checked against a
+//! between two reserved areas), flips pages read-only and back with
+//! `mprotect`, or forks children, behind svmem's back. Each child checks
+//! its copy of every word against what was committed before the fork and
+//! reports it to the parent, then scribbles over its copy and exits. Every value read is checked against a
 //! shadow, as in `tests/torture.rs`; at the end every word must equal its
 //! shadow from the CPU and from the device, and no protocol error may be
 //! counted.
@@ -58,6 +60,7 @@ struct World<'a> {
     err: FirstError,
     moves: AtomicU64,
     protects: AtomicU64,
+    forks: AtomicU64,
     typed_errors: AtomicU64,
 }
 
@@ -223,18 +226,134 @@ fn migrator(w: &World<'_>, seed: u64) {
     }
 }
 
-/// Moves the region between two halves of a reserved area, and flips pages
-/// read-only and back.
-fn address_space_thread(w: &World<'_>, area: u64, seed: u64, moves: bool) {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `mprotect` flips only.
+    Protect,
+    /// Flips and whole-region `mremap` moves.
+    Move,
+    /// Flips and forks.
+    Fork,
+}
+
+/// What one forked child saw: `seen[w]` its copy of word `w`, `status`
+/// 1 once it wrote them all. Lives in a `MAP_SHARED` page the child writes
+/// without allocating (the parent has threads: the child may only do
+/// async-signal-safe things).
+#[repr(C)]
+struct ChildReport {
+    status: AtomicU64,
+    seen: [AtomicU64; WORDS],
+}
+
+/// Forks a child that copies every word of the region at `at` into the
+/// shared report, overwrites its own copy of the region, and exits; checks
+/// what it saw against `before` (committed before the fork: the child must
+/// see at least that) and the intents read after the fork returned (it may
+/// not see more).
+fn fork_and_check(w: &World<'_>, at: u64, report: &ChildReport) {
+    let before: Vec<u64> = w
+        .committed
+        .iter()
+        .map(|c| c.load(Ordering::Acquire))
+        .collect();
+    report.status.store(0, Ordering::Release);
+    // SAFETY: the child runs only the loop below (volatile reads of the
+    // region it inherited, atomic stores into the shared report, volatile
+    // writes to its own copy) and `_exit`: async-signal-safe, no locks, no
+    // allocation.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        for word in 0..WORDS {
+            // SAFETY: the child's own copy of the region, mapped at `at`.
+            let v = unsafe { ((at + off(word)) as *const u64).read_volatile() };
+            report.seen[word].store(v, Ordering::Relaxed);
+        }
+        report.status.store(1, Ordering::Release);
+        for word in 0..WORDS {
+            if w.ro[word / K].load(Ordering::Relaxed) {
+                continue;
+            }
+            // SAFETY: as above; the child's copy is ordinary private memory,
+            // and this page is writable (`ro` is changed only under `space`,
+            // which the forking thread held).
+            unsafe { ((at + off(word)) as *mut u64).write_volatile(!0) };
+        }
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    if pid < 0 {
+        w.fail(
+            "forker",
+            format!("fork: {}", std::io::Error::last_os_error()),
+        );
+        return;
+    }
+    let after: Vec<u64> = w.intent.iter().map(|c| c.load(Ordering::Acquire)).collect();
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if rc != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        w.fail(
+            "forker",
+            format!("child {pid} ended with status {status:#x}"),
+        );
+        return;
+    }
+    if report.status.load(Ordering::Acquire) != 1 {
+        w.fail("forker", "the child did not report".into());
+        return;
+    }
+    for word in 0..WORDS {
+        let got = report.seen[word].load(Ordering::Relaxed);
+        let hi = after[word].max(before[word]);
+        if got < base(word) + before[word] || got > base(word) + hi {
+            w.fail(
+                "forked child",
+                format!(
+                    "word {word} read {got:#x}, committed before the fork {:#x}, \
+                     intended by its return {:#x}",
+                    base(word) + before[word],
+                    base(word) + hi
+                ),
+            );
+        }
+    }
+    w.forks.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Moves the region between two halves of a reserved area, or forks, and
+/// flips pages read-only and back.
+fn address_space_thread(w: &World<'_>, area: u64, seed: u64, mode: Mode) {
     let mut rng = Rng::new(seed);
     let mut slot = 0u64;
     let mut ro_page: Option<usize> = None;
-    let mut moving = moves;
+    let mut moving = mode == Mode::Move;
     let rw = libc::PROT_READ | libc::PROT_WRITE;
+    // SAFETY: a fresh shared anonymous mapping for the children's reports.
+    let shared = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            std::mem::size_of::<ChildReport>(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(shared, libc::MAP_FAILED);
+    // SAFETY: zero-filled memory is a valid `ChildReport` (atomics), the
+    // mapping lives until the munmap at the end of this function, and it is
+    // only accessed through atomics.
+    let report = unsafe { &*(shared as *const ChildReport) };
     while !w.stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_micros(500 + rng.below(1500) as u64));
         let _g = w.space.write().unwrap();
         let at = w.at.load(Ordering::Acquire);
+        if mode == Mode::Fork && rng.below(4) == 0 {
+            fork_and_check(w, at, report);
+            continue;
+        }
         if let Some(p) = ro_page.take() {
             // SAFETY: the test's own managed page, no reference into it.
             let rc =
@@ -278,7 +397,7 @@ fn address_space_thread(w: &World<'_>, area: u64, seed: u64, moves: bool) {
                 "mover",
                 format!("mremap: {}", std::io::Error::last_os_error()),
             );
-            return;
+            break;
         }
         w.at.store(to, Ordering::Release);
         w.moves.fetch_add(1, Ordering::Relaxed);
@@ -294,6 +413,8 @@ fn address_space_thread(w: &World<'_>, area: u64, seed: u64, moves: bool) {
             moving = false;
         }
     }
+    // SAFETY: the reports' mapping, no child alive any more.
+    unsafe { libc::munmap(shared, std::mem::size_of::<ChildReport>()) };
 }
 
 fn secs() -> u64 {
@@ -306,7 +427,15 @@ fn secs() -> u64 {
 /// Everything races `mprotect` flips behind svmem's back.
 #[test]
 fn torture_mprotect_behind_svmems_back() {
-    torture(false);
+    torture(Mode::Protect);
+}
+
+/// Everything races `mprotect` flips and forks: each child sees every word
+/// as committed before its fork (device-resident ones included), its writes
+/// never reach the parent, and pages stay migratable after it exits.
+#[test]
+fn torture_fork_behind_svmems_back() {
+    torture(Mode::Fork);
 }
 
 /// Everything races `mprotect` flips and whole-region `mremap` moves.
@@ -319,10 +448,10 @@ fn torture_mprotect_behind_svmems_back() {
 #[test]
 #[ignore = "known failure: device operations racing whole-region mremap (see doc)"]
 fn torture_mremap_racing_device_operations() {
-    torture(true);
+    torture(Mode::Move);
 }
 
-fn torture(moves: bool) {
+fn torture(mode: Mode) {
     let svm = Svm::builder()
         .emulated(common::emulated("gpu0", 8 << 20))
         .unwrap()
@@ -358,6 +487,7 @@ fn torture(moves: bool) {
         err: FirstError::default(),
         moves: AtomicU64::new(0),
         protects: AtomicU64::new(0),
+        forks: AtomicU64::new(0),
         typed_errors: AtomicU64::new(0),
     };
     // The region starts elsewhere: its first move goes into the area, and
@@ -372,7 +502,7 @@ fn torture(moves: bool) {
         s.spawn(move || device_thread(w, 5, false));
         s.spawn(move || kernel_thread(w, 6));
         s.spawn(move || migrator(w, 7));
-        s.spawn(move || address_space_thread(w, area, 8, moves));
+        s.spawn(move || address_space_thread(w, area, 8, mode));
         while Instant::now() < until && !w.stop.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -394,8 +524,13 @@ fn torture(moves: bool) {
         assert_eq!(s[off(word) as usize / 8], want, "word {word} on the CPU");
     }
     drop(s);
-    svm.migrate(r.addr(), LEN as u64, Location::Device(D0))
+    let rep = svm
+        .migrate(r.addr(), LEN as u64, Location::Device(D0))
         .unwrap();
+    assert_eq!(
+        rep.migrated, PAGES as u64,
+        "every page migrates at the end: {rep:?}"
+    );
     for word in 0..WORDS {
         let want = base(word) + w.committed[word].load(Ordering::Acquire);
         let mut b = [0u8; 8];
@@ -406,13 +541,15 @@ fn torture(moves: bool) {
     assert_eq!(st.protocol_errors, 0);
     assert_eq!(st.poisoned_pages, 0);
     let moves_done = w.moves.load(Ordering::Relaxed);
+    let forks = w.forks.load(Ordering::Relaxed);
     eprintln!(
-        "{moves_done} moves, {} protection flips, {} typed errors from racing device operations",
+        "{moves_done} moves, {forks} forks, {} protection flips, {} typed errors from racing device operations",
         w.protects.load(Ordering::Relaxed),
         w.typed_errors.load(Ordering::Relaxed)
     );
     assert_eq!(st.remaps_followed, moves_done, "every move followed");
-    assert!(!moves || moves_done > 0, "no move happened");
+    assert!(mode != Mode::Move || moves_done > 0, "no move happened");
+    assert!(mode != Mode::Fork || forks > 0, "no fork happened");
     drop(r);
     // SAFETY: the reserved area's placeholder halves are ours.
     unsafe { libc::munmap(area as *mut _, 2 * LEN) };
