@@ -82,3 +82,80 @@ fn munmap_device_resident_until_free() {
     let (ret, free) = times[1];
     println!("munmap of 1 GiB device-resident: returns in {ret:.2} ms, device memory free after {free:.2} ms (median of 3)");
 }
+
+/// Device-to-device migration of 1 GiB over the peer path, against the
+/// copy limit measured in the same run (one thread streaming 1 GiB between
+/// two buffers, svmem's own copy loop) and against the same move through
+/// system memory (peer access off): time and bytes copied.
+#[test]
+#[ignore = "a measurement; run with --ignored --nocapture"]
+fn peer_migration_against_copy_limit() {
+    let gib = 1usize << 30;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let limit = {
+        let src = vec![7u8; gib];
+        let mut dst = vec![0u8; gib];
+        svmem::device::stream_copy(&mut dst, &src);
+        median(
+            (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    svmem::device::stream_copy(&mut dst, &src);
+                    gib as f64 / t.elapsed().as_secs_f64() / 1e9
+                })
+                .collect(),
+        )
+    };
+    for peer in [true, false] {
+        let cfg = |name: &str| svmem::EmulatedConfig {
+            name: name.into(),
+            memory_bytes: gib as u64 + (64 << 20),
+            commit_up_front: true,
+            ..Default::default()
+        };
+        let svm = Svm::builder()
+            .emulated(cfg("gpu0"))
+            .unwrap()
+            .emulated(cfg("gpu1"))
+            .unwrap()
+            .peer_access(peer)
+            .build()
+            .unwrap();
+        let mut r = svm.alloc(gib).unwrap();
+        r.as_mut_slice::<u64>()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = i as u64);
+        let (a, n) = (r.addr(), gib as u64);
+        let mut rates = Vec::new();
+        let mut copied = 0;
+        let moved = |s: &svmem::Stats| s.peer_bytes + s.to_device_bytes + s.to_system_bytes;
+        for k in 0..5 {
+            let (from, to) = if k % 2 == 0 { (0, 1) } else { (1, 0) };
+            svm.migrate(a, n, Location::Device(DeviceId(from))).unwrap();
+            let before = svm.stats();
+            let t = std::time::Instant::now();
+            let rep = svm.migrate(a, n, Location::Device(DeviceId(to))).unwrap();
+            rates.push(gib as f64 / t.elapsed().as_secs_f64() / 1e9);
+            assert_eq!(rep.migrated, n / 4096);
+            copied += moved(&svm.stats()) - moved(&before);
+        }
+        svm.migrate(a, n, Location::System).unwrap();
+        assert!(r
+            .as_slice::<u64>()
+            .iter()
+            .enumerate()
+            .all(|(i, v)| *v == i as u64));
+        let rate = median(rates);
+        println!(
+            "device to device, 1 GiB, peer access {}: {rate:.2} GB/s = {:.2} of the copy limit \
+             ({limit:.2} GB/s, one thread); {:.2} GiB copied per 1 GiB moved",
+            if peer { "on " } else { "off" },
+            rate / limit,
+            copied as f64 / 5.0 / gib as f64
+        );
+    }
+}

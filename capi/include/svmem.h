@@ -173,6 +173,11 @@ typedef enum SvmemEventKind {
    * `pages` pages at `addr` left device `dev`'s page table.
    */
   SVMEM_EVENT_KIND_UNMAP_FROM_DEVICE = 7,
+  /**
+   * `pages` pages at `addr` on device `from` go to device `to` through
+   * system memory (no peer path between them).
+   */
+  SVMEM_EVENT_KIND_PEER_FALLBACK = 8,
 } SvmemEventKind;
 
 /**

@@ -260,6 +260,9 @@ pub enum SvmemEventKind {
     QueueRestore = 6,
     /// `pages` pages at `addr` left device `dev`'s page table.
     UnmapFromDevice = 7,
+    /// `pages` pages at `addr` on device `from` go to device `to` through
+    /// system memory (no peer path between them).
+    PeerFallback = 8,
 }
 
 /// One event. Fields a kind does not use are 0 (`from`/`to`: -1).
@@ -1048,6 +1051,16 @@ fn event_out(e: &Event) -> SvmemEvent {
         } => {
             o.kind = SvmemEventKind::UnmapFromDevice;
             (o.dev, o.addr, o.pages) = (i32::from(dev.0), start.0, *pages);
+        }
+        EventKind::PeerFallback {
+            start,
+            pages,
+            from,
+            to,
+        } => {
+            o.kind = SvmemEventKind::PeerFallback;
+            (o.addr, o.pages) = (start.0, *pages);
+            (o.from, o.to) = (i32::from(from.0), i32::from(to.0));
         }
     }
     o

@@ -43,6 +43,7 @@ pub struct SvmBuilder {
     pin_limit: Option<u64>,
     huge_pages: bool,
     timing: Option<crate::device::TimingProfile>,
+    peer_access: bool,
 }
 
 impl std::fmt::Debug for SvmBuilder {
@@ -78,6 +79,7 @@ impl Default for SvmBuilder {
             pin_limit: None,
             huge_pages: true,
             timing: None,
+            peer_access: true,
         }
     }
 }
@@ -159,6 +161,15 @@ impl SvmBuilder {
         self
     }
 
+    /// Whether pages held by one device migrate to another directly, device
+    /// to device, where the two allow it (default on; emulated devices
+    /// always can). Off: such pages go through system memory, and a
+    /// `PeerFallback` event says so.
+    pub fn peer_access(mut self, on: bool) -> Self {
+        self.peer_access = on;
+        self
+    }
+
     pub fn build(self) -> Result<Svm> {
         if let Some(p) = self.timing {
             crate::device::timing::apply(&self.devices, p)?;
@@ -204,8 +215,20 @@ impl SvmBuilder {
             ),
             attrs.clone(),
         ));
+        let peers = (0..ndev)
+            .map(|d| {
+                (0..ndev)
+                    .filter(|&a| {
+                        a != d
+                            && self.peer_access
+                            && self.devices[d].connect_peer(DeviceId(a as u8), &self.devices[a])
+                    })
+                    .fold(0u64, |m, a| m | 1 << a)
+            })
+            .collect();
         let core = Arc::new(Shared {
             uffd,
+            peers,
             pending: Default::default(),
             events: Default::default(),
             devices: self.devices,

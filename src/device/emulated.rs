@@ -11,7 +11,7 @@ use super::inject::{Injection, Injector};
 use super::timing::Clock;
 use super::{AtomicOp, Buddy, CopyJob, CopyOp, DevRun, Device, DeviceError, Fence, MemoryType};
 use crate::addr::MAX_DEV_PAGES;
-use crate::addr::{DevPage, PAGE_SIZE};
+use crate::addr::{DevPage, DeviceId, PAGE_SIZE};
 use crate::error::{Error, Result};
 use crate::sys::{Advice, Mapping, Prot};
 
@@ -68,7 +68,19 @@ pub struct EmulatedDevice {
     inject: Arc<Injector>,
     /// The timing model's clock, shared with the copy engines.
     clock: Arc<Clock>,
+    /// Devices whose memory the copy engines read directly.
+    peers: Arc<Peers>,
 }
+
+/// A device this one's copy engines read directly: its memory, and the
+/// device itself (weakly: peers refer to each other), to see it lost.
+struct Peer {
+    id: DeviceId,
+    memory: Arc<Mapping>,
+    device: std::sync::Weak<dyn Device>,
+}
+
+type Peers = parking_lot::RwLock<Vec<Peer>>;
 
 impl std::fmt::Debug for EmulatedDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -84,11 +96,13 @@ fn run_job(
     arena: &Mapping,
     inject: &Injector,
     clock: &Clock,
+    peers: &Peers,
     job: &CopyJob,
 ) -> std::result::Result<(), DeviceError> {
     inject.copy_job()?;
+    // A peer copy crosses a link like a host one does.
     clock.copy_job(
-        job.bytes_to_device(),
+        job.bytes_to_device() + job.bytes_from_peer(),
         job.bytes_to_host(),
         job.bytes_filled(),
     );
@@ -112,6 +126,32 @@ fn run_job(
                     .zero(dst.0 as usize * PAGE_SIZE, *npages as usize * PAGE_SIZE)
                     .map_err(err)?;
             }
+            CopyOp::FromPeer {
+                from,
+                src,
+                dst,
+                npages,
+            } => {
+                let peers = peers.read();
+                let peer = peers
+                    .iter()
+                    .find(|p| p.id == *from)
+                    .ok_or_else(|| DeviceError::new(format!("no peer path from {from}")))?;
+                if peer.device.upgrade().is_none_or(|d| d.is_lost()) {
+                    return Err(DeviceError::new(format!(
+                        "peer copy: device {from} is lost"
+                    )));
+                }
+                let len = *npages as usize * PAGE_SIZE;
+                arena
+                    .stream_from(
+                        dst.0 as usize * PAGE_SIZE,
+                        &peer.memory,
+                        src.0 as usize * PAGE_SIZE,
+                        len,
+                    )
+                    .map_err(err)?;
+            }
         }
     }
     Ok(())
@@ -121,10 +161,11 @@ fn engine_loop(
     arena: Arc<Mapping>,
     inject: Arc<Injector>,
     clock: Arc<Clock>,
+    peers: Arc<Peers>,
     rx: Receiver<(CopyJob, Fence)>,
 ) {
     while let Ok((job, fence)) = rx.recv() {
-        fence.complete(run_job(&arena, &inject, &clock, &job));
+        fence.complete(run_job(&arena, &inject, &clock, &peers, &job));
     }
 }
 
@@ -174,12 +215,14 @@ impl EmulatedDevice {
         let (tx, rx) = crossbeam_channel::unbounded();
         let inject = Arc::new(Injector::new());
         let clock = Arc::new(Clock::default());
+        let peers = Arc::new(Peers::default());
         let engines = (0..config.copy_engines)
             .map(|i| {
                 let (a, r, inj, c) = (arena.clone(), rx.clone(), inject.clone(), clock.clone());
+                let p = peers.clone();
                 std::thread::Builder::new()
                     .name(format!("svmem-ce{i}-{}", config.name))
-                    .spawn(move || engine_loop(a, inj, c, r))
+                    .spawn(move || engine_loop(a, inj, c, p, r))
                     .map_err(|e| Error::os("spawn copy engine", e))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -191,6 +234,7 @@ impl EmulatedDevice {
             engines,
             inject,
             clock,
+            peers,
         })
     }
 
@@ -241,7 +285,7 @@ impl Device for EmulatedDevice {
         }
     }
     fn copy_now(&self, job: &CopyJob) -> std::result::Result<(), DeviceError> {
-        run_job(&self.arena, &self.inject, &self.clock, job)
+        run_job(&self.arena, &self.inject, &self.clock, &self.peers, job)
     }
     fn load(
         &self,
@@ -309,6 +353,22 @@ impl Device for EmulatedDevice {
     }
     fn clock(&self) -> Option<&Clock> {
         Some(&self.clock)
+    }
+    fn host_view(&self) -> Option<Arc<Mapping>> {
+        Some(self.arena.clone())
+    }
+    fn connect_peer(&self, id: DeviceId, peer: &Arc<dyn Device>) -> bool {
+        let Some(memory) = peer.host_view() else {
+            return false;
+        };
+        let mut peers = self.peers.write();
+        peers.retain(|p| p.id != id);
+        peers.push(Peer {
+            id,
+            memory,
+            device: Arc::downgrade(peer),
+        });
+        true
     }
 }
 

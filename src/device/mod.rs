@@ -70,6 +70,15 @@ pub enum CopyOp {
     },
     /// Zero-fill device pages (no copy).
     Fill { dst: DevPage, npages: u32 },
+    /// Device `from`'s pages → this device's pages, over the peer path (no
+    /// system memory in between). Only submitted to a device whose
+    /// [`Device::connect_peer`] accepted `from`.
+    FromPeer {
+        from: DeviceId,
+        src: DevPage,
+        dst: DevPage,
+        npages: u32,
+    },
 }
 
 impl CopyOp {
@@ -77,8 +86,62 @@ impl CopyOp {
         match self {
             CopyOp::ToDevice { npages, .. }
             | CopyOp::ToHost { npages, .. }
-            | CopyOp::Fill { npages, .. } => *npages,
+            | CopyOp::Fill { npages, .. }
+            | CopyOp::FromPeer { npages, .. } => *npages,
         }
+    }
+
+    /// Grows `self` by `next` when `next` continues it page for page (same
+    /// kind, both ends contiguous) and the op stays within
+    /// [`MAX_JOB_PAGES`]; returns whether it did.
+    pub fn extend(&mut self, next: &CopyOp) -> bool {
+        let n = next.npages();
+        if self.npages() + n > MAX_JOB_PAGES {
+            return false;
+        }
+        let after = |page: &DevPage, npages: u32, next: &DevPage| page.0 + npages == next.0;
+        let host_after = |a: &HostRef, npages: u32, b: &HostRef| {
+            Arc::ptr_eq(&a.map, &b.map) && a.off + npages as usize * crate::addr::PAGE_SIZE == b.off
+        };
+        let grows = match (&*self, next) {
+            (
+                CopyOp::ToDevice { src, dst, npages },
+                CopyOp::ToDevice {
+                    src: s2, dst: d2, ..
+                },
+            ) => host_after(src, *npages, s2) && after(dst, *npages, d2),
+            (
+                CopyOp::ToHost { src, dst, npages },
+                CopyOp::ToHost {
+                    src: s2, dst: d2, ..
+                },
+            ) => after(src, *npages, s2) && host_after(dst, *npages, d2),
+            (CopyOp::Fill { dst, npages }, CopyOp::Fill { dst: d2, .. }) => after(dst, *npages, d2),
+            (
+                CopyOp::FromPeer {
+                    from,
+                    src,
+                    dst,
+                    npages,
+                },
+                CopyOp::FromPeer {
+                    from: f2,
+                    src: s2,
+                    dst: d2,
+                    ..
+                },
+            ) => from == f2 && after(src, *npages, s2) && after(dst, *npages, d2),
+            _ => false,
+        };
+        if grows {
+            match self {
+                CopyOp::ToDevice { npages, .. }
+                | CopyOp::ToHost { npages, .. }
+                | CopyOp::Fill { npages, .. }
+                | CopyOp::FromPeer { npages, .. } => *npages += n,
+            }
+        }
+        grows
     }
 }
 
@@ -111,6 +174,17 @@ impl CopyJob {
     /// Bytes the job zero-fills in device memory.
     pub fn bytes_filled(&self) -> u64 {
         self.bytes(|op| matches!(op, CopyOp::Fill { .. }))
+    }
+    /// Bytes the job copies from peer devices.
+    pub fn bytes_from_peer(&self) -> u64 {
+        self.bytes(|op| matches!(op, CopyOp::FromPeer { .. }))
+    }
+
+    /// Appends `op`, merged into the last op when it continues it.
+    pub fn push(&mut self, op: CopyOp) {
+        if !self.ops.last_mut().is_some_and(|last| last.extend(&op)) {
+            self.ops.push(op);
+        }
     }
 }
 
@@ -297,6 +371,19 @@ pub trait Device: Send + Sync {
     /// The device's modelled clock ([`timing`]), if it keeps one.
     fn clock(&self) -> Option<&Clock> {
         None
+    }
+    /// This device's memory as the host addresses it, when it can (the
+    /// emulated device's arena): what a peer's copy engines read from.
+    fn host_view(&self) -> Option<Arc<Mapping>> {
+        None
+    }
+    /// Offers peer `id` to this device's copy engines: true when they can
+    /// now read `peer`'s memory directly ([`CopyOp::FromPeer`] from `id`),
+    /// false when they cannot (migrations then go through system memory).
+    /// Called once per pair while the `Svm` is built.
+    fn connect_peer(&self, id: DeviceId, peer: &Arc<dyn Device>) -> bool {
+        let _ = (id, peer);
+        false
     }
 }
 

@@ -29,6 +29,9 @@ pub(crate) struct Shared {
     /// handled; device accesses wait on it (see [`EventGate`]).
     pub events: EventGate,
     pub devices: Vec<Arc<dyn Device>>,
+    /// Per device `d`: bit `a` set when `d`'s copy engines read device
+    /// `a`'s memory directly (peer migration, no trip through system memory).
+    pub peers: Vec<u64>,
     pub regions: RwLock<BTreeMap<u64, Arc<RegionInner>>>,
     /// Wakes the reader when another thread left messages in `pending`.
     pub kick: crate::sys::EventFd,
@@ -54,6 +57,15 @@ pub(crate) struct Shared {
     pub huge: HugePool,
     /// The memory-pressure layer, seen through what the core needs of it.
     pub pressure: Arc<dyn Pressure>,
+}
+
+impl Shared {
+    /// Whether pages on device `from` move to `to` over the peer path.
+    pub fn peer_path(&self, from: DeviceId, to: DeviceId) -> bool {
+        self.peers
+            .get(to.0 as usize)
+            .is_some_and(|m| m & (1u64 << from.0) != 0)
+    }
 }
 
 /// Orders device accesses after the program's `munmap`/`madvise`.

@@ -58,12 +58,22 @@ use crate::observe::notify::Notifier;
 use crate::sync::{Mutex, Ordering};
 use crate::sys::{Mapping, Prot};
 
-/// The one device of every model.
+/// The device of every model (lanes, faults, migrations from system).
 const D: DeviceId = DeviceId(0);
+/// The peer device of the peer-migration model (8 pages at most per model).
+const D1: DeviceId = DeviceId(1);
+/// Pages a model's region may have.
+const MAX_MODEL_PAGES: usize = 8;
 
 /// Device page given to managed page `i` (fixed, so that a leak is visible).
 fn dev_page(i: usize) -> DevPage {
     DevPage(4 + i as u32)
+}
+
+/// Device page of the peer device [`D1`] given to managed page `i` (one
+/// device memory holds both devices' pages, apart).
+fn peer_page(i: usize) -> DevPage {
+    DevPage((4 + MAX_MODEL_PAGES + i) as u32)
 }
 
 /// An ioctl refused: the destination is present, or the source is absent.
@@ -198,19 +208,20 @@ impl World {
     /// `granularity`: log2 of the CPU fault window, in pages.
     fn new(init: &[Init], granularity: u8) -> Arc<World> {
         let n = init.len();
+        assert!(n <= MAX_MODEL_PAGES);
         let map = || Mapping::anonymous(n * PAGE_SIZE, Prot::ReadWrite, false).expect("mmap");
         let r = RegionInner::new(
             map(),
             map(),
-            1,
+            2,
             granularity,
-            std::sync::Arc::new(Notifier::new(1)),
+            std::sync::Arc::new(Notifier::new(2)),
         );
         let mut views = Views {
             managed: vec![None; n],
             staging: vec![None; n],
         };
-        let mut dev = vec![None; 4 + n];
+        let mut dev = vec![None; 4 + 2 * MAX_MODEL_PAGES];
         for (i, s) in init.iter().enumerate() {
             let cell = &r.states[i];
             match *s {
@@ -264,6 +275,10 @@ impl World {
                 (k.managed[i], k.staging[i])
             };
             let pte = Pte::decode(r.ptes[0][i].load(Ordering::Acquire));
+            let peer_pte = Pte::decode(r.ptes[1][i].load(Ordering::Acquire));
+            if !matches!(state, PageState::Device { dev: D1, .. }) {
+                assert_eq!(peer_pte, None, "page {i}: {state:?}, peer PTE {peer_pte:?}");
+            }
             match state {
                 PageState::System => {
                     assert_eq!(managed, Some(want), "page {i}: System, CPU view wrong");
@@ -274,7 +289,12 @@ impl World {
                     );
                 }
                 PageState::Device { dev, page, staged } => {
-                    assert_eq!(dev, D);
+                    let (pte, other) = match dev {
+                        D => (pte, None),
+                        D1 => (peer_pte, pte),
+                        _ => panic!("page {i}: on unknown device {dev}"),
+                    };
+                    assert_eq!(other, None, "page {i}: on {dev}, the other device maps it");
                     assert_eq!(
                         managed, None,
                         "page {i}: on the device but present in the CPU view \
@@ -407,6 +427,65 @@ fn to_device(w: &World, pages: Range<usize>, copy_ok: bool) {
             };
             r.states[i].commit(back).expect("isolated by us");
             w.dev.free(dev_page(i));
+        }
+    }
+}
+
+/// A migration of `pages` (one block) to the peer device [`D1`], as
+/// `isolate_to_device` then `finish_to_device` take pages found on device 0
+/// over the peer path: lock; collect `Device` pages of device 0; allocate
+/// peer pages; `invalidate`; isolate from the state seen; the peer copy
+/// engine copies device page to device page (no CPU view, no staging: the
+/// staged flag is carried over); commit `Device` on the peer and write its
+/// PTE, free the old page; or, on a failed copy, commit the old state and
+/// free the new page.
+fn peer_to_d1(w: &World, pages: Range<usize>, copy_ok: bool) {
+    let r = &w.r;
+    let b = pages.start / BLOCK_PAGES;
+    let _guard = r.blocks[b].migrate.lock();
+    let mut plan: Vec<(usize, PageState)> = pages
+        .filter_map(|i| match r.states[i].load() {
+            s @ PageState::Device { dev: D, .. } => Some((i, s)),
+            _ => None,
+        })
+        .collect();
+    for p in &plan {
+        w.dev.alloc(peer_page(p.0));
+    }
+    r.invalidate(b, plan.iter().map(|p| p.0), UnmapTrigger::MmuNotifyMigrate);
+    plan.retain(|&(i, seen)| {
+        let ok = r.states[i].isolate(seen).is_ok();
+        if !ok {
+            w.dev.free(peer_page(i));
+        }
+        ok
+    });
+    for &(i, prev) in &plan {
+        let PageState::Device { page, staged, .. } = prev else {
+            unreachable!()
+        };
+        if copy_ok {
+            let v = w.dev.get(page).expect("device page of a Device page");
+            w.dev.set(peer_page(i), v);
+            let to = PageState::Device {
+                dev: D1,
+                page: peer_page(i),
+                staged,
+            };
+            r.states[i].commit(to).expect("isolated by us");
+            r.ptes[1][i].store(
+                Pte::Device {
+                    page: peer_page(i),
+                    write: true,
+                }
+                .encode(),
+                Ordering::Release,
+            );
+            r.blocks[b].mapped.fetch_or(2, Ordering::AcqRel);
+            w.dev.free(page);
+        } else {
+            r.states[i].commit(prev).expect("isolated by us");
+            w.dev.free(peer_page(i));
         }
     }
 }
@@ -621,6 +700,7 @@ fn lane_access(w: &World, tlb: &mut Tlb, k: usize, write: Option<u64>) -> Option
                 matches!(state, PageState::Device { dev, page: p, .. } if dev == D && p == page),
                 "lane used a translation to device page {page:?} of a {state:?} page"
             );
+            // (A lane of device 0 never holds a peer page: no peer mapping.)
             if let Some(v) = write {
                 w.dev.set(page, v);
             }
@@ -922,4 +1002,85 @@ fn relocate_vs_to_device(locked: bool) {
 #[should_panic(expected = "the old record keeps a page")]
 fn loom_relocate_unlocked_vs_to_device_fails() {
     relocate_vs_to_device(false);
+}
+
+/// Model (9): a peer migration (device 0 to device 1, device to device)
+/// against a CPU read fault on the same page and a lane of device 0 that
+/// mapped the page and reads through its TLB. Whichever takes the block
+/// lock first wins: the CPU pulls the page home from whichever device holds
+/// it, or the peer move finds it in system memory and does nothing.
+/// Invariants: the lane never reads through a translation to a page that
+/// moved (its device page freed and reused), one copy, data kept, both
+/// device pages freed exactly when nothing lives there. With `copy_ok`
+/// false the peer copy fails and rolls back.
+fn peer_vs_cpu_fault_and_lane(copy_ok: bool) {
+    check(move || {
+        let w = World::new(&[Init::Device { v: 42 }], 0);
+        device_fault_map(&w, 0, 1);
+        let w2 = w.clone();
+        let m = thread::spawn(move || peer_to_d1(&w2, 0..1, copy_ok));
+        let w3 = w.clone();
+        let lane = thread::spawn(move || {
+            let mut tlb = None;
+            for _ in 0..2 {
+                if let Some(v) = lane_access(&w3, &mut tlb, 0, None) {
+                    assert_eq!(v, 42);
+                }
+            }
+        });
+        assert_eq!(cpu_access(&w, 0, None), 42);
+        m.join().expect("peer migration");
+        lane.join().expect("lane");
+        w.check_quiescent(&[42]);
+    });
+}
+
+#[test]
+fn loom_peer_migration_vs_cpu_fault_and_lane() {
+    peer_vs_cpu_fault_and_lane(true);
+}
+
+#[test]
+fn loom_failed_peer_migration_vs_cpu_fault_and_lane() {
+    peer_vs_cpu_fault_and_lane(false);
+}
+
+/// Model (9) broken: the peer move commits without isolating (the state
+/// goes `Device(0)` -> `Device(1)` in one store, no `invalidate`), so a
+/// lane's cached translation outlives its page. Must fail.
+#[test]
+#[should_panic]
+fn loom_peer_migration_without_invalidate_fails() {
+    check(|| {
+        let w = World::new(&[Init::Device { v: 42 }], 0);
+        device_fault_map(&w, 0, 1);
+        let w2 = w.clone();
+        let m = thread::spawn(move || {
+            let r = &w2.r;
+            let _guard = r.blocks[0].migrate.lock();
+            let prev = r.states[0].load();
+            let PageState::Device { page, staged, .. } = prev else {
+                return;
+            };
+            w2.dev.alloc(peer_page(0));
+            w2.dev.set(peer_page(0), w2.dev.get(page).expect("data"));
+            r.states[0].isolate(prev).expect("device");
+            r.states[0]
+                .commit(PageState::Device {
+                    dev: D1,
+                    page: peer_page(0),
+                    staged,
+                })
+                .expect("isolated");
+            w2.dev.free(page);
+        });
+        let mut tlb = None;
+        for _ in 0..2 {
+            if let Some(v) = lane_access(&w, &mut tlb, 0, None) {
+                assert_eq!(v, 42);
+            }
+        }
+        m.join().expect("peer migration");
+        w.check_quiescent(&[42]);
+    });
 }

@@ -53,6 +53,9 @@ pub struct MigrateReport {
     /// Pages whose data was lost: their copy back from a device failed on a
     /// CPU fault (retried page by page), so they are poisoned now.
     pub poisoned: u64,
+    /// Of `migrated`, pages that came from another device directly, device
+    /// to device (peer path), without passing through system memory.
+    pub from_peer: u64,
     /// Modelled time of the copies, ns (`device::timing`; set by
     /// `Svm::migrate`, 0 under profile `none`).
     pub modelled_ns: u64,
@@ -83,6 +86,28 @@ enum Kind {
     Copy,
     /// The page had no data: the device page is zero-filled.
     Zero,
+    /// The page is on device `from` (its `staged` page kept for the way
+    /// back): copied device to device over the peer path.
+    Peer {
+        from: DeviceId,
+        page: DevPage,
+        staged: bool,
+    },
+}
+
+impl Kind {
+    /// The state the page was isolated from (and returns to on rollback).
+    fn before(self) -> PageState {
+        match self {
+            Kind::Copy => PageState::System,
+            Kind::Zero => PageState::Unpopulated,
+            Kind::Peer { from, page, staged } => PageState::Device {
+                dev: from,
+                page,
+                staged,
+            },
+        }
+    }
 }
 
 struct ToDevicePage {
@@ -100,6 +125,9 @@ pub(crate) struct ToDevicePlan<'a> {
     d: DeviceId,
     pages: Vec<ToDevicePage>,
     fence: Fence,
+    /// The events of the device-to-device moves in this plan, one per
+    /// source device, ended when it finishes.
+    peer_told: Vec<(DeviceId, Announce<'a>)>,
 }
 
 struct ToSystemPage {
@@ -158,9 +186,28 @@ pub(crate) fn isolate_to_device<'a>(
         }
         return None;
     }
-    // Pages on another device come back to system memory first; any that
-    // cannot move stay there and are counted busy below.
-    pull_to_system(sh, r, lo..hi, Some(d), trigger);
+    // Pages on another device move device to device where `d` reads that
+    // device's memory; the others come back to system memory first (and an
+    // event says so). Any that cannot move stay and are counted busy below.
+    let via_system = |dev: DeviceId| dev != d && !sh.peer_path(dev, d);
+    if let Some((first, from)) = (lo..hi).find_map(|i| match r.states[i].load() {
+        PageState::Device { dev, .. } if via_system(dev) => Some((i, dev)),
+        _ => None,
+    }) {
+        r.notifier
+            .events
+            .emit_with(|| crate::observe::events::EventKind::PeerFallback {
+                start: r.addr_of(first),
+                pages: (first..hi)
+                    .filter(|&i| {
+                        matches!(r.states[i].load(), PageState::Device { dev, .. } if via_system(dev))
+                    })
+                    .count() as u64,
+                from,
+                to: d,
+            });
+        pull(sh, r, lo..hi, via_system, trigger, false);
+    }
     let mut cands: Vec<(usize, Kind)> = Vec::with_capacity(hi - lo);
     for i in lo..hi {
         if r.pins.pinned(b, i) {
@@ -169,6 +216,14 @@ pub(crate) fn isolate_to_device<'a>(
         }
         match r.states[i].load() {
             PageState::Device { dev, .. } if dev == d => rep.already_there += 1,
+            PageState::Device { dev, page, staged } if sh.peer_path(dev, d) => cands.push((
+                i,
+                Kind::Peer {
+                    from: dev,
+                    page,
+                    staged,
+                },
+            )),
             PageState::System => cands.push((i, Kind::Copy)),
             PageState::Unpopulated => cands.push((i, Kind::Zero)),
             PageState::Poisoned | PageState::Hole => rep.skipped_not_migratable += 1,
@@ -207,12 +262,7 @@ pub(crate) fn isolate_to_device<'a>(
         UnmapTrigger::MmuNotifyMigrate,
     );
     pages.retain(|p| {
-        let seen = if p.kind == Kind::Copy {
-            PageState::System
-        } else {
-            PageState::Unpopulated
-        };
-        let ok = r.states[p.idx].isolate(seen).is_ok();
+        let ok = r.states[p.idx].isolate(p.kind.before()).is_ok();
         if !ok {
             rep.skipped_busy += 1;
             dev.free(DevRun {
@@ -257,33 +307,51 @@ pub(crate) fn isolate_to_device<'a>(
         return None;
     }
     // One job for the block (at most 512 pages), one fence.
-    let mut ops: Vec<CopyOp> = Vec::new();
-    let mut prev: Option<(usize, DevPage, Kind)> = None;
+    let mut job = CopyJob::default();
     for p in &pages {
-        let extend = matches!(prev, Some((i, pg, k)) if i + 1 == p.idx && pg.0 + 1 == p.page.0 && k == p.kind)
-            && ops.last().is_some_and(|o| o.npages() < MAX_JOB_PAGES);
-        match (extend, ops.last_mut()) {
-            (true, Some(CopyOp::ToDevice { npages, .. }))
-            | (true, Some(CopyOp::Fill { npages, .. })) => *npages += 1,
-            _ => ops.push(match p.kind {
-                Kind::Copy => CopyOp::ToDevice {
-                    src: HostRef {
-                        map: r.staging.clone(),
-                        off: p.idx * PAGE_SIZE,
-                    },
-                    dst: p.page,
-                    npages: 1,
+        job.push(match p.kind {
+            Kind::Copy => CopyOp::ToDevice {
+                src: HostRef {
+                    map: r.staging.clone(),
+                    off: p.idx * PAGE_SIZE,
                 },
-                Kind::Zero => CopyOp::Fill {
-                    dst: p.page,
-                    npages: 1,
-                },
-            }),
+                dst: p.page,
+                npages: 1,
+            },
+            Kind::Zero => CopyOp::Fill {
+                dst: p.page,
+                npages: 1,
+            },
+            Kind::Peer { from, page, .. } => CopyOp::FromPeer {
+                from,
+                src: page,
+                dst: p.page,
+                npages: 1,
+            },
+        });
+    }
+    let mut peer_told: Vec<(DeviceId, Announce<'a>)> = Vec::new();
+    for p in &pages {
+        if let Kind::Peer { from, .. } = p.kind {
+            if !peer_told.iter().any(|(f, _)| *f == from) {
+                let n = pages
+                    .iter()
+                    .filter(|q| matches!(q.kind, Kind::Peer { from: f, .. } if f == from))
+                    .count();
+                let told = Announce::start(
+                    r,
+                    p.idx,
+                    n,
+                    Location::Device(from),
+                    Location::Device(d),
+                    trigger,
+                );
+                peer_told.push((from, told));
+            }
         }
-        prev = Some((p.idx, p.page, p.kind));
     }
     let fence = Fence::new();
-    dev.submit(CopyJob { ops }, &fence);
+    dev.submit(job, &fence);
     Some(ToDevicePlan {
         guard,
         _ticket: ticket,
@@ -291,6 +359,7 @@ pub(crate) fn isolate_to_device<'a>(
         d,
         pages,
         fence,
+        peer_told,
     })
 }
 
@@ -307,10 +376,20 @@ pub(crate) fn finish_to_device<'a>(
         Ok(()) => {
             let write = r.is_writable();
             let table = &r.ptes[plan.d.0 as usize];
-            let mut copied = 0;
+            let (mut copied, mut peer) = (0, 0);
+            let mut left = FreeBatch::new(&sh.devices);
             for p in &plan.pages {
-                let staged = p.kind == Kind::Copy;
-                copied += staged as u64;
+                let staged = match p.kind {
+                    Kind::Copy => true,
+                    Kind::Zero => false,
+                    Kind::Peer { from, page, staged } => {
+                        // Its old page is free once the new one is committed.
+                        left.push(from, page);
+                        peer += 1;
+                        staged
+                    }
+                };
+                copied += (p.kind == Kind::Copy) as u64;
                 r.states[p.idx].commit_isolated(
                     PageState::Device {
                         dev: plan.d,
@@ -332,11 +411,28 @@ pub(crate) fn finish_to_device<'a>(
                 .mapped
                 .fetch_or(1 << plan.d.0, Ordering::AcqRel);
             sh.pressure.note_resident(sh, r, plan.b, plan.d);
+            left.flush();
             let n = plan.pages.len() as u64;
             rep.migrated += n;
+            rep.from_peer += peer;
             c.add(&c.to_device_pages, n);
             c.add(&c.to_device_bytes, copied * PAGE_SIZE as u64);
-            c.add(&c.device_zero_fill_pages, n - copied);
+            c.add(&c.peer_pages, peer);
+            c.add(&c.peer_bytes, peer * PAGE_SIZE as u64);
+            c.add(&c.device_zero_fill_pages, n - copied - peer);
+            for (from, told) in plan.peer_told {
+                let moved = plan
+                    .pages
+                    .iter()
+                    .filter(|p| matches!(p.kind, Kind::Peer { from: f, .. } if f == from))
+                    .count() as u64;
+                told.end(&MigrateReport {
+                    requested: moved,
+                    migrated: moved,
+                    from_peer: moved,
+                    ..Default::default()
+                });
+            }
         }
         Err(_) => {
             let mut lost = Vec::new();
@@ -354,15 +450,23 @@ pub(crate) fn finish_to_device<'a>(
             }
             let mut freed = FreeBatch::new(&sh.devices);
             for p in plan.pages.iter().filter(|p| !lost.contains(&p.idx)) {
-                let back = if p.kind == Kind::Copy {
-                    PageState::System
-                } else {
-                    PageState::Unpopulated
-                };
-                r.states[p.idx].commit_isolated(back, &sh.counters);
+                // A peer page goes back to its device: its data is there.
+                r.states[p.idx].commit_isolated(p.kind.before(), &sh.counters);
                 freed.push(plan.d, p.page);
             }
             freed.flush();
+            for (from, told) in plan.peer_told {
+                let n = plan
+                    .pages
+                    .iter()
+                    .filter(|p| matches!(p.kind, Kind::Peer { from: f, .. } if f == from))
+                    .count() as u64;
+                told.end(&MigrateReport {
+                    requested: n,
+                    rolled_back: n,
+                    ..Default::default()
+                });
+            }
             wake_runs(sh, r, plan.pages.iter().map(|p| p.idx));
             let n = plan.pages.len() as u64 - lost.len() as u64;
             rep.rolled_back += n;

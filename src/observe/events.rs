@@ -24,6 +24,12 @@
 //! | `QueueEviction`     | `KFD_SMI_EVENT_QUEUE_EVICTION`  | [`EvictTrigger`]         |
 //! | `QueueRestore`      | `KFD_SMI_EVENT_QUEUE_RESTORE`   | `retried` (KFD's `R`)    |
 //! | `UnmapFromDevice`   | `KFD_SMI_EVENT_UNMAP_FROM_GPU`  | [`UnmapTrigger`]         |
+//! | `PeerFallback`      | none                            | `from`, `to` devices     |
+//!
+//! A move between devices over the peer path is one `MigrateStart`/
+//! `MigrateEnd` pair from `dev<A>` to `dev<B>`; without a peer path a
+//! `PeerFallback` comes first, then the pairs `dev<A>` → `system` and
+//! `system` → `dev<B>`.
 //!
 //! Differences from KFD: addresses are byte addresses (KFD reports page
 //! numbers); lengths are counts of 4 KiB pages, as in KFD; timestamps count
@@ -195,6 +201,18 @@ pub enum EventKind {
         start: VirtAddr,
         pages: u64,
         trigger: UnmapTrigger,
+    },
+    /// `pages` pages from `start` held by device `from` go to device `to`
+    /// through system memory: `to` cannot read `from`'s memory directly
+    /// (no peer path, or peer access turned off). Two migrations follow.
+    PeerFallback {
+        #[serde(serialize_with = "json::addr")]
+        start: VirtAddr,
+        pages: u64,
+        #[serde(serialize_with = "json::device")]
+        from: DeviceId,
+        #[serde(serialize_with = "json::device")]
+        to: DeviceId,
     },
 }
 

@@ -78,6 +78,11 @@ counters! {
     to_system_bytes,
     /// Pages that became zero-filled device pages without a copy.
     device_zero_fill_pages,
+    /// Of `to_device_pages`, pages moved from another device directly
+    /// (peer path: no system memory in between).
+    peer_pages,
+    /// Bytes those peer moves copied device to device.
+    peer_bytes,
     /// Skips below count the reports of `Svm::migrate` calls.
     /// Pages skipped because they were busy (pinned, shared, racing) after 3 tries.
     skipped_busy,
