@@ -13,10 +13,15 @@ use crate::sys::AsyncSignalsBlocked;
 /// Static facts about a device.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceInfo {
+    /// The device's index (its [`DeviceId`]`.0`).
     pub id: u8,
+    /// The name the device reports (e.g. `"emulated"`).
     pub name: String,
+    /// What kind of memory it has and whether the CPU can reach it.
     pub memory_type: MemoryType,
+    /// Its memory in bytes.
     pub capacity_bytes: u64,
+    /// Bytes of it free when the info was taken.
     pub free_bytes: u64,
 }
 
@@ -28,10 +33,12 @@ pub struct DeviceHandle<'s> {
 }
 
 impl DeviceHandle<'_> {
+    /// The device's id in its `Svm`.
     pub fn id(&self) -> DeviceId {
         self.id
     }
 
+    /// Static facts about the device and its free memory now.
     pub fn info(&self) -> DeviceInfo {
         self.svm.assert_owner();
         let d = &self.svm.shared.devices[self.id.0 as usize];
@@ -110,6 +117,43 @@ impl DeviceHandle<'_> {
     /// device's compute units. Accesses go through the device's page table;
     /// a fatal device fault stops the launch and is in the report (use
     /// [`LaunchReport::check`] to turn it into an error).
+    ///
+    /// Items are spread over the device's lanes (one thread per compute
+    /// unit); the order in which items run is not defined, and `kernel`
+    /// must be `Sync`. Returns when every lane has stopped. A lane's access
+    /// without a translation posts a fault (XNACK on) that the device's
+    /// fault-service thread resolves in batches, migrating or mapping per
+    /// the placement policy and the range's attributes; with XNACK off it
+    /// is fatal unless the range was mapped ahead. A CPU view of a region
+    /// bars the lanes as it bars [`DeviceHandle::read`]/[`write`](Self::write).
+    ///
+    /// Errors (the launch does not start): [`Error::DeviceLost`](crate::Error::DeviceLost),
+    /// [`Error::Forked`](crate::Error::Forked). A fault inside the kernel
+    /// is not an error here; see [`LaunchReport::fatal`].
+    ///
+    /// ```
+    /// use svmem::{DeviceId, FaultReason, Svm, VirtAddr};
+    ///
+    /// let svm = Svm::with_emulated(8 << 20)?;
+    /// let mut x = svm.alloc(1 << 20)?;
+    /// x.as_mut_slice::<u64>().iter_mut().enumerate().for_each(|(i, v)| *v = i as u64);
+    /// let n = x.len() / 8;
+    /// let dev = svm.device(DeviceId(0))?;
+    /// let report = dev
+    ///     .launch(n, |lane, i| {
+    ///         let v: u64 = lane.load(x.at(i * 8))?;       // misses fault and are served
+    ///         lane.store(x.at(i * 8), v * 3)
+    ///     })?
+    ///     .check()?;
+    /// assert_eq!(report.items_done, n);
+    /// assert!(x.as_slice::<u64>().iter().enumerate().all(|(i, &v)| v == 3 * i as u64));
+    ///
+    /// // A fatal fault stops the launch and is reported, not panicked.
+    /// let report = dev.launch(1, |lane, _| lane.load::<u64>(VirtAddr(4096)).map(drop))?;
+    /// assert_eq!(report.fatal.as_ref().map(|f| &f.reason), Some(&FaultReason::Unmanaged));
+    /// assert!(report.check().is_err());
+    /// # Ok::<(), svmem::Error>(())
+    /// ```
     pub fn launch<F>(&self, grid: u64, kernel: F) -> Result<LaunchReport>
     where
         F: Fn(&mut Lane<'_>, u64) -> std::result::Result<(), DeviceFault> + Sync,

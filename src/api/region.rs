@@ -42,6 +42,9 @@ impl Region<'_> {
         self.inner.current()
     }
 
+    /// Where the region starts (2 MiB aligned for [`Svm::alloc`]). It changes
+    /// if the program moves the whole region with `mremap`: the handle
+    /// follows.
     pub fn addr(&self) -> VirtAddr {
         VirtAddr(self.cur().base())
     }
@@ -49,9 +52,11 @@ impl Region<'_> {
     pub fn len(&self) -> u64 {
         self.cur().len()
     }
+    /// Always false: a region holds at least one page.
     pub fn is_empty(&self) -> bool {
         false
     }
+    /// Length in 4 KiB pages.
     pub fn npages(&self) -> usize {
         self.cur().npages
     }
