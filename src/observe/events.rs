@@ -133,55 +133,76 @@ pub enum FaultResolution {
 pub enum EventKind {
     /// A migration of `pages` pages from `start` begins.
     MigrateStart {
+        /// Address of the range's first page.
         #[serde(serialize_with = "json::addr")]
         start: VirtAddr,
+        /// Pages in the range (4 KiB each).
         pages: u64,
+        /// Where the data is.
         #[serde(serialize_with = "json::location")]
         from: Location,
+        /// Where it goes.
         #[serde(serialize_with = "json::location")]
         to: Location,
+        /// Why it runs.
         trigger: MigrateTrigger,
     },
     /// The migration begun by the matching `MigrateStart` ended; `migrated` of
     /// its `pages` pages moved.
     MigrateEnd {
+        /// Address of the range's first page.
         #[serde(serialize_with = "json::addr")]
         start: VirtAddr,
+        /// Pages in the range (4 KiB each).
         pages: u64,
+        /// Pages that moved.
         migrated: u64,
+        /// Where the data was.
         #[serde(serialize_with = "json::location")]
         from: Location,
+        /// Where it went.
         #[serde(serialize_with = "json::location")]
         to: Location,
+        /// Why it ran.
         trigger: MigrateTrigger,
         /// 0 when it succeeded, else an errno-style code.
         error: i32,
     },
     /// Device `dev` faulted on `addr`.
     PageFaultStart {
+        /// The faulting device.
         #[serde(serialize_with = "json::device")]
         dev: DeviceId,
+        /// The faulting address.
         #[serde(serialize_with = "json::addr")]
         addr: VirtAddr,
+        /// True for a write or atomic, false for a read.
         write: bool,
     },
     /// The fault reported by the matching `PageFaultStart` was handled.
     PageFaultEnd {
+        /// The faulting device.
         #[serde(serialize_with = "json::device")]
         dev: DeviceId,
+        /// The faulting address.
         #[serde(serialize_with = "json::addr")]
         addr: VirtAddr,
+        /// True for a write or atomic, false for a read.
         write: bool,
+        /// How it was resolved.
         resolution: FaultResolution,
     },
     /// Device `dev` stopped running its queues.
     QueueEviction {
+        /// The device.
         #[serde(serialize_with = "json::device")]
         dev: DeviceId,
+        /// Why its queues stopped.
         trigger: EvictTrigger,
     },
     /// Device `dev` runs its queues again.
     QueueRestore {
+        /// The device.
         #[serde(serialize_with = "json::device")]
         dev: DeviceId,
         /// The restore needed more than one attempt (KFD's `R` mark).
@@ -189,11 +210,15 @@ pub enum EventKind {
     },
     /// `pages` pages from `start` were removed from device `dev`'s page table.
     UnmapFromDevice {
+        /// The device.
         #[serde(serialize_with = "json::device")]
         dev: DeviceId,
+        /// Address of the first page removed.
         #[serde(serialize_with = "json::addr")]
         start: VirtAddr,
+        /// Pages removed (4 KiB each).
         pages: u64,
+        /// Why.
         trigger: UnmapTrigger,
     },
 }
@@ -203,6 +228,7 @@ pub enum EventKind {
 pub struct Event {
     /// Nanoseconds since the bus was created, on a monotonic clock.
     pub ts_ns: u64,
+    /// What happened.
     #[serde(flatten)]
     pub kind: EventKind,
 }
