@@ -338,10 +338,11 @@ pub enum Error {
         in_use: u64,
     },
 
-    /// A migration to device `dev` needs `requested` bytes but the device cannot
-    /// make room: it has `capacity` bytes and only `evictable` of what it holds can
-    /// be evicted (the rest is busy, or pinned by running work). Migrate less at a
-    /// time, or use a larger device.
+    /// One migration (or prefetch) to device `dev` asks for more than the
+    /// device holds in all: `requested` bytes not on it yet against its
+    /// `capacity` (smaller requests evict cold blocks to make room instead).
+    /// `evictable` is what the device holds now. Nothing moved; migrate the
+    /// range in pieces no larger than the device, or use a larger device.
     #[error(
         "device {dev} memory: {requested} bytes requested but the device has {capacity} bytes, \
          {evictable} of them evictable"
@@ -349,11 +350,11 @@ pub enum Error {
     DeviceMemory {
         /// The device.
         dev: DeviceId,
-        /// Bytes the migration needs on it.
+        /// Bytes of the range not on the device yet.
         requested: u64,
         /// The device's memory in bytes.
         capacity: u64,
-        /// Bytes of it that could be evicted.
+        /// Bytes the device holds now (in use, so evictable).
         evictable: u64,
     },
 

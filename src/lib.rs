@@ -33,6 +33,13 @@
 //! # Ok::<(), svmem::Error>(())
 //! ```
 
+#![deny(missing_docs)]
+
+// The README's Rust examples run as doctests (`cargo test --doc`).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 // Layers, bottom up; a module imports only from layers below it (the test
 // `tests/layers.rs` keeps it so). ARCHITECTURE.md says what each one owns.
 pub mod addr;

@@ -297,7 +297,19 @@ impl SvmBuilder {
     }
 }
 
-/// One shared virtual address space. See the crate docs.
+/// One shared virtual address space: its managed regions, its devices and
+/// the threads that serve their faults. Build one with
+/// [`Svm::with_emulated`] or [`Svm::builder`] (an example is at
+/// [`SvmBuilder`]); the crate docs explain the model. `Svm` is `Send` and
+/// `Sync`: every method takes `&self` and may be called from any thread,
+/// concurrently with CPU accesses to managed memory.
+///
+/// ```
+/// fn shared_between_threads<T: Send + Sync>() {}
+/// shared_between_threads::<svmem::Svm>();
+/// shared_between_threads::<svmem::Region<'static>>();
+/// shared_between_threads::<svmem::DeviceHandle<'static>>();
+/// ```
 ///
 /// # fork
 ///
