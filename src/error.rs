@@ -50,10 +50,12 @@ pub enum Error {
     /// ([`PAGE_SIZE`](crate::PAGE_SIZE)) is not: the range arguments of
     /// [`Svm::migrate`](crate::Svm::migrate), [`Svm::prefetch`](crate::Svm::prefetch),
     /// [`Svm::set_attributes`](crate::Svm::set_attributes), [`Svm::pin`](crate::Svm::pin)
-    /// and friends, and of [`Svm::register`](crate::Svm::register); also an atomic
-    /// on a word that is not naturally aligned. `what` says which argument, `value`
-    /// its value; round it to a page boundary (e.g. use [`Region::addr`](crate::Region::addr)
-    /// and [`Region::len`](crate::Region::len)).
+    /// and friends, of [`Svm::register`](crate::Svm::register) and of
+    /// [`DeviceHandle::snapshot`](crate::DeviceHandle::snapshot). `what` says
+    /// which argument, `value` its value; round it to a page boundary (e.g.
+    /// use [`Region::addr`](crate::Region::addr) and [`Region::len`](crate::Region::len)).
+    /// (A misaligned atomic inside a kernel is a fatal
+    /// [`FaultReason::Misaligned`] instead.)
     #[error("{what} {value:#x} is not aligned to the 4096-byte page size")]
     Unaligned {
         /// Which argument (`"address"`, `"length"`, ...).
@@ -162,14 +164,17 @@ pub enum Error {
 
     /// A configuration value is out of range: a builder setting
     /// ([`SvmBuilder`](crate::SvmBuilder): more devices than supported, pipeline
-    /// depth outside 1..=64), an [`EmulatedConfig`](crate::EmulatedConfig) field, a
-    /// timing-profile or prefetcher name, or a launch shape (work-group size, local
-    /// scratch). The message names the value and the range that is accepted.
+    /// depth outside 1..=64), an [`EmulatedConfig`](crate::EmulatedConfig) field, an
+    /// unknown timing-profile or prefetcher name, a timing profile for a
+    /// device without a timing model, fault injection on a device that has
+    /// none, or a launch shape (work-group size, local scratch). The message
+    /// names the value and what is accepted.
     #[error("invalid configuration: {0}")]
     Config(String),
 
     /// Device `dev` tried to write (or run an atomic on) memory it may only read:
-    /// the region is read-only, or the range has the `device_read_only` flag
+    /// the region is read-only ([`Region::protect`](crate::Region::protect)
+    /// with [`Prot::ReadOnly`](crate::Prot::ReadOnly)), or the range has the `device_read_only` flag
     /// ([`AttrFlags::DEVICE_READ_ONLY`](crate::AttrFlags::DEVICE_READ_ONLY), set by
     /// [`Svm::set_attributes`](crate::Svm::set_attributes)). Nothing was written.
     /// Clear the flag, or write from the CPU.
@@ -203,9 +208,10 @@ pub enum Error {
 
     /// The page at `addr` lost its data in a device failure (the device was lost
     /// while the page was on it, or a copy back to system memory failed on a CPU
-    /// fault): devices get this error, the CPU gets `SIGBUS`. The data is gone;
-    /// free the region (or write the page anew after [`Svm::reset_device`](crate::Svm::reset_device)
-    /// on a fresh allocation).
+    /// fault): devices get this error, the CPU gets `SIGBUS`. The data is gone
+    /// and the page stays poisoned; free the region and recompute its data in
+    /// a new one (after [`Svm::reset_device`](crate::Svm::reset_device) if
+    /// the device was lost).
     #[error("page at {addr} is poisoned: its data was lost in a device failure")]
     Poisoned {
         /// The first poisoned page met.
@@ -309,9 +315,11 @@ pub enum Error {
         waited_ms: u64,
     },
 
-    /// Allocating `requested` bytes of system memory (a region, a staging area,
-    /// a pin table, a bounce buffer) would take the bytes charged against the
-    /// system-memory limit (`in_use`) past `limit`. Free regions, migrate data to a
+    /// Allocating `requested` bytes of system memory (a region from
+    /// [`Svm::alloc`](crate::Svm::alloc) or [`Svm::register`](crate::Svm::register)
+    /// with its metadata, or a region's pin table on its first pin) would take
+    /// the bytes charged against the system-memory limit (`in_use`) past `limit`.
+    /// Nothing was allocated. Free regions, migrate data to a
     /// device, or raise the limit with [`Svm::set_memory_limit`](crate::Svm::set_memory_limit)
     /// or [`SvmBuilder::memory_limit`](crate::SvmBuilder::memory_limit). See
     /// [`Svm::memory_usage`](crate::Svm::memory_usage) for what is charged.

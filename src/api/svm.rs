@@ -309,6 +309,8 @@ impl SvmBuilder {
 /// shared_between_threads::<svmem::Svm>();
 /// shared_between_threads::<svmem::Region<'static>>();
 /// shared_between_threads::<svmem::DeviceHandle<'static>>();
+/// fn moved_to_threads<T: Send>() {}
+/// moved_to_threads::<svmem::EventStream>();
 /// ```
 ///
 /// # fork
@@ -382,7 +384,7 @@ impl Svm {
     /// Allocates `len` bytes (rounded up to 4 KiB) of managed memory: a new
     /// region, 2 MiB aligned, whose pages are untouched (no memory anywhere)
     /// until the CPU or a device first writes them; untouched pages read as
-    /// zeros. It takes the builder's granularity and no range attributes.
+    /// zeros. Its fault granularity is the builder's.
     /// The page-rounded length is charged against the memory limit now.
     /// Dropping the [`Region`] frees it.
     ///
