@@ -51,7 +51,45 @@ impl DeviceHandle<'_> {
         }
     }
 
-    /// Reads `buf.len()` bytes at `addr` through the device's page table.
+    /// Reads `buf.len()` bytes at `addr` through the device's page table, as
+    /// a kernel's loads would: any address and length inside one managed
+    /// region (no alignment needed). Pages without a translation fault and
+    /// are served as a device fault (placement policy and range attributes
+    /// decide whether they migrate or are mapped where they are); the report
+    /// says how many pages and fault passes it took. Safe alongside CPU
+    /// threads and migrations on the same pages; a page moving meanwhile is
+    /// retried.
+    ///
+    /// Errors: [`Error::OutsideManaged`](crate::Error::OutsideManaged),
+    /// [`Error::HeldByCpuView`](crate::Error::HeldByCpuView) (a mutable CPU
+    /// view lives), [`Error::Poisoned`](crate::Error::Poisoned),
+    /// [`Error::Unmapped`](crate::Error::Unmapped),
+    /// [`Error::Protected`](crate::Error::Protected) (`PROT_NONE`),
+    /// [`Error::DeviceLost`](crate::Error::DeviceLost),
+    /// [`Error::Device`](crate::Error::Device).
+    ///
+    /// ```
+    /// use svmem::{DeviceId, Error, Svm};
+    ///
+    /// let svm = Svm::with_emulated(8 << 20)?;
+    /// let dev = svm.device(DeviceId(0))?;
+    /// let mut r = svm.alloc(64 << 10)?;
+    /// r.as_mut_slice::<u8>()[4090..4100].copy_from_slice(b"0123456789"); // spans two pages
+    /// let mut buf = [0u8; 10];
+    /// dev.read(r.at(4090), &mut buf)?;
+    /// assert_eq!(&buf, b"0123456789");
+    ///
+    /// let start = r.addr();
+    /// let view = r.as_mut_slice::<u8>();                  // a mutable CPU view bars devices
+    /// assert!(matches!(dev.read(start, &mut buf), Err(Error::HeldByCpuView { .. })));
+    /// drop(view);
+    /// let view = r.as_slice::<u8>();                      // a shared one bars only writes
+    /// dev.read(start, &mut buf)?;
+    /// assert!(matches!(dev.write(start, b"x"), Err(Error::HeldByCpuView { .. })));
+    /// drop(view);
+    /// assert!(matches!(dev.read(r.at(64 << 10), &mut buf), Err(Error::OutsideManaged { .. })));
+    /// # Ok::<(), svmem::Error>(())
+    /// ```
     pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<AccessReport> {
         self.svm.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
@@ -61,7 +99,13 @@ impl DeviceHandle<'_> {
         crate::pressure::failure::after_access(sh, self.id, res)
     }
 
-    /// Writes `buf` at `addr` through the device's page table.
+    /// Writes `buf` at `addr` through the device's page table; the rules and
+    /// errors of [`DeviceHandle::read`], and also
+    /// [`Error::ReadOnly`](crate::Error::ReadOnly) (a read-only region or a
+    /// `device_read_only` range), [`Error::HeldByCpuView`](crate::Error::HeldByCpuView)
+    /// while any CPU view lives, and [`Error::Protected`](crate::Error::Protected)
+    /// for memory the CPU may not write. Those checks cover the whole range
+    /// before any byte is written.
     pub fn write(&self, addr: VirtAddr, buf: &[u8]) -> Result<AccessReport> {
         self.svm.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
