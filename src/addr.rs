@@ -16,18 +16,24 @@ pub const BLOCK_SIZE: usize = BLOCK_PAGES * PAGE_SIZE;
 pub struct VirtAddr(pub u64);
 
 impl VirtAddr {
+    /// The address of a pointer.
     pub fn from_ptr<T>(p: *const T) -> VirtAddr {
         VirtAddr(p as u64)
     }
+    /// The address as a number.
     pub fn as_u64(self) -> u64 {
         self.0
     }
+    /// Whether it is a multiple of [`PAGE_SIZE`] (4 KiB).
     pub fn is_page_aligned(self) -> bool {
         self.0 % PAGE_SIZE as u64 == 0
     }
+    /// The start of the 4 KiB page holding it.
     pub fn align_down(self) -> VirtAddr {
         VirtAddr(self.0 & !(PAGE_SIZE as u64 - 1))
     }
+    /// The address `bytes` further on. Overflowing the address space is a
+    /// bug (it panics in debug builds).
     #[must_use]
     pub fn offset(self, bytes: u64) -> VirtAddr {
         VirtAddr(self.0 + bytes)
@@ -69,7 +75,10 @@ pub struct DevPage(pub u32);
 /// Where a page's data lives.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash, serde::Serialize)]
 pub enum Location {
+    /// System memory (the CPU's RAM): the page is present in the CPU mapping.
     System,
+    /// The local memory of a device; the CPU mapping lacks the page, so a
+    /// CPU touch faults it back.
     Device(DeviceId),
 }
 
@@ -86,8 +95,11 @@ impl fmt::Display for Location {
 /// `Atomic > Write > Read`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum AccessKind {
+    /// A load.
     Read,
+    /// A store.
     Write,
+    /// A read-modify-write (needs write permission too).
     Atomic,
 }
 

@@ -32,6 +32,38 @@
 //! assert!(svm.stats().cpu_faults >= 1);
 //! # Ok::<(), svmem::Error>(())
 //! ```
+//!
+//! ## Where to start
+//!
+//! - [`Svm`], built by [`Svm::with_emulated`] or [`Svm::builder`]: the
+//!   address space, its devices and limits.
+//! - [`Region`] from [`Svm::alloc`] (or [`Svm::register`] for memory you
+//!   already have): managed memory; [`Region::as_slice`] and
+//!   [`Region::as_mut_slice`] are CPU views that keep devices off while they
+//!   live, [`Region::as_atomic_u64`] is for memory CPU threads and kernels
+//!   share.
+//! - Placement: [`Svm::migrate`], [`Svm::prefetch`], [`Svm::set_attributes`]
+//!   (AMD SVM range attributes), [`Svm::advise`] (`cudaMemAdvise`), a
+//!   [`PlacementPolicy`] of your own with [`Svm::set_policy`].
+//! - Devices: [`Svm::device`] gives a [`DeviceHandle`] for reads and writes
+//!   through the device's page table and for kernels
+//!   ([`DeviceHandle::launch`]; a [`Lane`] loads, stores and runs atomics).
+//! - Memory pressure: [`Svm::memory_usage`], the memory limit, [`Svm::pin`];
+//!   device failures: [`DeviceHandle::inject`], [`Svm::reset_device`].
+//! - Watching: [`Svm::subscribe`] (an event stream), [`Svm::stats`].
+//! - [`Error`]: each variant says when it happens and what to do.
+//!
+//! Units: addresses are host virtual addresses ([`VirtAddr`]); lengths are
+//! bytes; range operations take 4 KiB-aligned ranges ([`PAGE_SIZE`]) inside
+//! one region; migration blocks are 2 MiB ([`BLOCK_SIZE`]); granularity is
+//! log2 of pages (0 = 4 KiB … 9 = 2 MiB).
+
+#![deny(missing_docs)]
+
+// The README's Rust examples run as doctests (`cargo test --doc`).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 // Layers, bottom up; a module imports only from layers below it (the test
 // `tests/layers.rs` keeps it so). ARCHITECTURE.md says what each one owns.

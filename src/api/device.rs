@@ -13,10 +13,15 @@ use crate::sys::AsyncSignalsBlocked;
 /// Static facts about a device.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceInfo {
+    /// The device's index (its [`DeviceId`]`.0`).
     pub id: u8,
+    /// The name the device reports (e.g. `"emulated"`).
     pub name: String,
+    /// What kind of memory it has and whether the CPU can reach it.
     pub memory_type: MemoryType,
+    /// Its memory in bytes.
     pub capacity_bytes: u64,
+    /// Bytes of it free when the info was taken.
     pub free_bytes: u64,
 }
 
@@ -28,10 +33,12 @@ pub struct DeviceHandle<'s> {
 }
 
 impl DeviceHandle<'_> {
+    /// The device's id in its `Svm`.
     pub fn id(&self) -> DeviceId {
         self.id
     }
 
+    /// Static facts about the device and its free memory now.
     pub fn info(&self) -> DeviceInfo {
         self.svm.assert_owner();
         let d = &self.svm.shared.devices[self.id.0 as usize];
@@ -44,7 +51,45 @@ impl DeviceHandle<'_> {
         }
     }
 
-    /// Reads `buf.len()` bytes at `addr` through the device's page table.
+    /// Reads `buf.len()` bytes at `addr` through the device's page table, as
+    /// a kernel's loads would: any address and length inside one managed
+    /// region (no alignment needed). Pages without a translation fault and
+    /// are served as a device fault (placement policy and range attributes
+    /// decide whether they migrate or are mapped where they are); the report
+    /// says how many pages and fault passes it took. Safe alongside CPU
+    /// threads and migrations on the same pages; a page moving meanwhile is
+    /// retried.
+    ///
+    /// Errors: [`Error::OutsideManaged`](crate::Error::OutsideManaged),
+    /// [`Error::HeldByCpuView`](crate::Error::HeldByCpuView) (a mutable CPU
+    /// view lives), [`Error::Poisoned`](crate::Error::Poisoned),
+    /// [`Error::Unmapped`](crate::Error::Unmapped),
+    /// [`Error::Protected`](crate::Error::Protected) (`PROT_NONE`),
+    /// [`Error::DeviceLost`](crate::Error::DeviceLost),
+    /// [`Error::Device`](crate::Error::Device).
+    ///
+    /// ```
+    /// use svmem::{DeviceId, Error, Svm};
+    ///
+    /// let svm = Svm::with_emulated(8 << 20)?;
+    /// let dev = svm.device(DeviceId(0))?;
+    /// let mut r = svm.alloc(64 << 10)?;
+    /// r.as_mut_slice::<u8>()[4090..4100].copy_from_slice(b"0123456789"); // spans two pages
+    /// let mut buf = [0u8; 10];
+    /// dev.read(r.at(4090), &mut buf)?;
+    /// assert_eq!(&buf, b"0123456789");
+    ///
+    /// let start = r.addr();
+    /// let view = r.as_mut_slice::<u8>();                  // a mutable CPU view bars devices
+    /// assert!(matches!(dev.read(start, &mut buf), Err(Error::HeldByCpuView { .. })));
+    /// drop(view);
+    /// let view = r.as_slice::<u8>();                      // a shared one bars only writes
+    /// dev.read(start, &mut buf)?;
+    /// assert!(matches!(dev.write(start, b"x"), Err(Error::HeldByCpuView { .. })));
+    /// drop(view);
+    /// assert!(matches!(dev.read(r.at(64 << 10), &mut buf), Err(Error::OutsideManaged { .. })));
+    /// # Ok::<(), svmem::Error>(())
+    /// ```
     pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<AccessReport> {
         self.svm.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
@@ -54,7 +99,13 @@ impl DeviceHandle<'_> {
         crate::pressure::failure::after_access(sh, self.id, res)
     }
 
-    /// Writes `buf` at `addr` through the device's page table.
+    /// Writes `buf` at `addr` through the device's page table; the rules and
+    /// errors of [`DeviceHandle::read`], and also
+    /// [`Error::ReadOnly`](crate::Error::ReadOnly) (a read-only region or a
+    /// `device_read_only` range), [`Error::HeldByCpuView`](crate::Error::HeldByCpuView)
+    /// while any CPU view lives, and [`Error::Protected`](crate::Error::Protected)
+    /// for memory the CPU may not write. Those checks cover the whole range
+    /// before any byte is written.
     pub fn write(&self, addr: VirtAddr, buf: &[u8]) -> Result<AccessReport> {
         self.svm.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
@@ -110,6 +161,43 @@ impl DeviceHandle<'_> {
     /// device's compute units. Accesses go through the device's page table;
     /// a fatal device fault stops the launch and is in the report (use
     /// [`LaunchReport::check`] to turn it into an error).
+    ///
+    /// Items are spread over the device's lanes (one thread per compute
+    /// unit); the order in which items run is not defined, and `kernel`
+    /// must be `Sync`. Returns when every lane has stopped. A lane's access
+    /// without a translation posts a fault (XNACK on) that the device's
+    /// fault-service thread resolves in batches, migrating or mapping per
+    /// the placement policy and the range's attributes; with XNACK off it
+    /// is fatal unless the range was mapped ahead. A CPU view of a region
+    /// bars the lanes as it bars [`DeviceHandle::read`]/[`write`](Self::write).
+    ///
+    /// Errors (the launch does not start): [`Error::DeviceLost`](crate::Error::DeviceLost),
+    /// [`Error::Forked`](crate::Error::Forked). A fault inside the kernel
+    /// is not an error here; see [`LaunchReport::fatal`].
+    ///
+    /// ```
+    /// use svmem::{DeviceId, FaultReason, Svm, VirtAddr};
+    ///
+    /// let svm = Svm::with_emulated(8 << 20)?;
+    /// let mut x = svm.alloc(1 << 20)?;
+    /// x.as_mut_slice::<u64>().iter_mut().enumerate().for_each(|(i, v)| *v = i as u64);
+    /// let n = x.len() / 8;
+    /// let dev = svm.device(DeviceId(0))?;
+    /// let report = dev
+    ///     .launch(n, |lane, i| {
+    ///         let v: u64 = lane.load(x.at(i * 8))?;       // misses fault and are served
+    ///         lane.store(x.at(i * 8), v * 3)
+    ///     })?
+    ///     .check()?;
+    /// assert_eq!(report.items_done, n);
+    /// assert!(x.as_slice::<u64>().iter().enumerate().all(|(i, &v)| v == 3 * i as u64));
+    ///
+    /// // A fatal fault stops the launch and is reported, not panicked.
+    /// let report = dev.launch(1, |lane, _| lane.load::<u64>(VirtAddr(4096)).map(drop))?;
+    /// assert_eq!(report.fatal.as_ref().map(|f| &f.reason), Some(&FaultReason::Unmanaged));
+    /// assert!(report.check().is_err());
+    /// # Ok::<(), svmem::Error>(())
+    /// ```
     pub fn launch<F>(&self, grid: u64, kernel: F) -> Result<LaunchReport>
     where
         F: Fn(&mut Lane<'_>, u64) -> std::result::Result<(), DeviceFault> + Sync,

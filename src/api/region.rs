@@ -42,6 +42,9 @@ impl Region<'_> {
         self.inner.current()
     }
 
+    /// Where the region starts (2 MiB aligned for [`Svm::alloc`]). It changes
+    /// if the program moves the whole region with `mremap`: the handle
+    /// follows.
     pub fn addr(&self) -> VirtAddr {
         VirtAddr(self.cur().base())
     }
@@ -49,9 +52,11 @@ impl Region<'_> {
     pub fn len(&self) -> u64 {
         self.cur().len()
     }
+    /// Always false: a region holds at least one page.
     pub fn is_empty(&self) -> bool {
         false
     }
+    /// Length in 4 KiB pages.
     pub fn npages(&self) -> usize {
         self.cur().npages
     }
@@ -126,7 +131,9 @@ impl Region<'_> {
             .unwrap_or_default()
     }
 
-    /// Sets this region's fault granularity (log2 pages, 0..=9).
+    /// Sets this region's fault granularity (log2 pages, 0..=9): how much a
+    /// fault migrates at once, from one 4 KiB page (0) to a 2 MiB block (9).
+    /// Errors: [`Error::Granularity`] above 9.
     pub fn set_granularity(&self, g: u8) -> Result<()> {
         self.svm.check_owner()?;
         self.svm.set_granularity(self.addr(), self.len(), g)
@@ -134,7 +141,8 @@ impl Region<'_> {
 
     /// Makes the region read-only (or writable again) for the CPU and every
     /// device. Device writes to a read-only region fail; its pages do not
-    /// migrate (reported not migratable).
+    /// migrate (reported not migratable). Every device translation of the
+    /// region is dropped first. Errors: [`Error::Os`] if `mprotect` fails.
     pub fn protect(&self, prot: Prot) -> Result<()> {
         self.svm.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();

@@ -31,7 +31,25 @@ use crate::sys::AsyncSignalsBlocked;
 use crate::sys::{Advice, EventFd, Mapping, Prot, Uffd};
 use std::sync::atomic::AtomicBool;
 
-/// Builds an [`Svm`].
+/// Builds an [`Svm`]: its devices, the defaults of its regions, its
+/// placement policy and its limits. Get one from [`Svm::builder`]; every
+/// setter takes and returns the builder, and [`SvmBuilder::build`] checks
+/// the whole configuration at once.
+///
+/// ```
+/// use svmem::{DeviceId, EmulatedConfig, Svm};
+///
+/// let svm = Svm::builder()
+///     .emulated(EmulatedConfig::with_memory(8 << 20))?   // dev0: 8 MiB
+///     .emulated(EmulatedConfig::with_memory(4 << 20))?   // dev1: 4 MiB
+///     .granularity(4)                                    // 64 KiB fault windows
+///     .memory_limit(1 << 30)
+///     .build()?;
+/// assert_eq!(svm.device_ids(), [DeviceId(0), DeviceId(1)]);
+/// assert_eq!(svm.device(DeviceId(1))?.info().capacity_bytes, 4 << 20);
+/// assert_eq!(svm.memory_limit(), 1 << 30);
+/// # Ok::<(), svmem::Error>(())
+/// ```
 pub struct SvmBuilder {
     devices: Vec<Arc<dyn Device>>,
     granularity: u8,
@@ -170,6 +188,17 @@ impl SvmBuilder {
         self
     }
 
+    /// Checks the configuration and starts the address space: opens the
+    /// userfaultfd, maps its scratch areas and starts the `svmem-uffd`
+    /// reader thread and, per device, a fault-service and a restore thread
+    /// (all stopped when the `Svm` drops).
+    ///
+    /// Errors: [`Error::Config`] (more than 8 devices, pipeline depth
+    /// outside 1..=64, a timing profile a device refuses),
+    /// [`Error::Granularity`] (above 9), [`Error::UffdPermission`] and
+    /// [`Error::UffdMissingFeature`] (the kernel or the user's rights do
+    /// not allow svmem; the message says how to fix it), [`Error::Os`] (a
+    /// system call or thread start failed).
     pub fn build(self) -> Result<Svm> {
         if let Some(p) = self.timing {
             crate::device::timing::apply(&self.devices, p)?;
@@ -291,7 +320,21 @@ impl SvmBuilder {
     }
 }
 
-/// One shared virtual address space. See the crate docs.
+/// One shared virtual address space: its managed regions, its devices and
+/// the threads that serve their faults. Build one with
+/// [`Svm::with_emulated`] or [`Svm::builder`] (an example is at
+/// [`SvmBuilder`]); the crate docs explain the model. `Svm` is `Send` and
+/// `Sync`: every method takes `&self` and may be called from any thread,
+/// concurrently with CPU accesses to managed memory.
+///
+/// ```
+/// fn shared_between_threads<T: Send + Sync>() {}
+/// shared_between_threads::<svmem::Svm>();
+/// shared_between_threads::<svmem::Region<'static>>();
+/// shared_between_threads::<svmem::DeviceHandle<'static>>();
+/// fn moved_to_threads<T: Send>() {}
+/// moved_to_threads::<svmem::EventStream>();
+/// ```
 ///
 /// # fork
 ///
@@ -347,6 +390,9 @@ impl Svm {
         }
     }
 
+    /// A builder with the defaults: no devices, granularity 9 (2 MiB),
+    /// pipeline depth 4, XNACK on, [`KfdPolicy`], huge pages on, the memory
+    /// limit of [`crate::default_memory_limit`]. See [`SvmBuilder`].
     pub fn builder() -> SvmBuilder {
         SvmBuilder::default()
     }
@@ -358,7 +404,30 @@ impl Svm {
             .build()
     }
 
-    /// Allocates `len` bytes (rounded up to 4 KiB) of managed memory.
+    /// Allocates `len` bytes (rounded up to 4 KiB) of managed memory: a new
+    /// region, 2 MiB aligned, whose pages are untouched (no memory anywhere)
+    /// until the CPU or a device first writes them; untouched pages read as
+    /// zeros. Its fault granularity is the builder's.
+    /// The page-rounded length is charged against the memory limit now.
+    /// Dropping the [`Region`] frees it.
+    ///
+    /// Errors: [`Error::ZeroLength`] (`len == 0`),
+    /// [`Error::MemoryLimit`] (past the system-memory limit),
+    /// [`Error::AllocTooLarge`] (larger than one region holds, or the
+    /// kernel refused the mappings).
+    ///
+    /// ```
+    /// use svmem::{Svm, PAGE_SIZE};
+    ///
+    /// let svm = Svm::with_emulated(8 << 20)?;
+    /// let mut r = svm.alloc(10_000)?;                     // rounded up to 3 pages
+    /// assert_eq!(r.len(), 3 * PAGE_SIZE as u64);
+    /// assert!(r.as_slice::<u8>().iter().all(|&b| b == 0)); // untouched: zeros
+    /// r.as_mut_slice::<u64>()[5] = 7;
+    /// assert_eq!(r.as_slice::<u64>()[5], 7);
+    /// assert!(svm.alloc(0).is_err());
+    /// # Ok::<(), svmem::Error>(())
+    /// ```
     pub fn alloc(&self, len: usize) -> Result<Region<'_>> {
         self.check_owner()?;
         let pages = len.div_ceil(PAGE_SIZE);
@@ -596,7 +665,37 @@ impl Svm {
     }
 
     /// Migrates the page-aligned range `[addr, addr+len)` to `to`, best effort
-    /// per page; the report says what moved and why the rest did not.
+    /// per page; the report says what moved and why the rest did not. Returns
+    /// when the pages have moved (the copies are done). Safe to call from any thread,
+    /// alongside CPU accesses, device accesses and kernels on the same
+    /// pages: a CPU touch of a page in flight waits for it, a busy page is
+    /// retried and then counted in `skipped_busy`. A full device evicts its
+    /// coldest 2 MiB blocks to make room.
+    ///
+    /// Errors: [`Error::Unaligned`] (`addr` or `len` not a multiple of
+    /// 4 KiB), [`Error::EmptyRange`], [`Error::OutsideManaged`] (not inside
+    /// one region), [`Error::Unmapped`] (the range holds a page the program
+    /// unmapped; nothing moves), [`Error::UnknownDevice`],
+    /// [`Error::DeviceLost`], [`Error::DeviceMemory`] (more than the device
+    /// can ever hold).
+    ///
+    /// ```
+    /// use svmem::{DeviceId, Location, Svm};
+    ///
+    /// let svm = Svm::with_emulated(8 << 20)?;
+    /// let mut r = svm.alloc(1 << 20)?;                     // 256 pages
+    /// r.as_mut_slice::<u32>().fill(0xabcd);
+    ///
+    /// let to_dev = svm.migrate(r.addr(), r.len(), Location::Device(DeviceId(0)))?;
+    /// assert_eq!((to_dev.migrated, to_dev.skipped()), (256, 0));
+    /// assert_eq!(svm.location(r.at(4096)), Some(Location::Device(DeviceId(0))));
+    ///
+    /// let home = svm.migrate(r.addr(), r.len(), Location::System)?;
+    /// assert_eq!(home.migrated, 256);
+    /// assert_eq!(svm.location(r.addr()), Some(Location::System));
+    /// assert!(r.as_slice::<u32>().iter().all(|&x| x == 0xabcd));
+    /// # Ok::<(), svmem::Error>(())
+    /// ```
     pub fn migrate(&self, addr: VirtAddr, len: u64, to: Location) -> Result<MigrateReport> {
         self.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();
@@ -660,6 +759,40 @@ impl Svm {
     /// sub-ranges are invalidated, ranges a device must keep mapped (XNACK off
     /// with access granted, or always mapped) are mapped again, and a
     /// prefetch location migrates the whole range now, every time it is set.
+    ///
+    /// Attributes live on the address range, not on a region's pages: they
+    /// are kept per page range, split and merged as calls change them, and
+    /// read by the placement policy on every device fault. Read them back
+    /// with [`Svm::attributes`].
+    ///
+    /// Errors: the range errors of [`Svm::migrate`]; [`Error::Attr`] with an
+    /// [`AttrError`](crate::error::AttrError) for an empty list, an unknown
+    /// device, a granularity above 9, or two values for one attribute (then
+    /// nothing applies); [`Error::DeviceLost`] / [`Error::DeviceMemory`] from
+    /// a prefetch to a device.
+    ///
+    /// ```
+    /// use svmem::{AccessMode, Attr, AttrFlags, Common, DeviceId, Location, Svm};
+    ///
+    /// let svm = Svm::with_emulated(8 << 20)?;
+    /// let r = svm.alloc(2 << 20)?;
+    /// let dev0 = Location::Device(DeviceId(0));
+    /// svm.set_attributes(r.addr(), r.len(), &[
+    ///     Attr::PreferredLocation(Some(dev0)),         // device faults migrate there
+    ///     Attr::SetFlags(AttrFlags::READ_MOSTLY),
+    ///     Attr::Granularity(4),                        // 16 pages per fault
+    /// ])?;
+    /// let q = svm.attributes(r.addr(), r.len())?;
+    /// assert_eq!(q.preferred, Common::Same(Some(dev0)));
+    /// assert!(q.flags.contains(AttrFlags::READ_MOSTLY));
+    /// assert_eq!(q.granularity, 4);
+    /// assert_eq!(q.access, [Common::Same(AccessMode::Access)]); // XNACK on: default access
+    ///
+    /// // Validated as a whole: a bad attribute applies nothing.
+    /// assert!(svm.set_attributes(r.addr(), r.len(), &[Attr::Granularity(10)]).is_err());
+    /// assert_eq!(svm.attributes(r.addr(), r.len())?.granularity, 4);
+    /// # Ok::<(), svmem::Error>(())
+    /// ```
     pub fn set_attributes(&self, addr: VirtAddr, len: u64, attrs: &[Attr]) -> Result<()> {
         self.check_owner()?;
         self.apply_attributes(addr, len, attrs).map(|_| ())
@@ -745,7 +878,26 @@ impl Svm {
     /// `cudaMemAdvise` over the same machinery: read-mostly sets the
     /// read-mostly flag, preferred location sets the preferred location,
     /// accessed-by grants the device access in place (map where the data is,
-    /// never migrate on its faults). Unset restores the default.
+    /// never migrate on its faults). Unset restores the default. See
+    /// [`MemAdvice`] for each advice's attribute; errors are those of
+    /// [`Svm::set_attributes`].
+    ///
+    /// ```
+    /// use svmem::{AccessMode, Common, DeviceId, Location, MemAdvice, Svm};
+    ///
+    /// let svm = Svm::with_emulated(8 << 20)?;
+    /// let r = svm.alloc(1 << 20)?;
+    /// let dev0 = DeviceId(0);
+    /// svm.advise(r.addr(), r.len(), MemAdvice::SetPreferredLocation(Location::System))?;
+    /// svm.advise(r.addr(), r.len(), MemAdvice::SetAccessedBy(dev0))?;
+    /// let q = svm.attributes(r.addr(), r.len())?;
+    /// assert_eq!(q.preferred, Common::Same(Some(Location::System)));
+    /// assert_eq!(q.access[0], Common::Same(AccessMode::AccessInPlace));
+    ///
+    /// svm.advise(r.addr(), r.len(), MemAdvice::UnsetAccessedBy(dev0))?;
+    /// assert_eq!(svm.attributes(r.addr(), r.len())?.access[0], Common::Same(AccessMode::Access));
+    /// # Ok::<(), svmem::Error>(())
+    /// ```
     pub fn advise(&self, addr: VirtAddr, len: u64, advice: MemAdvice) -> Result<()> {
         self.check_owner()?;
         let xnack = self.xnack();
@@ -766,7 +918,23 @@ impl Svm {
     }
 
     /// `cudaMemPrefetchAsync` over the same machinery: sets the prefetch
-    /// location, which migrates the range now; returns what moved.
+    /// location, which migrates the range now; returns what moved. Unlike
+    /// CUDA's, it returns when the pages are there. Errors: those of
+    /// [`Svm::migrate`] (a range with a hole moves nothing).
+    ///
+    /// ```
+    /// use svmem::{Common, DeviceId, Location, Svm};
+    ///
+    /// let svm = Svm::with_emulated(8 << 20)?;
+    /// let mut r = svm.alloc(2 << 20)?;
+    /// r.as_mut_slice::<u8>().fill(3);
+    /// let dev0 = Location::Device(DeviceId(0));
+    /// let report = svm.prefetch(r.addr(), r.len(), dev0)?;
+    /// assert_eq!(report.migrated, 512);
+    /// assert_eq!(svm.location(r.addr()), Some(dev0));
+    /// assert_eq!(svm.attributes(r.addr(), r.len())?.prefetch, Common::Same(Some(dev0)));
+    /// # Ok::<(), svmem::Error>(())
+    /// ```
     pub fn prefetch(&self, addr: VirtAddr, len: u64, to: Location) -> Result<MigrateReport> {
         self.check_owner()?;
         // Like a migration, a prefetch over a hole moves nothing.
@@ -830,18 +998,66 @@ impl Svm {
 
     /// Subscribes to the event stream; a subscriber that falls `capacity`
     /// events behind loses the newest ones (counted), never stalls svmem.
+    /// Each stream sees the events emitted after it subscribed, in order;
+    /// any number of streams may be open, and a stream can be moved to
+    /// another thread. With no stream open, svmem builds no events.
+    ///
+    /// ```
+    /// use svmem::{DeviceId, EventKind, Location, Svm};
+    ///
+    /// let svm = Svm::with_emulated(8 << 20)?;
+    /// let mut r = svm.alloc(1 << 20)?;
+    /// r.as_mut_slice::<u8>().fill(1);
+    /// let events = svm.subscribe(1024);
+    /// svm.migrate(r.addr(), r.len(), Location::Device(DeviceId(0)))?;
+    /// let ends: Vec<u64> = events
+    ///     .drain()
+    ///     .into_iter()
+    ///     .filter_map(|e| match e.kind {
+    ///         EventKind::MigrateEnd { migrated, to: Location::Device(_), .. } => Some(migrated),
+    ///         _ => None,
+    ///     })
+    ///     .collect();
+    /// assert_eq!(ends.iter().sum::<u64>(), 256);
+    /// assert_eq!(events.dropped(), 0);
+    /// # Ok::<(), svmem::Error>(())
+    /// ```
     pub fn subscribe(&self, capacity: usize) -> EventStream {
         self.assert_owner();
         self.shared.notifier.events.subscribe(capacity)
     }
 
-    /// A handle for device `id`.
+    /// A handle for device `id`: its facts, direct reads and writes through
+    /// its page table, kernel launches, fault injection. Cheap (`Copy`);
+    /// borrow as many as you like, from any thread.
+    ///
+    /// Errors: [`Error::UnknownDevice`] for an id this `Svm` does not have.
+    ///
+    /// ```
+    /// use svmem::{DeviceId, Location, Svm};
+    ///
+    /// let svm = Svm::with_emulated(8 << 20)?;
+    /// let dev = svm.device(DeviceId(0))?;
+    /// assert_eq!(dev.info().capacity_bytes, 8 << 20);
+    /// assert!(svm.device(DeviceId(1)).is_err());
+    ///
+    /// let r = svm.alloc(1 << 20)?;
+    /// svm.migrate(r.addr(), r.len(), Location::Device(DeviceId(0)))?;
+    /// dev.write(r.at(100), b"hello")?;              // through the device's page table
+    /// let mut buf = [0u8; 5];
+    /// dev.read(r.at(100), &mut buf)?;
+    /// assert_eq!(&buf, b"hello");
+    /// assert_eq!(&r.as_slice::<u8>()[100..105], b"hello"); // the CPU faults it back
+    /// # Ok::<(), svmem::Error>(())
+    /// ```
     pub fn device(&self, id: DeviceId) -> Result<DeviceHandle<'_>> {
         self.check_owner()?;
         self.shared.device(id)?;
         Ok(DeviceHandle { svm: self, id })
     }
 
+    /// The ids of this `Svm`'s devices, `DeviceId(0)` up, in the order the
+    /// builder received them.
     pub fn device_ids(&self) -> Vec<DeviceId> {
         self.assert_owner();
         (0..self.shared.devices.len())
@@ -1001,17 +1217,48 @@ impl Drop for Svm {
 /// `cudaMemAdvise` advice, mapped onto range attributes by [`Svm::advise`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemAdvice {
+    /// `cudaMemAdviseSetReadMostly`: sets [`AttrFlags::READ_MOSTLY`].
     SetReadMostly,
+    /// `cudaMemAdviseUnsetReadMostly`: clears [`AttrFlags::READ_MOSTLY`].
     UnsetReadMostly,
+    /// `cudaMemAdviseSetPreferredLocation`: sets the preferred location
+    /// ([`Attr::PreferredLocation`]), where device faults migrate the data.
     SetPreferredLocation(Location),
+    /// `cudaMemAdviseUnsetPreferredLocation`: no preferred location.
     UnsetPreferredLocation,
+    /// `cudaMemAdviseSetAccessedBy`: the device gets access in place
+    /// ([`AccessMode::AccessInPlace`]): its faults map the data where it is
+    /// instead of migrating it.
     SetAccessedBy(DeviceId),
+    /// `cudaMemAdviseUnsetAccessedBy`: the device's access goes back to the
+    /// default (access with XNACK on, none with XNACK off).
     UnsetAccessedBy(DeviceId),
 }
 
 impl Svm {
     /// Where memory is and what is charged against the system-memory limit,
-    /// now (one scan of every page-state table). See [`MemoryUsage`].
+    /// now (one scan of every page-state table). See [`MemoryUsage`]. A
+    /// snapshot: pages that migrate during the scan are counted where the
+    /// scan found them.
+    ///
+    /// ```
+    /// use svmem::{DeviceId, Location, Svm};
+    ///
+    /// let svm = Svm::with_emulated(8 << 20)?;
+    /// let mut r = svm.alloc(4 << 20)?;
+    /// let u = svm.memory_usage();
+    /// assert_eq!((u.managed_bytes, u.unpopulated_bytes), (4 << 20, 4 << 20));
+    ///
+    /// r.as_mut_slice::<u8>()[..2 << 20].fill(1);           // first 2 MiB touched
+    /// svm.migrate(r.addr(), 1 << 20, Location::Device(DeviceId(0)))?;
+    /// let u = svm.memory_usage();
+    /// assert_eq!(u.device_bytes, 1 << 20);
+    /// assert_eq!(u.system_bytes, 1 << 20);
+    /// assert_eq!(u.unpopulated_bytes, 2 << 20);
+    /// assert_eq!(u.devices[0].resident_bytes, 1 << 20);
+    /// assert!(u.in_use_bytes <= u.limit_bytes);
+    /// # Ok::<(), svmem::Error>(())
+    /// ```
     pub fn memory_usage(&self) -> MemoryUsage {
         self.assert_owner();
         crate::pressure::account::usage(&self.shared, &self.shared.pressure)
@@ -1051,6 +1298,29 @@ impl Svm {
     /// for a bounce buffer under the memory limit); [`Error::MemoryLimit`] if
     /// the region's pin table (2 bytes per page, allocated on its first pin)
     /// does not fit; the range errors of [`crate::Svm::migrate`].
+    ///
+    /// ```
+    /// use svmem::{DeviceId, Location, Svm};
+    ///
+    /// let svm = Svm::with_emulated(8 << 20)?;
+    /// let mut r = svm.alloc(1 << 20)?;
+    /// r.as_mut_slice::<u8>().fill(9);
+    /// let dev0 = Location::Device(DeviceId(0));
+    /// svm.migrate(r.addr(), r.len(), dev0)?;
+    ///
+    /// svm.pin(r.addr(), 64 << 10)?;                          // first 16 pages come home
+    /// assert_eq!(svm.location(r.addr()), Some(Location::System));
+    /// assert_eq!(svm.pin_count(r.addr()), 1);
+    /// svm.migrate(r.addr(), r.len(), Location::System)?;
+    /// let rep = svm.migrate(r.addr(), r.len(), dev0)?;
+    /// assert_eq!((rep.migrated, rep.skipped_pinned), (240, 16));
+    ///
+    /// svm.unpin(r.addr(), 64 << 10)?;
+    /// assert!(svm.unpin(r.addr(), 64 << 10).is_err());       // Error::NotPinned
+    /// assert_eq!(svm.migrate(r.addr(), r.len(), dev0)?.migrated, 16);
+    /// assert!(r.as_slice::<u8>().iter().all(|&b| b == 9));
+    /// # Ok::<(), svmem::Error>(())
+    /// ```
     pub fn pin(&self, addr: VirtAddr, len: u64) -> Result<()> {
         self.check_owner()?;
         let _signals = AsyncSignalsBlocked::new();

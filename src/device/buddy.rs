@@ -71,6 +71,8 @@ impl Inner {
 }
 
 impl Buddy {
+    /// An allocator over pages `0..total_pages`, all free (carved into the
+    /// largest aligned power-of-two blocks that fit, up to 512 pages).
     pub fn new(total_pages: u64) -> Buddy {
         let mut inner = Inner {
             head: vec![0; total_pages as usize],
@@ -89,10 +91,12 @@ impl Buddy {
         }
     }
 
+    /// Pages it manages in all.
     pub fn total_pages(&self) -> u64 {
         self.total
     }
 
+    /// Pages free now.
     pub fn free_pages(&self) -> u64 {
         self.inner.lock().free_pages
     }
@@ -132,6 +136,7 @@ impl Buddy {
         }
     }
 
+    /// Host bytes its bookkeeping uses (one byte per page plus the free lists).
     pub fn metadata_bytes(&self) -> u64 {
         let g = self.inner.lock();
         let nodes: usize = g.free.iter().map(BTreeSet::len).sum();

@@ -18,11 +18,14 @@ use crate::sys::{Advice, Mapping, Prot};
 /// How to build an emulated device.
 #[derive(Clone, Debug)]
 pub struct EmulatedConfig {
+    /// The name the device reports (default `"emulated"`).
     pub name: String,
     /// Bytes of device memory (rounded up to 4 KiB).
     pub memory_bytes: u64,
     /// Copy-engine threads.
     pub copy_engines: usize,
+    /// The memory type it reports (default [`MemoryType::Private`]; svmem
+    /// treats every type as private for now).
     pub memory_type: MemoryType,
     /// Compute threads that run kernel lanes (each thread is one lane).
     pub compute_units: usize,
@@ -49,6 +52,8 @@ impl Default for EmulatedConfig {
 }
 
 impl EmulatedConfig {
+    /// The default configuration (2 copy engines, 2 compute units, private
+    /// memory) with `memory_bytes` of device memory.
     pub fn with_memory(memory_bytes: u64) -> Self {
         EmulatedConfig {
             memory_bytes,
@@ -170,6 +175,24 @@ fn engine_loop(
 }
 
 impl EmulatedDevice {
+    /// Builds the device: maps and populates its memory (real host memory,
+    /// `memory_bytes` of it, resident from the start like VRAM) and starts
+    /// its copy-engine threads. Hand it to [`crate::SvmBuilder::device`], or
+    /// use [`crate::SvmBuilder::emulated`].
+    ///
+    /// Errors: [`Error::Config`] for memory outside 4 KiB..=128 GiB, copy
+    /// engines outside 1..=64 or compute units outside 1..=256;
+    /// [`Error::AllocTooLarge`] if the host cannot map or populate the
+    /// memory.
+    ///
+    /// ```
+    /// use svmem::{Device, EmulatedConfig, EmulatedDevice};
+    ///
+    /// let dev = EmulatedDevice::new(EmulatedConfig { compute_units: 4, ..EmulatedConfig::with_memory(1 << 20) })?;
+    /// assert_eq!((dev.capacity_pages(), dev.free_pages(), dev.compute_units()), (256, 256, 4));
+    /// assert!(EmulatedDevice::new(EmulatedConfig::with_memory(0)).is_err());
+    /// # Ok::<(), svmem::Error>(())
+    /// ```
     pub fn new(config: EmulatedConfig) -> Result<EmulatedDevice> {
         let pages = config.memory_bytes.div_ceil(PAGE_SIZE as u64);
         if pages == 0 || pages > MAX_DEV_PAGES {

@@ -24,7 +24,12 @@ pub enum CopyFailure {
     EveryNth(u64),
     /// Each job fails with probability `p` (0 ≤ p ≤ 1), drawn from a
     /// deterministic generator seeded with `seed`.
-    Probability { p: f64, seed: u64 },
+    Probability {
+        /// The probability of failure, 0.0 to 1.0.
+        p: f64,
+        /// The generator's seed (the same seed fails the same jobs).
+        seed: u64,
+    },
     /// The next `after` jobs succeed, every later one fails (`after: 0`:
     /// from now on).
     After(u64),
@@ -33,6 +38,7 @@ pub enum CopyFailure {
 /// Fault-injection settings of one device.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub struct Injection {
+    /// Which copy jobs fail.
     pub copy: CopyFailure,
     /// Every device-memory allocation gets no memory.
     pub alloc_fails: bool,
@@ -98,6 +104,7 @@ pub struct Injector {
 }
 
 impl Injector {
+    /// No injection, not lost.
     pub fn new() -> Injector {
         Injector::default()
     }
@@ -141,6 +148,7 @@ impl Injector {
         self.lost.store(true, Ordering::Release);
     }
 
+    /// Whether [`Injector::lose`] was called since the last restore.
     pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)
     }

@@ -42,14 +42,18 @@ pub enum MemoryType {
 /// A run of contiguous device pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DevRun {
+    /// The first page of the run.
     pub start: DevPage,
+    /// Pages in the run (a power of two, at most 512, from [`Device::alloc`]).
     pub npages: u32,
 }
 
 /// A position in a host mapping (a staging page, or a bounce buffer).
 #[derive(Clone, Debug)]
 pub struct HostRef {
+    /// The mapping (kept alive while the job holds it).
     pub map: Arc<Mapping>,
+    /// Byte offset of the first page in it (page aligned).
     pub off: usize,
 }
 
@@ -58,30 +62,46 @@ pub struct HostRef {
 pub enum CopyOp {
     /// Host pages → device pages.
     ToDevice {
+        /// Where the pages are read, on the host.
         src: HostRef,
+        /// The first device page written.
         dst: DevPage,
+        /// Pages to copy (contiguous on both sides).
         npages: u32,
     },
     /// Device pages → host pages.
     ToHost {
+        /// The first device page read.
         src: DevPage,
+        /// Where the pages are written, on the host.
         dst: HostRef,
+        /// Pages to copy (contiguous on both sides).
         npages: u32,
     },
     /// Zero-fill device pages (no copy).
-    Fill { dst: DevPage, npages: u32 },
+    Fill {
+        /// The first device page zeroed.
+        dst: DevPage,
+        /// Pages to zero.
+        npages: u32,
+    },
     /// Device `from`'s pages → this device's pages, over the peer path (no
     /// system memory in between). Only submitted to a device whose
     /// [`Device::connect_peer`] accepted `from`.
     FromPeer {
+        /// The device whose memory is read.
         from: DeviceId,
+        /// The first page read on `from`.
         src: DevPage,
+        /// The first page written on this device.
         dst: DevPage,
+        /// Pages to copy.
         npages: u32,
     },
 }
 
 impl CopyOp {
+    /// Pages the operation touches.
     pub fn npages(&self) -> u32 {
         match self {
             CopyOp::ToDevice { npages, .. }
@@ -148,10 +168,12 @@ impl CopyOp {
 /// A batch of copy operations of at most [`MAX_JOB_PAGES`] pages.
 #[derive(Clone, Debug, Default)]
 pub struct CopyJob {
+    /// The operations, run in order.
     pub ops: Vec<CopyOp>,
 }
 
 impl CopyJob {
+    /// Pages of all its operations.
     pub fn pages(&self) -> u32 {
         self.ops.iter().map(CopyOp::npages).sum()
     }
@@ -194,6 +216,7 @@ impl CopyJob {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct DeviceError {
+    /// What failed, in the device's words.
     pub reason: String,
     /// The device is gone until it is reset.
     pub lost: bool,
@@ -241,6 +264,7 @@ pub struct Fence(Arc<FenceInner>);
 const FENCE_SPIN: std::time::Duration = std::time::Duration::from_micros(60);
 
 impl Fence {
+    /// A fence with no job recorded (waiting on it returns at once).
     pub fn new() -> Fence {
         Fence::default()
     }
@@ -290,7 +314,9 @@ impl Fence {
 /// A device, as the migration engine and the device-access path use it.
 /// Implementations must pass `tests/conformance.rs`.
 pub trait Device: Send + Sync {
+    /// A short name for messages and [`crate::DeviceInfo`].
     fn name(&self) -> &str;
+    /// How the CPU sees this device's memory.
     fn memory_type(&self) -> MemoryType;
     /// Pages of local memory in all.
     fn capacity_pages(&self) -> u64;
@@ -394,19 +420,29 @@ fn no_injection(name: &str) -> crate::error::Error {
 /// An atomic read-modify-write a device kernel may issue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AtomicOp {
+    /// Adds to a 32-bit word (wrapping).
     AddU32(u32),
+    /// Adds to a 64-bit word (wrapping).
     AddU64(u64),
-    /// Stores `new` if the word equals `current`.
+    /// Stores `new` in a 32-bit word if the word equals `current`.
     CasU32 {
+        /// The value expected.
         current: u32,
+        /// The value stored if it is there.
         new: u32,
     },
+    /// Stores `new` in a 64-bit word if the word equals `current`.
     CasU64 {
+        /// The value expected.
         current: u64,
+        /// The value stored if it is there.
         new: u64,
     },
+    /// Bitwise XOR into a 64-bit word.
     XorU64(u64),
+    /// Bitwise OR into a 64-bit word.
     OrU64(u64),
+    /// Bitwise AND into a 64-bit word.
     AndU64(u64),
     /// Stores the smaller of the word and the operand (unsigned).
     MinU64(u64),

@@ -303,13 +303,19 @@ pub const MODEL_TLB_ENTRIES: usize = 32;
 /// thread).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LaneClock {
+    /// Bytes the lane read and wrote in device memory.
     pub device_bytes: u64,
+    /// Bytes the lane read from system memory over the link.
     pub remote_read_bytes: u64,
+    /// Bytes the lane wrote to system memory over the link.
     pub remote_write_bytes: u64,
     /// Bytes over the link each way (each access at least the minimum).
     pub wire_read_bytes: u64,
+    /// Bytes over the link towards the host (each access at least the minimum).
     pub wire_write_bytes: u64,
+    /// Accesses to system memory over the link.
     pub remote_accesses: u64,
+    /// Misses in the lane's modelled TLB ([`MODEL_TLB_ENTRIES`] 2 MiB entries).
     pub tlb_misses: u64,
     /// Picoseconds waited for fault service.
     pub stall_ps: u64,
@@ -393,8 +399,11 @@ pub enum Bound {
     Nothing,
     /// The slowest lane's own accesses and stalls.
     Lanes,
+    /// The link towards the device (remote reads, copies to the device).
     LinkToDevice,
+    /// The link towards the host (remote writes, copies to system memory).
     LinkToHost,
+    /// The device's memory bandwidth (all lanes together).
     DeviceMemory,
     /// Fault service and copy jobs, one after another.
     Engines,
@@ -406,15 +415,19 @@ pub struct LaunchTiming {
     /// Modelled duration of the launch.
     #[serde(serialize_with = "ser_us", rename = "modelled_us")]
     pub modelled: Duration,
+    /// The resource that took longest, and so set `modelled`.
     pub bound: Bound,
-    /// Bytes the lanes read from / wrote to system memory over the link.
+    /// Bytes the lanes read from system memory over the link.
     pub remote_read_bytes: u64,
+    /// Bytes the lanes wrote to system memory over the link.
     pub remote_write_bytes: u64,
     /// Bytes the lanes moved to and from device memory.
     pub device_bytes: u64,
-    /// Bytes copy jobs moved during the launch, each way.
+    /// Bytes copy jobs moved to the device during the launch.
     pub copied_to_device_bytes: u64,
+    /// Bytes copy jobs moved to system memory during the launch.
     pub copied_to_host_bytes: u64,
+    /// Modelled TLB misses of all lanes.
     pub tlb_misses: u64,
     /// Engine time (fault service and copies) charged during the launch.
     #[serde(serialize_with = "ser_us", rename = "engine_us")]
@@ -425,6 +438,7 @@ pub struct LaunchTiming {
 /// part of an interval.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TimingReport {
+    /// The name of the profile in force (`"pcie4"`, `"none"`, ...).
     pub profile: &'static str,
     /// Modelled time of everything so far: launches plus work outside them.
     #[serde(serialize_with = "ser_us", rename = "modelled_us")]
@@ -438,12 +452,19 @@ pub struct TimingReport {
     /// Modelled time of every fault batch.
     #[serde(serialize_with = "ser_us", rename = "fault_service_us")]
     pub fault_service: Duration,
+    /// Bytes copy jobs moved to the device.
     pub copied_to_device_bytes: u64,
+    /// Bytes copy jobs moved to system memory.
     pub copied_to_host_bytes: u64,
+    /// Bytes lanes read from system memory over the link.
     pub remote_read_bytes: u64,
+    /// Bytes lanes wrote to system memory over the link.
     pub remote_write_bytes: u64,
+    /// Bytes lanes moved to and from device memory.
     pub device_bytes: u64,
+    /// Fault batches serviced.
     pub fault_batches: u64,
+    /// Modelled TLB misses of all lanes.
     pub tlb_misses: u64,
 }
 
@@ -494,6 +515,7 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// A clock at zero charging at `profile`'s rates.
     pub fn new(profile: TimingProfile) -> Clock {
         Clock {
             profile: parking_lot::RwLock::new(profile),
@@ -501,6 +523,7 @@ impl Clock {
         }
     }
 
+    /// The rates in force.
     pub fn profile(&self) -> TimingProfile {
         *self.profile.read()
     }

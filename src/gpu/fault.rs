@@ -127,14 +127,21 @@ const BATCH_LOG: usize = 1 << 16;
 /// Fault-service statistics of one device, computed from the recent batches.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct BatchStats {
+    /// Recent fault batches (the last 65536), which the times below describe.
     pub batches: u64,
+    /// Faults serviced since the device's runtime started.
     pub faults: u64,
+    /// Median service time of a recent batch, µs.
     pub p50_us: f64,
+    /// 90th percentile of the service time, µs.
     pub p90_us: f64,
+    /// 99th percentile of the service time, µs.
     pub p99_us: f64,
+    /// The longest recent service time, µs.
     pub max_us: f64,
     /// Batches that held [`MAX_BATCH`] faults, and their median service time.
     pub full_batches: u64,
+    /// Median service time of the full batches, µs.
     pub full_p50_us: f64,
     /// Faults serviced per second of service-thread busy time.
     pub faults_per_sec: f64,

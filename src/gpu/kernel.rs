@@ -42,8 +42,11 @@ use crate::mm::state::PageState;
 pub struct LaunchReport {
     /// Work items that ran to completion.
     pub items_done: u64,
+    /// Work items asked for (the sum over steps for `launch_steps`).
     pub grid: u64,
+    /// Lanes (threads) that ran them.
     pub lanes: usize,
+    /// Wall time of the launch, start of the lanes to the last one's end.
     #[serde(serialize_with = "ser_duration_us")]
     pub elapsed: Duration,
     /// Faults the lanes posted (retry mode).
@@ -179,6 +182,7 @@ impl<'a> Lane<'a> {
     pub fn id(&self) -> usize {
         self.id
     }
+    /// The device the lane runs on.
     pub fn device(&self) -> DeviceId {
         self.d
     }

@@ -31,8 +31,10 @@ pub enum Prefetch {
 }
 
 impl Prefetch {
+    /// Every prefetcher, in the order `--prefetch` lists them.
     pub const ALL: [Prefetch; 2] = [Prefetch::None, Prefetch::Density];
 
+    /// Its name (`"none"`, `"density"`), as [`Prefetch::by_name`] reads it.
     pub fn name(self) -> &'static str {
         match self {
             Prefetch::None => "none",

@@ -50,8 +50,11 @@ pub enum PageState {
     /// page's former system page waits in the staging area, so migrating back
     /// needs no allocation.
     Device {
+        /// The device holding the data.
         dev: DeviceId,
+        /// Where in its memory.
         page: DevPage,
+        /// Whether the former system page waits in the staging area.
         staged: bool,
     },
     /// Isolated by a migration in progress.

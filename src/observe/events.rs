@@ -139,55 +139,76 @@ pub enum FaultResolution {
 pub enum EventKind {
     /// A migration of `pages` pages from `start` begins.
     MigrateStart {
+        /// Address of the range's first page.
         #[serde(serialize_with = "json::addr")]
         start: VirtAddr,
+        /// Pages in the range (4 KiB each).
         pages: u64,
+        /// Where the data is.
         #[serde(serialize_with = "json::location")]
         from: Location,
+        /// Where it goes.
         #[serde(serialize_with = "json::location")]
         to: Location,
+        /// Why it runs.
         trigger: MigrateTrigger,
     },
     /// The migration begun by the matching `MigrateStart` ended; `migrated` of
     /// its `pages` pages moved.
     MigrateEnd {
+        /// Address of the range's first page.
         #[serde(serialize_with = "json::addr")]
         start: VirtAddr,
+        /// Pages in the range (4 KiB each).
         pages: u64,
+        /// Pages that moved.
         migrated: u64,
+        /// Where the data was.
         #[serde(serialize_with = "json::location")]
         from: Location,
+        /// Where it went.
         #[serde(serialize_with = "json::location")]
         to: Location,
+        /// Why it ran.
         trigger: MigrateTrigger,
         /// 0 when it succeeded, else an errno-style code.
         error: i32,
     },
     /// Device `dev` faulted on `addr`.
     PageFaultStart {
+        /// The faulting device.
         #[serde(serialize_with = "json::device")]
         dev: DeviceId,
+        /// The faulting address.
         #[serde(serialize_with = "json::addr")]
         addr: VirtAddr,
+        /// True for a write or atomic, false for a read.
         write: bool,
     },
     /// The fault reported by the matching `PageFaultStart` was handled.
     PageFaultEnd {
+        /// The faulting device.
         #[serde(serialize_with = "json::device")]
         dev: DeviceId,
+        /// The faulting address.
         #[serde(serialize_with = "json::addr")]
         addr: VirtAddr,
+        /// True for a write or atomic, false for a read.
         write: bool,
+        /// How it was resolved.
         resolution: FaultResolution,
     },
     /// Device `dev` stopped running its queues.
     QueueEviction {
+        /// The device.
         #[serde(serialize_with = "json::device")]
         dev: DeviceId,
+        /// Why its queues stopped.
         trigger: EvictTrigger,
     },
     /// Device `dev` runs its queues again.
     QueueRestore {
+        /// The device.
         #[serde(serialize_with = "json::device")]
         dev: DeviceId,
         /// The restore needed more than one attempt (KFD's `R` mark).
@@ -195,22 +216,30 @@ pub enum EventKind {
     },
     /// `pages` pages from `start` were removed from device `dev`'s page table.
     UnmapFromDevice {
+        /// The device.
         #[serde(serialize_with = "json::device")]
         dev: DeviceId,
+        /// Address of the first page removed.
         #[serde(serialize_with = "json::addr")]
         start: VirtAddr,
+        /// Pages removed (4 KiB each).
         pages: u64,
+        /// Why.
         trigger: UnmapTrigger,
     },
     /// `pages` pages from `start` held by device `from` go to device `to`
     /// through system memory: `to` cannot read `from`'s memory directly
     /// (no peer path, or peer access turned off). Two migrations follow.
     PeerFallback {
+        /// The first such page.
         #[serde(serialize_with = "json::addr")]
         start: VirtAddr,
+        /// How many pages of that 2 MiB block (from `start` on) take that way.
         pages: u64,
+        /// The device that holds them.
         #[serde(serialize_with = "json::device")]
         from: DeviceId,
+        /// The device they are going to.
         #[serde(serialize_with = "json::device")]
         to: DeviceId,
     },
@@ -221,6 +250,7 @@ pub enum EventKind {
 pub struct Event {
     /// Nanoseconds since the bus was created, on a monotonic clock.
     pub ts_ns: u64,
+    /// What happened.
     #[serde(flatten)]
     pub kind: EventKind,
 }

@@ -27,8 +27,9 @@ macro_rules! counters {
             /// Modelled device time, summed over devices, ns (0 under the
             /// timing profile `none`; see `device::timing`).
             pub modelled_ns: u64,
-            /// Bytes kernels read from / wrote to system memory in place.
+            /// Bytes kernels read from system memory in place.
             pub remote_read_bytes: u64,
+            /// Bytes kernels wrote to system memory in place.
             pub remote_write_bytes: u64,
         }
 

@@ -164,11 +164,13 @@ impl AttrFlags {
         self.0 & o.0 == o.0
     }
 
+    /// The flags in either.
     #[must_use]
     pub fn union(self, o: Self) -> Self {
         AttrFlags(self.0 | o.0)
     }
 
+    /// The flags in both.
     #[must_use]
     pub fn intersection(self, o: Self) -> Self {
         AttrFlags(self.0 & o.0)
@@ -180,6 +182,7 @@ impl AttrFlags {
         AttrFlags(self.0 & !o.0)
     }
 
+    /// Whether no flag is set.
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
@@ -306,6 +309,7 @@ pub struct RangeAttrs {
     /// Per device; `None` means the default, which depends on XNACK (see
     /// [`RangeAttrs::access`]).
     pub access: [Option<AccessMode>; MAX_DEVICES],
+    /// The flags set on the range.
     pub flags: AttrFlags,
     /// Log2 pages (0 = one page … 9 = 2 MiB).
     pub granularity: u8,
@@ -339,7 +343,9 @@ impl RangeAttrs {
 /// A value over several sub-ranges: the one they share, or `Mixed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Common<T> {
+    /// Every sub-range has this value.
     Same(T),
+    /// Sub-ranges differ.
     Mixed,
 }
 
@@ -354,7 +360,9 @@ impl<T: PartialEq> Common<T> {
 /// The attributes of a page range as a whole (KFD's `GET_ATTR`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AttrQuery {
+    /// The preferred location ([`Attr::PreferredLocation`]).
     pub preferred: Common<Option<Location>>,
+    /// The last prefetch location set ([`Attr::PrefetchLocation`]).
     pub prefetch: Common<Option<Location>>,
     /// One entry per device, defaults resolved with the XNACK mode given.
     pub access: Vec<Common<AccessMode>>,

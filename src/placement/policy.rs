@@ -76,7 +76,9 @@ use crate::placement::attr::{AccessMode, AttrFlags, RangeAttrs};
 pub struct PolicyInput<'a> {
     /// The faulting device.
     pub dev: DeviceId,
+    /// The faulting address.
     pub addr: VirtAddr,
+    /// What the faulting access wanted to do.
     pub kind: AccessKind,
     /// Where the data is now; untouched pages are `System`.
     pub resident: Location,

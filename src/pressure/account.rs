@@ -241,10 +241,13 @@ impl Drop for BounceCharge {
 /// One device's share of [`MemoryUsage`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeviceUsage {
+    /// The device's index ([`crate::DeviceId`]`.0`).
     pub id: u8,
     /// Managed data resident in this device's memory.
     pub resident_bytes: u64,
+    /// Its memory in bytes.
     pub capacity_bytes: u64,
+    /// Bytes of it free.
     pub free_bytes: u64,
 }
 

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 /// Memory protection of a mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prot {
+    /// `PROT_READ`: reads only; writes fault (devices' writes are refused).
     ReadOnly,
+    /// `PROT_READ | PROT_WRITE`.
     ReadWrite,
 }
 
