@@ -812,6 +812,14 @@ impl Svm {
         self.shared.notifier.events.subscribe(capacity)
     }
 
+    /// Now on the event stream's clock, in nanoseconds: the `ts_ns` an event
+    /// emitted at this moment would carry. An observer stamps its own samples
+    /// (e.g. of [`Svm::memory_usage`]) with it to place them among events.
+    pub fn event_clock_ns(&self) -> u64 {
+        self.assert_owner();
+        self.shared.notifier.events.now_ns()
+    }
+
     /// A handle for device `id`.
     pub fn device(&self, id: DeviceId) -> Result<DeviceHandle<'_>> {
         self.check_owner()?;
