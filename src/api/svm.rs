@@ -1027,6 +1027,14 @@ impl Svm {
         self.shared.notifier.events.subscribe(capacity)
     }
 
+    /// Now on the event stream's clock, in nanoseconds: the `ts_ns` an event
+    /// emitted at this moment would carry. An observer stamps its own samples
+    /// (e.g. of [`Svm::memory_usage`]) with it to place them among events.
+    pub fn event_clock_ns(&self) -> u64 {
+        self.assert_owner();
+        self.shared.notifier.events.now_ns()
+    }
+
     /// A handle for device `id`: its facts, direct reads and writes through
     /// its page table, kernel launches, fault injection. Cheap (`Copy`);
     /// borrow as many as you like, from any thread.

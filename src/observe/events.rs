@@ -416,6 +416,12 @@ impl EventBus {
         }
     }
 
+    /// Now on the bus's clock: the `ts_ns` an event emitted at this moment
+    /// would carry (lets an observer line its own samples up with events).
+    pub fn now_ns(&self) -> u64 {
+        self.inner.elapsed_ns()
+    }
+
     /// Events dropped because a subscriber's queue was full, summed over all
     /// subscribers this bus has had.
     pub fn dropped(&self) -> u64 {
@@ -545,6 +551,17 @@ mod tests {
             EventKind::PageFaultStart { addr, .. } => addr.as_u64() >> 12,
             ref k => panic!("unexpected {k:?}"),
         }
+    }
+
+    #[test]
+    fn now_ns_is_on_the_events_clock() {
+        let bus = EventBus::new();
+        let s = bus.subscribe(4);
+        let before = bus.now_ns();
+        bus.emit(fault(1));
+        let after = bus.now_ns();
+        let ts = s.recv().unwrap().ts_ns;
+        assert!(before <= ts && ts <= after, "{before} <= {ts} <= {after}");
     }
 
     #[test]

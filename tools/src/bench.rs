@@ -295,8 +295,8 @@ pub struct MigrateSpread {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MigrateBench {
     /// Bytes in the managed region (the requested size rounded up to 4 KiB).
-    pub size: u64,
-    pub npages: u64,
+    pub size_bytes: u64,
+    pub pages: u64,
     pub runs: usize,
     /// Single-thread copy of the region's bytes into a pre-faulted buffer:
     /// the faster of `memcpy` and a streaming copy ([`CopyLimit`]).
@@ -313,7 +313,7 @@ pub struct MigrateBench {
     pub cpu_fault_sweep_ratio: f64,
     /// First-touch fill of the region by the CPU (measured once, before the runs).
     pub first_touch_fill_gbps: f64,
-    /// `stats().metadata_bytes / npages` with the region allocated (one device).
+    /// `stats().metadata_bytes / pages` with the region allocated (one device).
     pub metadata_bytes_per_page: f64,
     pub spread: MigrateSpread,
     pub samples: Vec<MigrateRun>,
@@ -400,8 +400,7 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
     let (device_memory_bytes, copy_engines) = (config.memory_bytes, config.copy_engines);
     let svm = Svm::builder().emulated(config)?.build()?;
     let mut region = svm.alloc(len)?;
-    let (addr, bytes, npages) = (region.addr(), region.len(), region.npages() as u64);
-    let dev = Location::Device(DeviceId(0));
+    let (bytes, npages) = (region.len(), region.npages() as u64);
 
     // First touch: zero-fill faults plus the pattern write.
     let t = Instant::now();
@@ -409,48 +408,17 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
     let first_touch_fill_gbps = gbps(bytes, t.elapsed());
 
     let mut dst = prefaulted(bytes as usize);
-    let mut samples = Vec::with_capacity(runs);
-    for run in 0..runs {
-        let mut s = MigrateRun::default();
-        // Every page is system-resident here.
-        s.copy_limit = copy_limit(&mut dst, &region.as_slice::<u8>());
-        s.memcpy_gbps = s.copy_limit.best();
-        s.memcpy_ms = bytes as f64 / s.memcpy_gbps / 1e6;
-
-        let el = timed_migrate(&svm, addr, bytes, dev, run, "migrate to device")?;
-        (s.to_device_gbps, s.to_device_ms) = (gbps(bytes, el), el.as_secs_f64() * 1e3);
-        let el = timed_migrate(
-            &svm,
-            addr,
-            bytes,
-            Location::System,
-            run,
-            "migrate to system",
-        )?;
-        (s.to_system_gbps, s.to_system_ms) = (gbps(bytes, el), el.as_secs_f64() * 1e3);
-
-        let r = svm.migrate(addr, bytes, dev)?;
-        complete(run, "migrate to device (before the sweep)", &r)?;
-
-        let before = svm.stats();
-        let t = Instant::now();
-        let sum = sum_words(black_box(&region.as_slice::<u64>()));
-        let el = t.elapsed();
-        let after = svm.stats();
-        black_box(sum);
-        s.cpu_fault_sweep_gbps = gbps(bytes, el);
-        s.cpu_fault_sweep_ms = el.as_secs_f64() * 1e3;
-        s.sweep_cpu_faults = after.cpu_faults - before.cpu_faults;
-        s.sweep_fault_windows = after.cpu_fault_windows - before.cpu_fault_windows;
-        if sum != checksum {
-            let m = check_pattern(&region.as_slice::<u64>(), BENCH_SEED, 0).unwrap_or_default();
-            let when = format!(
-                "in run {run} (checksum {sum:#x} after the fault sweep, expected {checksum:#x})"
-            );
-            return Err(verify_error(when, bytes, m));
+    let bar = crate::progress::bar(runs as u64, "bench migrate: runs");
+    let samples = crate::trace::traced(&svm, "bench migrate", || {
+        let mut samples = Vec::with_capacity(runs);
+        for run in 0..runs {
+            let s = one_run(&svm, &region, &mut dst, run, checksum)?;
+            samples.push(s);
+            bar.inc(1);
         }
-        samples.push(s);
-    }
+        Ok::<_, BenchError>(samples)
+    })?;
+    bar.finish_and_clear();
 
     let metadata_bytes_per_page = svm.stats().metadata_bytes as f64 / npages as f64;
     if let Some(m) = check_pattern(&region.as_slice::<u64>(), BENCH_SEED, 0) {
@@ -472,8 +440,8 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
     };
     drop(region);
     Ok(MigrateBench {
-        size: bytes,
-        npages,
+        size_bytes: bytes,
+        pages: npages,
         runs,
         memcpy_gbps: spread.memcpy_gbps.median,
         to_device_gbps: spread.to_device_gbps.median,
@@ -491,6 +459,51 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
         copy_engines,
         machine: Machine::detect(),
     })
+}
+
+/// One run of [`bench_migrate`]: copy limit, migrations each way, the CPU
+/// fault sweep (checked against `checksum`).
+fn one_run(
+    svm: &Svm,
+    region: &svmem::Region<'_>,
+    dst: &mut [u8],
+    run: usize,
+    checksum: u64,
+) -> Result<MigrateRun, BenchError> {
+    let (addr, bytes) = (region.addr(), region.len());
+    let dev = Location::Device(DeviceId(0));
+    let mut s = MigrateRun::default();
+    // Every page is system-resident here.
+    s.copy_limit = copy_limit(dst, &region.as_slice::<u8>());
+    s.memcpy_gbps = s.copy_limit.best();
+    s.memcpy_ms = bytes as f64 / s.memcpy_gbps / 1e6;
+
+    let el = timed_migrate(svm, addr, bytes, dev, run, "migrate to device")?;
+    (s.to_device_gbps, s.to_device_ms) = (gbps(bytes, el), el.as_secs_f64() * 1e3);
+    let el = timed_migrate(svm, addr, bytes, Location::System, run, "migrate to system")?;
+    (s.to_system_gbps, s.to_system_ms) = (gbps(bytes, el), el.as_secs_f64() * 1e3);
+
+    let r = svm.migrate(addr, bytes, dev)?;
+    complete(run, "migrate to device (before the sweep)", &r)?;
+
+    let before = svm.stats();
+    let t = Instant::now();
+    let sum = sum_words(black_box(&region.as_slice::<u64>()));
+    let el = t.elapsed();
+    let after = svm.stats();
+    black_box(sum);
+    s.cpu_fault_sweep_gbps = gbps(bytes, el);
+    s.cpu_fault_sweep_ms = el.as_secs_f64() * 1e3;
+    s.sweep_cpu_faults = after.cpu_faults - before.cpu_faults;
+    s.sweep_fault_windows = after.cpu_fault_windows - before.cpu_fault_windows;
+    if sum != checksum {
+        let m = check_pattern(&region.as_slice::<u64>(), BENCH_SEED, 0).unwrap_or_default();
+        let when = format!(
+            "in run {run} (checksum {sum:#x} after the fault sweep, expected {checksum:#x})"
+        );
+        return Err(verify_error(when, bytes, m));
+    }
+    Ok(s)
 }
 
 #[cfg(test)]

@@ -76,9 +76,9 @@ pub struct FaultsRun {
     pub block_migrate_us: f64,
     /// Fault-service kernel: wall time and its batch statistics.
     pub service_ms: f64,
-    pub batch_service_us_p50: f64,
+    pub batch_service_p50_us: f64,
     /// `None` when no batch held 256 faults.
-    pub full_batch_service_us_p50: Option<f64>,
+    pub full_batch_service_p50_us: Option<f64>,
     pub faults_per_sec: f64,
     pub batches: u64,
     pub full_batches: u64,
@@ -96,9 +96,9 @@ pub struct FaultsSpread {
     pub device_fault_sweep_gbps: Spread,
     pub device_fault_sweep_ratio: Spread,
     pub block_migrate_us: Spread,
-    pub batch_service_us_p50: Spread,
+    pub batch_service_p50_us: Spread,
     /// Over the runs that had full batches.
-    pub full_batch_service_us_p50: Spread,
+    pub full_batch_service_p50_us: Spread,
     pub faults_per_sec: Spread,
 }
 
@@ -107,16 +107,16 @@ pub struct FaultsSpread {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FaultsBench {
     /// Bytes of the sweep region (the requested size rounded up to 4 KiB).
-    pub size: u64,
+    pub size_bytes: u64,
     pub runs: usize,
     pub memcpy_gbps: f64,
     pub device_fault_sweep_gbps: f64,
     /// `device_fault_sweep_gbps / memcpy_gbps` (target ≥ 0.50).
     pub device_fault_sweep_ratio: f64,
     /// Median service time of all fault batches of the fault-service kernel.
-    pub batch_service_us_p50: f64,
+    pub batch_service_p50_us: f64,
     /// Median service time of batches of 256 faults (`None`: there were none).
-    pub full_batch_service_us_p50: Option<f64>,
+    pub full_batch_service_p50_us: Option<f64>,
     /// Median time of migrating one 2 MiB block of CPU-written data.
     pub block_migrate_us: f64,
     /// `block_migrate_us + 100`.
@@ -167,17 +167,24 @@ pub fn bench_faults(size: u64, runs: usize) -> Result<FaultsBench, BenchError> {
     let sweep_svm = Svm::builder().emulated(sweep_config)?.xnack(true).build()?;
     let mut dst = prefaulted(len);
     let mut samples = Vec::with_capacity(runs);
+    let bar = crate::progress::bar(runs as u64, "bench faults: runs");
     for run in 0..runs {
         let mut s = FaultsRun::default();
-        sweep(&sweep_svm, len, &mut dst, run, &mut s)?;
+        crate::trace::traced(
+            &sweep_svm,
+            &format!("bench faults: sweep, run {run}"),
+            || sweep(&sweep_svm, len, &mut dst, run, &mut s),
+        )?;
         service(run, &mut s)?;
         samples.push(s);
+        bar.inc(1);
     }
+    bar.finish_and_clear();
 
     let col = |f: fn(&FaultsRun) -> f64| Spread::of(&samples.iter().map(f).collect::<Vec<_>>());
     let full: Vec<f64> = samples
         .iter()
-        .filter_map(|s| s.full_batch_service_us_p50)
+        .filter_map(|s| s.full_batch_service_p50_us)
         .collect();
     let spread = FaultsSpread {
         memcpy_gbps: col(|s| s.memcpy_gbps),
@@ -186,26 +193,26 @@ pub fn bench_faults(size: u64, runs: usize) -> Result<FaultsBench, BenchError> {
         device_fault_sweep_gbps: col(|s| s.device_fault_sweep_gbps),
         device_fault_sweep_ratio: col(|s| s.device_fault_sweep_ratio),
         block_migrate_us: col(|s| s.block_migrate_us),
-        batch_service_us_p50: col(|s| s.batch_service_us_p50),
-        full_batch_service_us_p50: Spread::of(&full),
+        batch_service_p50_us: col(|s| s.batch_service_p50_us),
+        full_batch_service_p50_us: Spread::of(&full),
         faults_per_sec: col(|s| s.faults_per_sec),
     };
-    let full_batch_service_us_p50 =
-        (!full.is_empty()).then_some(spread.full_batch_service_us_p50.median);
+    let full_batch_service_p50_us =
+        (!full.is_empty()).then_some(spread.full_batch_service_p50_us.median);
     let block_migrate_us = spread.block_migrate_us.median;
     let full_batch_target_us = block_migrate_us + FULL_BATCH_SLACK_US;
     let total = |f: fn(&FaultsRun) -> u64| samples.iter().map(f).sum::<u64>();
     Ok(FaultsBench {
-        size,
+        size_bytes: size,
         runs,
         memcpy_gbps: spread.memcpy_gbps.median,
         device_fault_sweep_gbps: spread.device_fault_sweep_gbps.median,
         device_fault_sweep_ratio: spread.device_fault_sweep_ratio.median,
-        batch_service_us_p50: spread.batch_service_us_p50.median,
-        full_batch_service_us_p50,
+        batch_service_p50_us: spread.batch_service_p50_us.median,
+        full_batch_service_p50_us,
         block_migrate_us,
         full_batch_target_us,
-        full_batch_within_target: full_batch_service_us_p50
+        full_batch_within_target: full_batch_service_p50_us
             .is_some_and(|p| p < full_batch_target_us),
         faults_per_sec: spread.faults_per_sec.median,
         batches: total(|s| s.batches),
@@ -302,9 +309,16 @@ fn service(run: usize, s: &mut FaultsRun) -> Result<(), BenchError> {
         })?
         .xnack(true)
         .build()?;
+    crate::trace::traced(&svm, &format!("bench faults: service, run {run}"), || {
+        service_on(&svm, run, s)
+    })
+}
 
+/// [`service`] on its `Svm`.
+fn service_on(svm: &Svm, run: usize, s: &mut FaultsRun) -> Result<(), BenchError> {
+    let block = BLOCK_SIZE as u64;
     // One 2 MiB block of fresh CPU-written data to the device, at a time.
-    let (m, _) = filled(&svm, (MIGRATE_BLOCKS * block) as usize, MIGRATE_SEED)?;
+    let (m, _) = filled(svm, (MIGRATE_BLOCKS * block) as usize, MIGRATE_SEED)?;
     let mut us = Vec::with_capacity(MIGRATE_BLOCKS as usize);
     for b in 0..MIGRATE_BLOCKS {
         let t = Instant::now();
@@ -327,7 +341,7 @@ fn service(run: usize, s: &mut FaultsRun) -> Result<(), BenchError> {
     s.block_migrate_us = Spread::of(&us).median;
 
     // All lanes on different pages of one block, block after block.
-    let (region, _) = filled(&svm, (SERVICE_BLOCKS * block) as usize, SERVICE_SEED)?;
+    let (region, _) = filled(svm, (SERVICE_BLOCKS * block) as usize, SERVICE_SEED)?;
     svm.set_attributes(
         region.addr(),
         region.len(),
@@ -365,8 +379,8 @@ fn service(run: usize, s: &mut FaultsRun) -> Result<(), BenchError> {
     }
     let st = svm.device(DEV)?.fault_stats();
     s.service_ms = el.as_secs_f64() * 1e3;
-    s.batch_service_us_p50 = st.p50_us;
-    s.full_batch_service_us_p50 = (st.full_batches > 0).then_some(st.full_p50_us);
+    s.batch_service_p50_us = st.p50_us;
+    s.full_batch_service_p50_us = (st.full_batches > 0).then_some(st.full_p50_us);
     s.faults_per_sec = st.faults_per_sec;
     s.batches = after.device_fault_batches - before.device_fault_batches;
     s.full_batches = st.full_batches;

@@ -55,8 +55,8 @@ pub struct OversubRun {
     pub modelled_slowdown_vs_fit: f64,
     /// Over the timed passes.
     pub evictions: u64,
-    pub bytes_to_device: u64,
-    pub bytes_to_system: u64,
+    pub to_device_bytes: u64,
+    pub to_system_bytes: u64,
     pub device_faults: u64,
 }
 
@@ -74,8 +74,8 @@ pub struct OversubPoint {
     pub modelled_ms: f64,
     pub modelled_slowdown_vs_fit: f64,
     pub evictions: u64,
-    pub bytes_to_device: u64,
-    pub bytes_to_system: u64,
+    pub to_device_bytes: u64,
+    pub to_system_bytes: u64,
     pub device_faults: u64,
 }
 
@@ -121,6 +121,11 @@ pub fn bench_oversub(
     let device_memory = device_memory.next_multiple_of(PAGE_SIZE as u64);
     let lanes = EmulatedConfig::default().compute_units;
     let mut samples = Vec::new();
+    let levels = RATIOS
+        .iter()
+        .map(|&r| if r <= 1.0 { 1 } else { 2 })
+        .sum::<u64>();
+    let bar = crate::progress::bar(runs as u64 * levels, "bench oversub: working sets");
     for _ in 0..runs {
         let (mut fit_ns, mut fit_modelled) = (None, None);
         for ratio in RATIOS {
@@ -135,9 +140,11 @@ pub fn bench_oversub(
                 let fit = *fit_modelled.get_or_insert(per_byte);
                 s.modelled_slowdown_vs_fit = if fit > 0.0 { per_byte / fit } else { 0.0 };
                 samples.push(s);
+                bar.inc(1);
             }
         }
     }
+    bar.finish_and_clear();
     let mut points: Vec<OversubPoint> = Vec::new();
     for ratio in RATIOS {
         for mitigation in [true, false] {
@@ -161,8 +168,8 @@ pub fn bench_oversub(
                 modelled_ms: col(|s| s.modelled_ms).median,
                 modelled_slowdown_vs_fit: col(|s| s.modelled_slowdown_vs_fit).median,
                 evictions: first.evictions,
-                bytes_to_device: first.bytes_to_device,
-                bytes_to_system: first.bytes_to_system,
+                to_device_bytes: first.to_device_bytes,
+                to_system_bytes: first.to_system_bytes,
                 device_faults: first.device_faults,
             });
         }
@@ -215,6 +222,23 @@ fn one(
         .thrash_window(window)
         .timing(profile)
         .build()?;
+    let label = format!(
+        "bench oversub: {ratio}x, mitigation {}",
+        if mitigation { "on" } else { "off" }
+    );
+    crate::trace::traced(&svm, &label, || {
+        one_on(&svm, device_memory, ratio, passes, mitigation)
+    })
+}
+
+/// [`one`] on its `Svm`.
+fn one_on(
+    svm: &Svm,
+    device_memory: u64,
+    ratio: f64,
+    passes: u32,
+    mitigation: bool,
+) -> Result<OversubRun, BenchError> {
     let len = ((device_memory as f64 * ratio) as u64).next_multiple_of(ITEM_BYTES);
     let mut region = svm.alloc(len as usize)?;
     let expected = fill_pattern(&mut region.as_mut_slice::<u64>(), SEED, 0);
@@ -226,7 +250,7 @@ fn one(
     let base = region.addr();
     let words = len / 8;
     let pass = |which: &str| -> Result<(), BenchError> {
-        let sum = sum_kernel(&svm, DEV, base, words, ITEM_BYTES / 8)?;
+        let sum = sum_kernel(svm, DEV, base, words, ITEM_BYTES / 8)?;
         if sum != expected {
             return Err(BenchError::Verify {
                 when: format!(
@@ -261,8 +285,8 @@ fn one(
         modelled_ms: (after.modelled_ns - before.modelled_ns) as f64 / 1e6,
         modelled_slowdown_vs_fit: 0.0,
         evictions: after.evictions - before.evictions,
-        bytes_to_device: after.to_device_bytes - before.to_device_bytes,
-        bytes_to_system: after.to_system_bytes - before.to_system_bytes,
+        to_device_bytes: after.to_device_bytes - before.to_device_bytes,
+        to_system_bytes: after.to_system_bytes - before.to_system_bytes,
         device_faults: after.device_faults - before.device_faults,
     })
 }

@@ -75,7 +75,9 @@ pub struct SuiteRow {
     /// Of the modelled time: copy jobs, and fault-batch service.
     pub copies_ms: f64,
     pub fault_service_ms: f64,
+    #[serde(rename = "to_device_bytes")]
     pub bytes_to_device: u64,
+    #[serde(rename = "to_system_bytes")]
     pub bytes_to_system: u64,
     pub remote_read_bytes: u64,
     pub remote_write_bytes: u64,
@@ -89,6 +91,7 @@ pub struct SuiteRow {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SuiteBench {
     pub profile: TimingProfile,
+    #[serde(rename = "array_bytes")]
     pub bytes_per_array: u64,
     pub runs: usize,
     pub granularity: u8,
@@ -151,7 +154,9 @@ fn one(cfg: &SuiteConfig, w: Workload, p: Prefetch, level: f64) -> Result<SuiteR
         granularity: cfg.granularity,
         ..RunConfig::default()
     };
-    let rep = workloads::run(&svm, w, &run).map_err(|e| BenchError::Params(e.to_string()))?;
+    let label = format!("bench suite: {} {level}x, prefetch {}", w.name(), p.name());
+    let rep = crate::trace::traced(&svm, &label, || workloads::run(&svm, w, &run))
+        .map_err(|e| BenchError::Params(e.to_string()))?;
     let wall = start.elapsed();
     let t = dev.timing().unwrap_or_default().since(&t0);
     let s1 = svm.stats();
@@ -188,6 +193,10 @@ pub fn bench_suite(cfg: &SuiteConfig) -> Result<SuiteBench, BenchError> {
         levels[0]
     };
     let mut rows = Vec::new();
+    let bar = crate::progress::bar(
+        (cfg.kernels.len() * cfg.prefetch.len()) as u64,
+        "bench suite: kernels",
+    );
     for (&w, &p) in cfg
         .kernels
         .iter()
@@ -212,7 +221,9 @@ pub fn bench_suite(cfg: &SuiteConfig) -> Result<SuiteBench, BenchError> {
                 0.0
             };
         }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     Ok(SuiteBench {
         profile: cfg.profile,
         bytes_per_array: cfg.bytes,

@@ -7,6 +7,11 @@ pub mod bench_faults;
 pub mod bench_oversub;
 pub mod bench_suite;
 pub mod limits;
+pub mod plot;
+pub mod progress;
+pub mod table;
+pub mod trace;
+pub mod units;
 pub mod workloads;
 
 /// Restores the default action of SIGPIPE (end the process quietly), as a

@@ -72,17 +72,7 @@ pub fn flag_size(b: u64) -> String {
 
 /// `21.7 GiB`, `2.0 MiB`, `3 B`.
 pub fn human(b: u64) -> String {
-    for (unit, n) in [
-        ("TiB", 1u64 << 40),
-        ("GiB", 1 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-    ] {
-        if b >= n {
-            return format!("{:.1} {unit}", b as f64 / n as f64);
-        }
-    }
-    format!("{b} B")
+    crate::units::human_bytes(b)
 }
 
 /// The largest power of two not above `b`, but at least one page: the

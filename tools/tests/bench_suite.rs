@@ -60,7 +60,7 @@ fn suite_reports_every_kernel_at_every_level() {
             num(over, "device_memory_bytes") < num(fit, "device_memory_bytes"),
             "{w}: {over}"
         );
-        assert!(num(fit, "bytes_to_device") > 0.0);
+        assert!(num(fit, "to_device_bytes") > 0.0);
         for k in ["fault_batches", "wall_ms", "remote_read_bytes"] {
             num(fit, k);
         }

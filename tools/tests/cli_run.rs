@@ -47,7 +47,7 @@ fn check_verified(r: &Value, workload: &str) {
     assert_eq!(r["workload"], workload, "{r}");
     assert_eq!(r["verified"], true, "{r}");
     assert!(num(r, "wall_ms") > 0.0, "{r}");
-    assert_eq!(num(r, "bytes"), (4 << 20) as f64, "{r}");
+    assert_eq!(num(r, "array_bytes"), (4 << 20) as f64, "{r}");
 }
 
 #[test]
@@ -60,14 +60,14 @@ fn every_workload_verifies_in_retry_mode() {
             num(&r, "device_faults") > 0.0,
             "{w}: the kernel reached system-resident data through device faults: {r}"
         );
-        assert!(num(&r, "pages_to_device") > 0.0, "{w}: {r}");
+        assert!(num(&r, "to_device_pages") > 0.0, "{w}: {r}");
         assert!(num(&r, "device_fault_batches") > 0.0, "{w}: {r}");
     }
     // pingpong: data goes both ways every round.
     let r = run_report(&["run", "pingpong", "--size", "4M", "--rounds", "3", "--json"]);
     assert_eq!(r["rounds"], 3);
     assert!(num(&r, "cpu_faults") > 0.0, "{r}");
-    assert!(num(&r, "bytes_to_system") > 0.0, "{r}");
+    assert!(num(&r, "to_system_bytes") > 0.0, "{r}");
 }
 
 #[test]
@@ -87,6 +87,7 @@ fn table_output_names_what_moved() {
         "moved to device",
         "moved to system",
         "device faults",
+        "evictions",
         "queue evictions",
         "verified",
     ] {
@@ -141,14 +142,14 @@ fn bench_faults_json_has_the_required_fields() {
         "memcpy_gbps",
         "device_fault_sweep_gbps",
         "device_fault_sweep_ratio",
-        "batch_service_us_p50",
+        "batch_service_p50_us",
         "block_migrate_us",
         "faults_per_sec",
     ] {
         assert!(num(&b, key) > 0.0, "`{key}` in {b}");
     }
     // Null when no batch held 256 faults.
-    let full = &b["full_batch_service_us_p50"];
+    let full = &b["full_batch_service_p50_us"];
     assert!(
         full.is_null() || full.as_f64().is_some_and(|v| v > 0.0),
         "{b}"
@@ -179,7 +180,7 @@ fn bench_oversub_json_reports_every_working_set() {
         assert!(num(p, "wall_ms") > 0.0, "{p}");
         assert!(num(p, "slowdown_vs_fit") > 0.0, "{p}");
         assert!(p["evictions"].is_u64(), "{p}");
-        assert!(p["bytes_to_device"].is_u64(), "{p}");
+        assert!(p["to_device_bytes"].is_u64(), "{p}");
     }
     let fit = &points[0];
     assert_eq!(num(fit, "ratio"), 0.5);

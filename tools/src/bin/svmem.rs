@@ -2,6 +2,7 @@
 //! workloads driven by device kernels, and benchmarks.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,9 @@ use svmem_cli::bench_faults::{self, FaultsBench};
 use svmem_cli::bench_oversub::{self, OversubBench};
 use svmem_cli::bench_suite::{self, SuiteConfig};
 use svmem_cli::limits::{self, Capacity, FlagError};
+use svmem_cli::units::{human_bytes, parse_size};
 use svmem_cli::workloads::{self, RunConfig, RunError, RunReport, Workload};
+use svmem_cli::{plot, progress, table, trace};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +48,8 @@ enum Command {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        trace: TraceOut,
     },
     /// Run a workload on an emulated device: CPU and device kernels share
     /// managed memory, every result is verified
@@ -108,11 +113,23 @@ enum Command {
         /// Timing model of the device: none, pcie4, pcie5, coherent, apu.
         #[arg(long, value_name = "NAME", default_value = "none", value_parser = profile_parser)]
         profile: svmem::TimingProfile,
+        #[command(flatten)]
+        trace: TraceOut,
     },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
         which: BenchCommand,
+    },
+    /// Draw a trace (from --trace) as an SVG: bytes resident per location and
+    /// migration throughput per direction over time
+    Plot {
+        /// The trace file `--trace FILE` wrote.
+        #[arg(value_name = "TRACE")]
+        trace: PathBuf,
+        /// The SVG to write [default: TRACE with the extension .svg].
+        #[arg(short, long, value_name = "FILE.svg")]
+        output: Option<PathBuf>,
     },
 }
 
@@ -126,6 +143,29 @@ struct BenchOut {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    trace: TraceOut,
+}
+
+/// Where to write a trace and a plot of what svmem did.
+#[derive(Args, Clone, Default)]
+struct TraceOut {
+    /// Write a trace of what svmem did to FILE: Chrome trace-event JSON
+    /// (open it in ui.perfetto.dev or chrome://tracing): migrations per
+    /// direction, device fault batches, CPU faults, evictions, queue
+    /// evictions, and bytes resident per location.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Draw bytes resident per location and migration throughput over time
+    /// as an SVG (as `svmem plot` does with a trace).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+impl TraceOut {
+    fn wanted(&self) -> bool {
+        self.trace.is_some() || self.plot.is_some()
+    }
 }
 
 #[derive(Subcommand)]
@@ -224,6 +264,8 @@ enum BenchCommand {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        trace: TraceOut,
     },
 }
 
@@ -254,51 +296,6 @@ fn workload_parser() -> impl TypedValueParser<Value = Workload> {
         .try_map(|s| s.parse::<Workload>())
 }
 
-/// Parses `4096`, `64K`, `512M`, `1G` (also `KiB`/`MiB`/`GiB`/`KB`/…, any case;
-/// every suffix is binary).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(split);
-    if num.is_empty() {
-        return Err(format!(
-            "`{s}` is not a size: expected a number of bytes with an optional K, M or G suffix (e.g. 4096, 64K, 512M, 1G)"
-        ));
-    }
-    let suffix = suffix.trim();
-    let shift = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => {
-            return Err(format!(
-                "`{s}` has an unknown suffix `{suffix}`: use K, M or G (KiB, MiB, GiB)"
-            ))
-        }
-    };
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is too large"))?;
-    let bytes = n
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("`{s}` is too large"))?;
-    if bytes == 0 {
-        return Err(format!("`{s}`: the size must be greater than zero"));
-    }
-    Ok(bytes)
-}
-
-/// `1.00 GiB`, `256.0 MiB`, `4.0 KiB`, `12 B`.
-fn human_bytes(b: u64) -> String {
-    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
-    for (u, n) in UNITS {
-        if b >= n {
-            return format!("{:.1} {u}", b as f64 / n as f64);
-        }
-    }
-    format!("{b} B")
-}
-
 fn main() -> ExitCode {
     svmem_cli::default_sigpipe();
     let cli = Cli::parse();
@@ -306,11 +303,17 @@ fn main() -> ExitCode {
         eprintln!("svmem: {e}");
         return ExitCode::from(2);
     }
+    let (json, outputs) = cli.command.outputs();
+    progress::enable(progress::wanted(json));
+    if outputs.wanted() {
+        trace::install();
+    }
     let result = match cli.command {
         Command::Demo {
             size,
             device_memory,
             json,
+            ..
         } => demo(size, device_memory, json),
         Command::Run {
             workload,
@@ -323,6 +326,7 @@ fn main() -> ExitCode {
             json,
             events,
             profile,
+            ..
         } => {
             let cfg = RunConfig {
                 bytes: size,
@@ -368,6 +372,7 @@ fn main() -> ExitCode {
                     prefetch,
                     granularity,
                     json,
+                    ..
                 },
         } => bench_suite::bench_suite(&SuiteConfig {
             profile,
@@ -384,14 +389,90 @@ fn main() -> ExitCode {
         })
         .map_err(CliError::from)
         .and_then(|b| show(&b, json, bench_suite::print_table)),
+        Command::Plot { trace, output } => plot_trace(&trace, output.as_deref()),
     };
-    match result {
+    // The trace and plot are written whatever the outcome: a failed run's
+    // trace shows what happened.
+    let written = write_outputs(&outputs);
+    match result.and_then(|code| written.map(|()| code)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("svmem: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+impl Command {
+    /// Whether the output is JSON, and where traces and plots go.
+    fn outputs(&self) -> (bool, TraceOut) {
+        match self {
+            Command::Demo { json, trace, .. } | Command::Run { json, trace, .. } => {
+                (*json, trace.clone())
+            }
+            Command::Bench { which } => match which {
+                BenchCommand::Migrate { out, .. }
+                | BenchCommand::Faults { out, .. }
+                | BenchCommand::Oversub { out, .. } => (out.json, out.trace.clone()),
+                BenchCommand::Suite { json, trace, .. } => (*json, trace.clone()),
+            },
+            Command::Plot { .. } => (false, TraceOut::default()),
+        }
+    }
+}
+
+/// Writes the trace and the plot the command was asked for.
+fn write_outputs(o: &TraceOut) -> Result<(), CliError> {
+    let Some(tracer) = trace::installed() else {
+        return Ok(());
+    };
+    let json = tracer.to_json();
+    if let Some(path) = &o.trace {
+        let text = serde_json::to_string(&json).map_err(|e| CliError::Other(e.to_string()))?;
+        std::fs::write(path, text).map_err(|e| {
+            CliError::Other(format!(
+                "cannot write the trace to {}: {e}; pass --trace a path in a writable directory",
+                path.display()
+            ))
+        })?;
+    }
+    if let Some(path) = &o.plot {
+        write_plot(&json, path, "svmem")?;
+    }
+    Ok(())
+}
+
+/// Draws the trace `trace` into the SVG file `path`.
+fn write_plot(trace: &serde_json::Value, path: &Path, title: &str) -> Result<(), CliError> {
+    let series = plot::Series::from_trace(trace)?;
+    let svg = plot::svg(&series, title)?;
+    std::fs::write(path, svg).map_err(|e| {
+        CliError::Other(format!(
+            "cannot write the plot to {}: {e}; pass a path in a writable directory",
+            path.display()
+        ))
+    })
+}
+
+/// `svmem plot`.
+fn plot_trace(path: &Path, output: Option<&Path>) -> Result<ExitCode, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::Other(format!(
+            "cannot read the trace {}: {e}; pass the file `--trace FILE` wrote",
+            path.display()
+        ))
+    })?;
+    let trace: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        CliError::Other(format!(
+            "{} is not JSON ({e}); pass the file `--trace FILE` wrote",
+            path.display()
+        ))
+    })?;
+    let out = output.map_or_else(|| path.with_extension("svg"), Path::to_path_buf);
+    let title = format!("svmem: {}", path.display());
+    write_plot(&trace, &out, &title)?;
+    println!("wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Device memory below one 2 MiB block (the unit svmem migrates and evicts)
@@ -423,6 +504,7 @@ fn check_flags(cmd: &Command, cap: &Capacity) -> Result<(), FlagError> {
         )
     };
     match cmd {
+        Command::Plot { .. } => Ok(()),
         Command::Demo {
             size,
             device_memory,
@@ -534,6 +616,8 @@ enum CliError {
     Bench(#[from] BenchError),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error(transparent)]
+    Plot(#[from] plot::PlotError),
     #[error("{0}")]
     Other(String),
 }
@@ -543,8 +627,8 @@ enum CliError {
 fn print_bench(b: &MigrateBench) {
     println!(
         "svmem bench migrate: {} region ({} pages), {} run(s), emulated device {} with {} copy engine(s)",
-        human_bytes(b.size),
-        b.npages,
+        human_bytes(b.size_bytes),
+        b.pages,
         b.runs,
         human_bytes(b.device_memory_bytes),
         b.copy_engines,
@@ -552,7 +636,7 @@ fn print_bench(b: &MigrateBench) {
     println!("machine: {}", b.machine);
     println!();
     let s = &b.spread;
-    print_rows(
+    let mut t = rows_table(
         "operation (GB/s)",
         &[
             ("copy limit (1 thread)", Some(s.memcpy_gbps), None),
@@ -575,28 +659,37 @@ fn print_bench(b: &MigrateBench) {
             ),
         ],
     );
-    println!(
-        "{:<30} {:>10.2} {:>10} {:>10}",
-        "first-touch fill (once)", b.first_touch_fill_gbps, "", ""
-    );
+    t.add_row(vec![
+        "first-touch fill (once)".to_string(),
+        format!("{:.2}", b.first_touch_fill_gbps),
+    ]);
+    println!("{}", table::text(&t));
     println!();
     println!("per run:");
-    println!(
-        "{:>4} {:>11} {:>11} {:>11} {:>11} {:>12} {:>12}",
-        "run", "memcpy ms", "to dev ms", "to sys ms", "sweep ms", "sweep faults", "sweep windows"
+    let mut t = table::new(
+        &[
+            "run",
+            "memcpy ms",
+            "to dev ms",
+            "to sys ms",
+            "sweep ms",
+            "sweep faults",
+            "sweep windows",
+        ],
+        &[0, 1, 2, 3, 4, 5, 6],
     );
     for (i, r) in b.samples.iter().enumerate() {
-        println!(
-            "{:>4} {:>11.2} {:>11.2} {:>11.2} {:>11.2} {:>12} {:>12}",
-            i,
-            r.memcpy_ms,
-            r.to_device_ms,
-            r.to_system_ms,
-            r.cpu_fault_sweep_ms,
-            r.sweep_cpu_faults,
-            r.sweep_fault_windows
-        );
+        t.add_row(vec![
+            i.to_string(),
+            format!("{:.2}", r.memcpy_ms),
+            format!("{:.2}", r.to_device_ms),
+            format!("{:.2}", r.to_system_ms),
+            format!("{:.2}", r.cpu_fault_sweep_ms),
+            r.sweep_cpu_faults.to_string(),
+            r.sweep_fault_windows.to_string(),
+        ]);
     }
+    println!("{}", table::text(&t));
     println!();
     println!(
         "metadata: {:.2} bytes per 4 KiB page ({:.3}% of the data)",
@@ -611,23 +704,33 @@ fn print_bench(b: &MigrateBench) {
 /// A bench table: one row per quantity with its median, min and max over
 /// the runs ("none" when it was never measured), and the spread of its
 /// ratio to the copy limit where it has one.
-fn print_rows(first: &str, rows: &[(&str, Option<Spread>, Option<Spread>)]) {
-    println!(
-        "{first:<30} {:>10} {:>10} {:>10}   {:>16}",
-        "median", "min", "max", "÷ copy limit (median)"
+fn rows_table(first: &str, rows: &[(&str, Option<Spread>, Option<Spread>)]) -> comfy_table::Table {
+    let mut t = table::new(
+        &[
+            first,
+            "median",
+            "min",
+            "max",
+            "÷ copy limit (median [min–max])",
+        ],
+        &[1, 2, 3, 4],
     );
     for (name, v, ratio) in rows {
         let r = ratio.map_or(String::new(), |r| {
             format!("{:.3} [{:.3}–{:.3}]", r.median, r.min, r.max)
         });
         match v {
-            Some(v) => println!(
-                "{name:<30} {:>10.2} {:>10.2} {:>10.2}   {r:>16}",
-                v.median, v.min, v.max
-            ),
-            None => println!("{name:<30} {:>10}", "none"),
-        }
+            Some(v) => t.add_row(vec![
+                name.to_string(),
+                format!("{:.2}", v.median),
+                format!("{:.2}", v.min),
+                format!("{:.2}", v.max),
+                r,
+            ]),
+            None => t.add_row(vec![name.to_string(), "none".to_string()]),
+        };
     }
+    t
 }
 
 fn print_counters(s: &Stats) {
@@ -637,11 +740,11 @@ fn print_counters(s: &Stats) {
         return;
     };
     let body = json.trim_start_matches('{').trim_end_matches('}');
-    for field in body.split(',') {
-        if let Some((k, v)) = field.split_once(':') {
-            println!("  {:<26} {v}", k.trim_matches('"'));
-        }
-    }
+    let rows = body
+        .split(',')
+        .filter_map(|field| field.split_once(':'))
+        .map(|(k, v)| (format!("  {}", k.trim_matches('"')), v.to_string()));
+    println!("{}", table::text(&table::key_values(rows)));
 }
 
 fn print_oversub_bench(b: &OversubBench) {
@@ -652,40 +755,37 @@ fn print_oversub_bench(b: &OversubBench) {
         b.passes,
         b.runs
     );
-    println!(
-        "  {:>6} {:>10} {:>11} {:>10} {:>8} {:>22} {:>10} {:>12} {:>12}",
-        "set",
-        "mitigation",
-        "bytes",
-        "wall ms",
-        "GB/s",
-        "slowdown (min..max)",
-        "evictions",
-        "to device",
-        "to system"
+    let mut t = table::new(
+        &[
+            "set",
+            "mitigation",
+            "bytes",
+            "wall ms",
+            "GB/s",
+            "slowdown (min..max)",
+            "evictions",
+            "to device",
+            "to system",
+        ],
+        &[0, 1, 2, 3, 4, 5, 6, 7, 8],
     );
     for p in &b.points {
-        println!(
-            "  {:>5.2}x {:>10} {:>11} {:>10.1} {:>8.2} {:>8.2} ({:.2}..{:.2}) {:>10} {:>12} {:>12}",
-            p.ratio,
-            if p.ratio <= 1.0 {
-                "-"
-            } else if p.thrash_mitigation {
-                "on"
-            } else {
-                "off"
-            },
+        t.add_row(vec![
+            format!("{:.2}x", p.ratio),
+            mitigation(p).to_string(),
             human_bytes(p.working_set_bytes),
-            p.wall_ms,
-            p.gbps,
-            p.slowdown_vs_fit,
-            p.slowdown_spread.min,
-            p.slowdown_spread.max,
-            p.evictions,
-            human_bytes(p.bytes_to_device),
-            human_bytes(p.bytes_to_system)
-        );
+            format!("{:.1}", p.wall_ms),
+            format!("{:.2}", p.gbps),
+            format!(
+                "{:.2} ({:.2}..{:.2})",
+                p.slowdown_vs_fit, p.slowdown_spread.min, p.slowdown_spread.max
+            ),
+            p.evictions.to_string(),
+            human_bytes(p.to_device_bytes),
+            human_bytes(p.to_system_bytes),
+        ]);
     }
+    println!("{}", table::text(&t));
     println!(
         "  slowdown at 2x: {:.2} (target <= {:.1}): {}; without the thrashing mitigation: {:.2}",
         b.slowdown_2x,
@@ -698,12 +798,9 @@ fn print_oversub_bench(b: &OversubBench) {
             .points
             .iter()
             .map(|p| {
-                let m = if p.ratio <= 1.0 {
-                    ""
-                } else if p.thrash_mitigation {
-                    " on"
-                } else {
-                    " off"
+                let m = match mitigation(p) {
+                    "-" => String::new(),
+                    m => format!(" {m}"),
                 };
                 format!(
                     "{:.2}x{m} {:.2} ({:.1} ms)",
@@ -719,11 +816,23 @@ fn print_oversub_bench(b: &OversubBench) {
     }
 }
 
+/// Whether a working set ran with the thrashing mitigation ("-" when it fits
+/// and nothing is evicted).
+fn mitigation(p: &bench_oversub::OversubPoint) -> &'static str {
+    if p.ratio <= 1.0 {
+        "-"
+    } else if p.thrash_mitigation {
+        "on"
+    } else {
+        "off"
+    }
+}
+
 fn print_faults_bench(b: &FaultsBench) {
     println!(
         "svmem bench faults: {} sweep region, {} run(s), emulated device {} with {} copy engine(s), {} lane(s); \
          fault service: {} lanes over {} blocks of 2 MiB",
-        human_bytes(b.size),
+        human_bytes(b.size_bytes),
         b.runs,
         human_bytes(b.device_memory_bytes),
         b.copy_engines,
@@ -734,7 +843,7 @@ fn print_faults_bench(b: &FaultsBench) {
     println!("machine: {}", b.machine);
     println!();
     let s = &b.spread;
-    print_rows(
+    let t = rows_table(
         "operation",
         &[
             ("copy limit (1 thread), GB/s", Some(s.memcpy_gbps), None),
@@ -746,17 +855,18 @@ fn print_faults_bench(b: &FaultsBench) {
                 Some(s.device_fault_sweep_ratio),
             ),
             ("block migrate (2 MiB), µs", Some(s.block_migrate_us), None),
-            ("batch service p50, µs", Some(s.batch_service_us_p50), None),
+            ("batch service p50, µs", Some(s.batch_service_p50_us), None),
             // No spread when no batch held 256 faults.
             (
                 "full batch (256) p50, µs",
-                b.full_batch_service_us_p50
-                    .map(|_| s.full_batch_service_us_p50),
+                b.full_batch_service_p50_us
+                    .map(|_| s.full_batch_service_p50_us),
                 None,
             ),
             ("faults per second (busy)", Some(s.faults_per_sec), None),
         ],
     );
+    println!("{}", table::text(&t));
     println!();
     println!(
         "device fault sweep ÷ copy limit: {:.3} (target >= 0.50: {})",
@@ -767,7 +877,7 @@ fn print_faults_bench(b: &FaultsBench) {
             "NOT met"
         }
     );
-    match b.full_batch_service_us_p50 {
+    match b.full_batch_service_p50_us {
         Some(p) => println!(
             "full batch p50 {p:.1} µs vs. block migrate + 100 µs = {:.1} µs: {}",
             b.full_batch_target_us,
@@ -781,41 +891,43 @@ fn print_faults_bench(b: &FaultsBench) {
     }
     println!();
     println!("per run:");
-    println!(
-        "{:>4} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10} {:>8} {:>6} {:>8} {:>6} {:>9} {:>9}",
-        "run",
-        "memcpy ms",
-        "sweep ms",
-        "ratio",
-        "swp flts",
-        "swp ahead",
-        "migr µs",
-        "batches",
-        "full",
-        "faults",
-        "dups",
-        "p50 µs",
-        "full p50"
+    let mut t = table::new(
+        &[
+            "run",
+            "memcpy ms",
+            "sweep ms",
+            "ratio",
+            "swp flts",
+            "swp ahead",
+            "migr µs",
+            "batches",
+            "full",
+            "faults",
+            "dups",
+            "p50 µs",
+            "full p50",
+        ],
+        &(0..13).collect::<Vec<_>>(),
     );
     for (i, r) in b.samples.iter().enumerate() {
-        println!(
-            "{:>4} {:>10.2} {:>10.2} {:>8.3} {:>9} {:>9} {:>10.1} {:>8} {:>6} {:>8} {:>6} {:>9.1} {:>9}",
-            i,
-            r.memcpy_ms,
-            r.device_fault_sweep_ms,
-            r.device_fault_sweep_ratio,
-            r.sweep_faults,
-            r.sweep_ahead_pages,
-            r.block_migrate_us,
-            r.batches,
-            r.full_batches,
-            r.faults,
-            r.duplicates,
-            r.batch_service_us_p50,
-            r.full_batch_service_us_p50
+        t.add_row(vec![
+            i.to_string(),
+            format!("{:.2}", r.memcpy_ms),
+            format!("{:.2}", r.device_fault_sweep_ms),
+            format!("{:.3}", r.device_fault_sweep_ratio),
+            r.sweep_faults.to_string(),
+            r.sweep_ahead_pages.to_string(),
+            format!("{:.1}", r.block_migrate_us),
+            r.batches.to_string(),
+            r.full_batches.to_string(),
+            r.faults.to_string(),
+            r.duplicates.to_string(),
+            format!("{:.1}", r.batch_service_p50_us),
+            r.full_batch_service_p50_us
                 .map_or("-".to_string(), |p| format!("{p:.1}")),
-        );
+        ]);
     }
+    println!("{}", table::text(&t));
     println!();
     println!(
         "fault service totals: {} faults ({} duplicates) in {} batches, {} of them full",
@@ -826,15 +938,19 @@ fn print_faults_bench(b: &FaultsBench) {
 
 // ---------------------------------------------------------------- run
 
-/// Events a subscriber may fall behind by before it loses the newest.
-const EVENT_CAPACITY: usize = 1 << 16;
-
 /// `svmem run --json` output: the report, plus the event counts with --events.
 #[derive(serde::Serialize)]
 struct RunOutput<'a> {
     #[serde(flatten)]
     report: &'a RunReport,
     device_memory_bytes: u64,
+    /// Of `to_device_pages`, pages the device zero-filled: migrated, but no
+    /// byte copied (so not in `to_device_bytes`).
+    device_zero_fill_pages: u64,
+    /// 2 MiB device blocks evicted under device-memory pressure.
+    evictions: u64,
+    /// Pages those evictions moved back to system memory.
+    evicted_pages: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     events: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -851,7 +967,7 @@ fn run(
     events: bool,
     profile: svmem::TimingProfile,
 ) -> Result<ExitCode, CliError> {
-    let device_memory = device_memory.unwrap_or(w.working_set(cfg.bytes) + (64 << 20));
+    let device_memory = device_memory.unwrap_or(w.working_set(cfg.bytes) + RUN_DEVICE_HEADROOM);
     let svm = Svm::builder()
         .emulated(EmulatedConfig {
             name: "emulated0".into(),
@@ -862,43 +978,46 @@ fn run(
         .timing(profile)
         .build()?;
     let t0 = svm.device(DeviceId(0))?.timing().unwrap_or_default();
-    // Collect events on a thread of their own while the run goes, so the
-    // stream never falls far behind; print them once the run is over.
-    let stream = events.then(|| svm.subscribe(EVENT_CAPACITY));
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let (result, lines, dropped) = std::thread::scope(|s| {
-        let collector = stream.as_ref().map(|stream| {
-            let done = &done;
-            s.spawn(move || {
-                let mut lines = Vec::new();
-                while !done.load(std::sync::atomic::Ordering::Acquire) {
-                    if let Some(e) = stream.recv_timeout(Duration::from_millis(20)) {
-                        lines.push(e.to_json_line());
-                    }
+    let s0 = svm.stats();
+    let spinner = progress::spinner(&format!("svmem run {w}"));
+    spinner.set_message("allocating, initialising, running kernels, verifying");
+    let tracer = trace::installed();
+    let go = || workloads::run(&svm, w, cfg);
+    // A recording collects the events on a thread of its own while the run
+    // goes, so the stream never falls far behind; they are printed after.
+    let (result, recording) = if events || tracer.is_some() {
+        let origin = tracer.map_or(0, trace::Tracer::now_ns);
+        let (r, rec) = trace::record(&svm, &format!("run {w}"), origin, go);
+        (r, Some(rec))
+    } else {
+        (go(), None)
+    };
+    spinner.finish_and_clear();
+    let s1 = svm.stats();
+    let (lines, dropped) = match &recording {
+        Some(rec) if events => {
+            let mut out = std::io::stdout().lock();
+            for e in &rec.events {
+                // A closed stdout (e.g. `| head`) ends the listing, not the run.
+                if writeln!(out, "{}", e.to_json_line()).is_err() {
+                    break;
                 }
-                lines.extend(stream.drain().iter().map(|e| e.to_json_line()));
-                lines
-            })
-        });
-        let result = workloads::run(&svm, w, cfg);
-        done.store(true, std::sync::atomic::Ordering::Release);
-        let lines = collector.map(|h| h.join().unwrap_or_default());
-        (result, lines, stream.as_ref().map(|s| s.dropped()))
-    });
-    if let Some(lines) = &lines {
-        let mut out = std::io::stdout().lock();
-        for l in lines {
-            // A closed stdout (e.g. `| head`) ends the listing, not the run.
-            if writeln!(out, "{l}").is_err() {
-                break;
             }
+            (Some(rec.events.len() as u64), Some(rec.dropped))
         }
+        _ => (None, None),
+    };
+    if let (Some(t), Some(rec)) = (tracer, recording) {
+        t.keep(rec);
     }
     let report = result?;
     let out = RunOutput {
         report: &report,
         device_memory_bytes: device_memory,
-        events: lines.as_ref().map(|l| l.len() as u64),
+        device_zero_fill_pages: s1.device_zero_fill_pages - s0.device_zero_fill_pages,
+        evictions: s1.evictions - s0.evictions,
+        evicted_pages: s1.evicted_pages - s0.evicted_pages,
+        events: lines,
         events_dropped: dropped,
         timing: svm
             .device(DeviceId(0))?
@@ -913,6 +1032,22 @@ fn run(
         print_run(&out);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// "N pages migrated", labelled where pages and bytes differ: pages the
+/// device zero-filled migrate without a byte copied.
+fn pages_note(pages: u64, bytes: u64, zero_filled: u64) -> String {
+    let copied = bytes / PAGE;
+    if copied == pages {
+        format!("{pages} pages migrated")
+    } else if copied + zero_filled == pages {
+        format!(
+            "{pages} pages migrated = {copied} copied + {zero_filled} zero-filled on the device, \
+             which count as pages but not bytes"
+        )
+    } else {
+        format!("{pages} pages migrated, {copied} pages' worth of bytes copied")
+    }
 }
 
 fn print_run(o: &RunOutput<'_>) {
@@ -938,62 +1073,76 @@ fn print_run(o: &RunOutput<'_>) {
         if r.xnack { "on" } else { "off" },
         r.preferred.map_or("none".to_string(), |l| l.to_string()),
         r.granularity,
-        human_bytes((svmem::PAGE_SIZE as u64) << r.granularity),
+        human_bytes(PAGE << r.granularity),
         human_bytes(o.device_memory_bytes),
         r.lanes,
     );
     println!("machine: {}", Machine::detect());
     println!();
-    let row = |k: &str, v: String| println!("  {k:<24} {v}");
-    row(
-        "time",
-        format!(
-            "{:.2} ms ({:.2} ms in {} kernel launch(es))",
-            r.wall_ms, r.kernel_ms, r.kernel_launches
+    let mut rows: Vec<(&str, String)> = vec![
+        (
+            "time",
+            format!(
+                "{:.2} ms ({:.2} ms in {} kernel launch(es))",
+                r.wall_ms, r.kernel_ms, r.kernel_launches
+            ),
         ),
-    );
-    row(
-        "moved to device",
-        format!(
-            "{} ({} pages migrated)",
-            human_bytes(r.bytes_to_device),
-            r.pages_to_device
+        (
+            "moved to device",
+            format!(
+                "{} copied ({})",
+                human_bytes(r.bytes_to_device),
+                pages_note(
+                    r.pages_to_device,
+                    r.bytes_to_device,
+                    o.device_zero_fill_pages
+                )
+            ),
         ),
-    );
-    row(
-        "moved to system",
-        format!(
-            "{} ({} pages migrated)",
-            human_bytes(r.bytes_to_system),
-            r.pages_to_system
+        (
+            "moved to system",
+            format!(
+                "{} copied ({})",
+                human_bytes(r.bytes_to_system),
+                pages_note(r.pages_to_system, r.bytes_to_system, 0)
+            ),
         ),
-    );
-    row(
-        "device faults",
-        format!(
-            "{} ({} duplicates) in {} batches, batch p50 {:.1} µs",
-            r.device_faults, r.device_fault_duplicates, r.device_fault_batches, r.batch_p50_us
+        (
+            "device faults",
+            format!(
+                "{} ({} duplicates) in {} batches, batch p50 {:.1} µs",
+                r.device_faults, r.device_fault_duplicates, r.device_fault_batches, r.batch_p50_us
+            ),
         ),
-    );
-    row("CPU faults", r.cpu_faults.to_string());
+        ("CPU faults", r.cpu_faults.to_string()),
+        (
+            "evictions",
+            format!(
+                "{} blocks of 2 MiB ({} pages back to system memory)",
+                o.evictions, o.evicted_pages
+            ),
+        ),
+    ];
     if o.timing.profile != "none" {
-        row("modelled time", bench_suite::modelled_line(&o.timing));
+        rows.push(("modelled time", bench_suite::modelled_line(&o.timing)));
     }
-    row(
+    rows.push((
         "queue evictions",
         format!("{} ({} restores)", r.queue_evictions, r.queue_restores),
-    );
+    ));
     if let (Some(n), Some(d)) = (o.events, o.events_dropped) {
-        row("events", format!("{n} printed, {d} dropped"));
+        rows.push(("events", format!("{n} printed, {d} dropped")));
     }
-    row(
+    rows.push((
         "verified",
         if r.verified {
             "yes, every element".to_string()
         } else {
             "NO".to_string()
         },
-    );
+    ));
+    let t = table::key_values(rows.into_iter().map(|(k, v)| (format!("  {k}"), v)));
+    println!("{}", table::text(&t));
 }
 
 // ---------------------------------------------------------------- demo
@@ -1003,6 +1152,8 @@ const SEED_DEV: u64 = 0x00de_7ce0_0000_0002;
 /// Device accesses go through a bounce buffer of this size.
 const CHUNK: usize = 1 << 20;
 const PAGE: u64 = svmem::PAGE_SIZE as u64;
+/// Steps the demo records.
+const DEMO_STEPS: u64 = 8;
 
 #[derive(Debug, serde::Serialize)]
 struct Step {
@@ -1029,6 +1180,8 @@ struct DemoOutput {
 struct Demo {
     steps: Vec<Step>,
     failures: Vec<String>,
+    /// One tick per step (hidden unless progress bars are on).
+    bar: indicatif::ProgressBar,
 }
 
 impl Demo {
@@ -1047,6 +1200,7 @@ impl Demo {
             ok,
             notes,
         });
+        self.bar.inc(1);
     }
 }
 
@@ -1081,138 +1235,144 @@ fn demo(size: u64, device_memory: u64, json: bool) -> Result<ExitCode, CliError>
     let mut d = Demo {
         steps: Vec::new(),
         failures: Vec::new(),
+        bar: progress::bar(DEMO_STEPS, "svmem demo: steps"),
     };
-
-    // 1. CPU first touch: zero-fill faults, then the pattern.
-    let s0 = svm.stats();
-    let t = Instant::now();
-    fill_words(&mut region.as_mut_slice::<u64>(), SEED_CPU);
-    let el = t.elapsed();
-    let s1 = svm.stats();
-    d.step(
-        "CPU fills managed memory (first touch)",
-        bytes,
-        el,
-        true,
-        format!(
-            "{}, {} pages zero-filled",
-            fault_note(&s0, &s1),
-            s1.cpu_zero_fill_pages - s0.cpu_zero_fill_pages
-        ),
-    );
-
-    // 2. Migrate everything to the device.
-    timed_migrate(&mut d, &svm, addr, bytes, to_dev, "migrate to device")?;
-
-    // 3. The device reads everything through its page table (timed), and the
-    // demo checks every word of each chunk (not timed).
-    let mut buf = vec![0u64; CHUNK / 8];
-    let (mut pages, mut passes, mut bad) = (0, 0, None::<String>);
-    let mut elapsed = Duration::ZERO;
-    let mut off = 0u64;
-    while off < bytes {
-        let n = CHUNK.min((bytes - off) as usize);
-        let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut buf[..n / 8]);
+    // Region and device stay outside the recording: its last sample shows
+    // where the data ended up.
+    trace::traced(&svm, "demo", || -> Result<(), CliError> {
+        // 1. CPU first touch: zero-fill faults, then the pattern.
+        let s0 = svm.stats();
         let t = Instant::now();
-        let rep = dev.read(addr.offset(off), dst)?;
-        elapsed += t.elapsed();
-        pages += rep.pages;
-        passes += rep.fault_passes;
-        if bad.is_none() {
-            if let Some(m) = bench::check_pattern(&buf[..n / 8], SEED_CPU, off / 8) {
-                bad = Some(mismatch_msg(&m, off / 8, "device read"));
+        fill_words(&mut region.as_mut_slice::<u64>(), SEED_CPU);
+        let el = t.elapsed();
+        let s1 = svm.stats();
+        d.step(
+            "CPU fills managed memory (first touch)",
+            bytes,
+            el,
+            true,
+            format!(
+                "{}, {} pages zero-filled",
+                fault_note(&s0, &s1),
+                s1.cpu_zero_fill_pages - s0.cpu_zero_fill_pages
+            ),
+        );
+
+        // 2. Migrate everything to the device.
+        timed_migrate(&mut d, &svm, addr, bytes, to_dev, "migrate to device")?;
+
+        // 3. The device reads everything through its page table (timed), and the
+        // demo checks every word of each chunk (not timed).
+        let mut buf = vec![0u64; CHUNK / 8];
+        let (mut pages, mut passes, mut bad) = (0, 0, None::<String>);
+        let mut elapsed = Duration::ZERO;
+        let mut off = 0u64;
+        while off < bytes {
+            let n = CHUNK.min((bytes - off) as usize);
+            let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut buf[..n / 8]);
+            let t = Instant::now();
+            let rep = dev.read(addr.offset(off), dst)?;
+            elapsed += t.elapsed();
+            pages += rep.pages;
+            passes += rep.fault_passes;
+            if bad.is_none() {
+                if let Some(m) = bench::check_pattern(&buf[..n / 8], SEED_CPU, off / 8) {
+                    bad = Some(mismatch_msg(&m, off / 8, "device read"));
+                }
             }
+            off += n as u64;
         }
-        off += n as u64;
-    }
-    record_verify(
-        &mut d,
-        "device reads (1 MiB chunks), verified",
-        bytes,
-        elapsed,
-        bad,
-        format!("{pages} page accesses, {passes} fault passes"),
-    );
+        record_verify(
+            &mut d,
+            "device reads (1 MiB chunks), verified",
+            bytes,
+            elapsed,
+            bad,
+            format!("{pages} page accesses, {passes} fault passes"),
+        );
 
-    // 4. The device overwrites everything with a second pattern.
-    let (mut pages, mut passes) = (0, 0);
-    let mut elapsed = Duration::ZERO;
-    let mut words = vec![0u64; CHUNK / 8];
-    let mut off = 0u64;
-    while off < bytes {
-        let n = CHUNK.min((bytes - off) as usize);
-        // Pattern generation is not part of the timed device write.
-        bench::fill_pattern(&mut words[..n / 8], SEED_DEV, off / 8);
-        let src: &[u8] = bytemuck::cast_slice(&words[..n / 8]);
+        // 4. The device overwrites everything with a second pattern.
+        let (mut pages, mut passes) = (0, 0);
+        let mut elapsed = Duration::ZERO;
+        let mut words = vec![0u64; CHUNK / 8];
+        let mut off = 0u64;
+        while off < bytes {
+            let n = CHUNK.min((bytes - off) as usize);
+            // Pattern generation is not part of the timed device write.
+            bench::fill_pattern(&mut words[..n / 8], SEED_DEV, off / 8);
+            let src: &[u8] = bytemuck::cast_slice(&words[..n / 8]);
+            let t = Instant::now();
+            let rep = dev.write(addr.offset(off), src)?;
+            elapsed += t.elapsed();
+            pages += rep.pages;
+            passes += rep.fault_passes;
+            off += n as u64;
+        }
+        d.step(
+            "device writes a new pattern",
+            bytes,
+            elapsed,
+            true,
+            format!("{pages} page accesses, {passes} fault passes"),
+        );
+
+        // 5. The CPU reads it back: device-resident pages fault and migrate back.
+        let s0 = svm.stats();
         let t = Instant::now();
-        let rep = dev.write(addr.offset(off), src)?;
-        elapsed += t.elapsed();
-        pages += rep.pages;
-        passes += rep.fault_passes;
-        off += n as u64;
-    }
-    d.step(
-        "device writes a new pattern",
-        bytes,
-        elapsed,
-        true,
-        format!("{pages} page accesses, {passes} fault passes"),
-    );
+        let bad = bench::check_pattern(&region.as_slice::<u64>(), SEED_DEV, 0)
+            .map(|m| mismatch_msg(&m, 0, "CPU read-back"));
+        let el = t.elapsed();
+        let s1 = svm.stats();
+        record_verify(
+            &mut d,
+            "CPU reads back + verifies (faults)",
+            bytes,
+            el,
+            bad,
+            format!(
+                "{}, {} pages back to system",
+                fault_note(&s0, &s1),
+                s1.to_system_pages - s0.to_system_pages
+            ),
+        );
 
-    // 5. The CPU reads it back: device-resident pages fault and migrate back.
-    let s0 = svm.stats();
-    let t = Instant::now();
-    let bad = bench::check_pattern(&region.as_slice::<u64>(), SEED_DEV, 0)
-        .map(|m| mismatch_msg(&m, 0, "CPU read-back"));
-    let el = t.elapsed();
-    let s1 = svm.stats();
-    record_verify(
-        &mut d,
-        "CPU reads back + verifies (faults)",
-        bytes,
-        el,
-        bad,
-        format!(
-            "{}, {} pages back to system",
-            fault_note(&s0, &s1),
-            s1.to_system_pages - s0.to_system_pages
-        ),
-    );
-
-    // 6. Migrate to the device again, release the device, verify again.
-    let r = timed_migrate(&mut d, &svm, addr, bytes, to_dev, "migrate to device again")?;
-    let on_device = r.migrated + r.already_there;
-    let t = Instant::now();
-    let r = dev.release();
-    let el = t.elapsed();
-    let ok = r.migrated == on_device && dev.info().free_bytes == dev.info().capacity_bytes;
-    d.step(
-        "device release (evict all)",
-        r.migrated * PAGE,
-        el,
-        ok,
-        format!(
-            "{}/{} pages evicted to system{}",
-            r.migrated,
-            r.requested,
-            skipped_note(&r)
-        ),
-    );
-    let s0 = svm.stats();
-    let t = Instant::now();
-    let bad = bench::check_pattern(&region.as_slice::<u64>(), SEED_DEV, 0)
-        .map(|m| mismatch_msg(&m, 0, "CPU read after release"));
-    let el = t.elapsed();
-    let s1 = svm.stats();
-    let faults = s1.cpu_faults - s0.cpu_faults;
-    record_verify(
-        &mut d,
-        "CPU verifies after release",
-        bytes,
-        el,
-        bad,
-        format!("{faults} faults (expected 0: all pages are in system memory)"),
-    );
+        // 6. Migrate to the device again, release the device, verify again.
+        let r = timed_migrate(&mut d, &svm, addr, bytes, to_dev, "migrate to device again")?;
+        let on_device = r.migrated + r.already_there;
+        let t = Instant::now();
+        let r = dev.release();
+        let el = t.elapsed();
+        let ok = r.migrated == on_device && dev.info().free_bytes == dev.info().capacity_bytes;
+        d.step(
+            "device release (evict all)",
+            r.migrated * PAGE,
+            el,
+            ok,
+            format!(
+                "{}/{} pages evicted to system{}",
+                r.migrated,
+                r.requested,
+                skipped_note(&r)
+            ),
+        );
+        let s0 = svm.stats();
+        let t = Instant::now();
+        let bad = bench::check_pattern(&region.as_slice::<u64>(), SEED_DEV, 0)
+            .map(|m| mismatch_msg(&m, 0, "CPU read after release"));
+        let el = t.elapsed();
+        let s1 = svm.stats();
+        let faults = s1.cpu_faults - s0.cpu_faults;
+        record_verify(
+            &mut d,
+            "CPU verifies after release",
+            bytes,
+            el,
+            bad,
+            format!("{faults} faults (expected 0: all pages are in system memory)"),
+        );
+        Ok(())
+    })?;
+    d.bar.finish_and_clear();
 
     let out = DemoOutput {
         ok: d.failures.is_empty(),
@@ -1333,22 +1493,22 @@ fn print_demo(o: &DemoOutput) {
         o.machine
     );
     println!();
-    println!(
-        "{:>2}  {:<40} {:>10} {:>10} {:>8}  {:<4} notes",
-        "#", "step", "bytes", "time ms", "GB/s", "ok"
+    let mut t = table::new(
+        &["#", "step", "bytes", "time ms", "GB/s", "ok", "notes"],
+        &[0, 2, 3, 4],
     );
     for s in &o.steps {
-        println!(
-            "{:>2}  {:<40} {:>10} {:>10.2} {:>8.2}  {:<4} {}",
-            s.step,
-            s.name,
+        t.add_row(vec![
+            s.step.to_string(),
+            s.name.to_string(),
             human_bytes(s.bytes),
-            s.time_ms,
-            s.gbps,
-            if s.ok { "ok" } else { "FAIL" },
-            s.notes
-        );
+            format!("{:.2}", s.time_ms),
+            format!("{:.2}", s.gbps),
+            if s.ok { "ok" } else { "FAIL" }.to_string(),
+            s.notes.clone(),
+        ]);
     }
+    println!("{}", table::text(&t));
     println!();
     print_counters(&o.counters);
     println!();

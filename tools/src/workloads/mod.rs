@@ -269,6 +269,7 @@ pub struct RunReport {
     pub workload: Workload,
     /// Bytes per array (after rounding to 4 KiB; `gather`'s `out` array holds
     /// one word per work item).
+    #[serde(rename = "array_bytes")]
     pub bytes: u64,
     /// Bytes of managed memory allocated for all arrays.
     pub working_set_bytes: u64,
@@ -287,11 +288,15 @@ pub struct RunReport {
     pub kernel_ms: f64,
     pub kernel_launches: u64,
     /// Bytes copied to device memory (zero-filled device pages copy nothing).
+    #[serde(rename = "to_device_bytes")]
     pub bytes_to_device: u64,
     /// Bytes copied back to system memory.
+    #[serde(rename = "to_system_bytes")]
     pub bytes_to_system: u64,
     /// Pages migrated to device memory / back to system memory.
+    #[serde(rename = "to_device_pages")]
     pub pages_to_device: u64,
+    #[serde(rename = "to_system_pages")]
     pub pages_to_system: u64,
     /// Faults posted to the device's fault buffer (retry mode).
     pub device_faults: u64,
