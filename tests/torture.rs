@@ -39,6 +39,10 @@
 //! of 0. With the old reader code every configuration at granularity 0
 //! failed this way within about 1-5 s.
 //!
+//! **Peer moves.** The cold region's migrations between device 0 and device
+//! 1 go device to device (the peer path); with failures injected on device
+//! 1's copy engine, a move to device 1 rolls back to device 0, data intact.
+//!
 //! **Evictions.** Both devices have 4 MiB; a 6 MiB ballast region (constant
 //! content) keeps being migrated onto them, so migrations evict other blocks,
 //! and device 0 is released now and then.
@@ -627,17 +631,23 @@ fn torture(granularity: u8, huge: bool, seed: u64) {
     let st = svm.stats();
     eprintln!(
         "torture (granularity {granularity}, huge pages {huge}) in {elapsed:?}: {}; \
-         {} CPU faults ({} windows), {} evictions, {} rolled back pages, {} huge fills",
+         {} CPU faults ({} windows), {} evictions, {} rolled back pages, {} huge fills, \
+         {} pages moved device to device",
         ops.join(", "),
         st.cpu_faults,
         st.cpu_fault_windows,
         st.evictions,
         st.rolled_back_pages,
         st.huge_fills,
+        st.peer_pages,
     );
     if let Some(m) = w.err.take() {
         panic!("(granularity {granularity}, huge pages {huge}) {m}");
     }
+    assert!(
+        st.peer_pages > 0,
+        "the cold migrator's moves between the devices never took the peer path"
+    );
 }
 
 /// Every word equals its shadow, on the CPU and through device 0; nothing
