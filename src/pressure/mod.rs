@@ -9,6 +9,7 @@ pub(crate) mod pin;
 
 pub use account::default_limit as default_memory_limit;
 pub use account::{DeviceUsage, MemoryUsage};
+pub use evict::Eviction;
 pub use failure::ResetReport;
 
 use std::sync::Arc;
@@ -24,6 +25,8 @@ use crate::placement::attr::AttrMap;
 pub(crate) struct PressureState {
     /// Per device: the eviction clock over blocks holding its pages.
     pub residency: Box<[evict::Residency]>,
+    /// Which block eviction takes first.
+    pub eviction: evict::EvictionCell,
     /// Evictions younger than this make faults count as thrashing (ns; 0: never).
     pub thrash_window_ns: u64,
     /// System-memory limit, charges and pin totals.
@@ -42,6 +45,7 @@ impl PressureState {
     ) -> Self {
         PressureState {
             residency: (0..devices).map(|_| Default::default()).collect(),
+            eviction: Default::default(),
             thrash_window_ns,
             account: Arc::new(account),
             attrs,
