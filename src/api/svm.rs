@@ -43,6 +43,8 @@ pub struct SvmBuilder {
     pin_limit: Option<u64>,
     huge_pages: bool,
     timing: Option<crate::device::TimingProfile>,
+    eviction: crate::pressure::Eviction,
+    throttle: bool,
 }
 
 impl std::fmt::Debug for SvmBuilder {
@@ -59,6 +61,8 @@ impl std::fmt::Debug for SvmBuilder {
             .field("memory_limit", &self.memory_limit)
             .field("pin_limit", &self.pin_limit)
             .field("huge_pages", &self.huge_pages)
+            .field("eviction", &self.eviction)
+            .field("throttle", &self.throttle)
             .finish()
     }
 }
@@ -78,6 +82,8 @@ impl Default for SvmBuilder {
             pin_limit: None,
             huge_pages: true,
             timing: None,
+            eviction: Default::default(),
+            throttle: false,
         }
     }
 }
@@ -159,9 +165,27 @@ impl SvmBuilder {
         self
     }
 
+    /// Which block eviction takes first under device-memory pressure
+    /// (default [`crate::Eviction::Clock`]; see [`crate::Eviction`]).
+    pub fn eviction(mut self, policy: crate::pressure::Eviction) -> Self {
+        self.eviction = policy;
+        self
+    }
+
+    /// Throttle mode, for demos (default off): wall time follows the timing
+    /// model, each device sleeping so that its wall time since `build` is
+    /// at least its modelled time (see [`crate::device::timing`]).
+    pub fn throttle(mut self, on: bool) -> Self {
+        self.throttle = on;
+        self
+    }
+
     pub fn build(self) -> Result<Svm> {
         if let Some(p) = self.timing {
             crate::device::timing::apply(&self.devices, p)?;
+        }
+        if self.throttle {
+            crate::device::timing::throttle(&self.devices)?;
         }
         if self.devices.len() > MAX_DEVICES {
             return Err(Error::Config(format!(
@@ -204,6 +228,7 @@ impl SvmBuilder {
             ),
             attrs.clone(),
         ));
+        pressure.eviction.set(self.eviction);
         let core = Arc::new(Shared {
             uffd,
             pending: Default::default(),
