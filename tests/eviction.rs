@@ -91,3 +91,61 @@ fn policies_by_name_and_unknown_names() {
     let e = "mru".parse::<Eviction>().unwrap_err().to_string();
     assert!(e.contains("mru") && e.contains("clock, lru, alloc"), "{e}");
 }
+
+/// Where block 0 ends up when a kernel reads it right after its first
+/// eviction, under thrash streak `streak`: a device of two blocks holds
+/// blocks 0 and 1, block 2 moving in evicts block 0, then a kernel faults
+/// on block 0.
+fn refault_after_one_eviction(streak: u8) -> Location {
+    let svm = Svm::builder()
+        .emulated(EmulatedConfig::with_memory(2 * BLOCK_SIZE as u64))
+        .unwrap()
+        .thrash_window(std::time::Duration::from_secs(60))
+        .thrash_streak(streak)
+        .build()
+        .unwrap();
+    let mut r = svm.alloc(3 * BLOCK_SIZE).unwrap();
+    r.as_mut_slice::<u64>().fill(4);
+    let block = |b: usize| svmem::VirtAddr(r.addr().0 + (b * BLOCK_SIZE) as u64);
+    for b in 0..3 {
+        svm.migrate(block(b), BLOCK_SIZE as u64, Location::Device(D0))
+            .unwrap();
+    }
+    assert_eq!(svm.stats().evictions, 1);
+    assert_eq!(svm.location(block(0)), Some(Location::System));
+    let at = block(0);
+    svm.device(D0)
+        .unwrap()
+        .launch(1, move |lane, _| {
+            let v: u64 = lane.load(at)?;
+            assert_eq!(v, 4);
+            Ok(())
+        })
+        .unwrap()
+        .check()
+        .unwrap();
+    svm.location(block(0)).unwrap()
+}
+
+#[test]
+fn thrash_streak_one_serves_a_refault_in_place_two_migrates_it_back() {
+    assert_eq!(refault_after_one_eviction(1), Location::System);
+    assert_eq!(refault_after_one_eviction(2), Location::Device(D0));
+}
+
+#[test]
+fn a_thrash_streak_out_of_range_is_refused_with_the_fix() {
+    for n in [0, 4] {
+        let e = Svm::builder()
+            .emulated(EmulatedConfig::with_memory(BLOCK_SIZE as u64))
+            .unwrap()
+            .thrash_streak(n)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("thrash streak {n}")) && e.contains("1 to 3"),
+            "{e}"
+        );
+    }
+}

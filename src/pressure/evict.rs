@@ -252,7 +252,7 @@ pub(crate) fn evict_one(sh: &Shared, p: &PressureState, d: DeviceId) -> Option<u
         let Some(r) = e.region.upgrade() else {
             continue;
         };
-        let (evicted, keep) = step(sh, &r, e.block, d, policy);
+        let (evicted, keep) = step(sh, p, &r, e.block, d, policy);
         if keep {
             res.ring.lock().push_back(e);
         }
@@ -295,6 +295,7 @@ fn sample_use(res: &Residency, d: DeviceId) {
 /// entry stays on the ring.
 fn step(
     sh: &Shared,
+    p: &PressureState,
     r: &RegionInner,
     b: usize,
     d: DeviceId,
@@ -331,8 +332,7 @@ fn step(
     if rep.migrated == 0 {
         return (None, true); // could not move (copy failed): stays listed
     }
-    blk.evicted_from.fetch_or(bit, Ordering::AcqRel);
-    blk.evicted_at.store(r.notifier.now_ns(), Ordering::Relaxed);
+    note_evicted(p, r, b, bit);
     let c = &sh.counters;
     c.add(&c.evictions, 1);
     c.add(&c.evicted_pages, rep.migrated);
@@ -388,13 +388,50 @@ pub(crate) fn admit(
     })
 }
 
-/// Whether device `d` evicted block `b` recently enough that faulting it in
-/// again counts as thrashing (policy rule 9).
+/// `Block::evicted_at` holds the time of the last eviction (ns, low 62
+/// bits) and, in its top two bits, how many evictions in a row came within
+/// the thrash window of the one before (1 to 3).
+const STREAK_SHIFT: u32 = 62;
+const AT_MASK: u64 = (1 << STREAK_SHIFT) - 1;
+
+/// The most evictions in a row a streak counts (`SvmBuilder::thrash_streak`
+/// accepts 1 to this).
+pub const MAX_THRASH_STREAK: u8 = 3;
+
+/// Records an eviction of block `b` (bit `bit` of its device) now. The
+/// caller holds the block lock.
+fn note_evicted(p: &PressureState, r: &RegionInner, b: usize, bit: u8) {
+    let blk = &r.blocks[b];
+    let now = r.notifier.now_ns() & AT_MASK;
+    let prev = blk.evicted_at.load(Ordering::Relaxed);
+    let again = blk.evicted_from.load(Ordering::Acquire) & bit != 0
+        && now.saturating_sub(prev & AT_MASK) < p.thrash_window_ns;
+    let streak = if again {
+        ((prev >> STREAK_SHIFT) + 1).min(MAX_THRASH_STREAK as u64)
+    } else {
+        1
+    };
+    blk.evicted_from.fetch_or(bit, Ordering::AcqRel);
+    blk.evicted_at
+        .store((streak << STREAK_SHIFT) | now, Ordering::Relaxed);
+}
+
+/// Whether device `d` evicted block `b` often and recently enough that
+/// faulting it in again counts as thrashing (policy rule 9): the last
+/// eviction within the thrash window, after a streak of at least
+/// `PressureState::thrash_streak` evictions each within the window of the
+/// one before (default 1: one recent eviction is enough).
+///
+/// A streak of 2 waits for a repeat, as NVIDIA UVM's detector does (its
+/// default threshold is 3 within its lapse): a block evicted once under a
+/// burst of pressure (a hot block the hand met just after clearing its
+/// accessed bit) comes back to device memory instead of being served over
+/// the link for the rest of the window. Which is better depends on the
+/// workload (docs/suite.md has the figures), so it is a setting.
 pub(crate) fn thrashing(p: &PressureState, r: &RegionInner, b: usize, d: DeviceId) -> bool {
     let blk = &r.blocks[b];
+    let at = blk.evicted_at.load(Ordering::Relaxed);
     blk.evicted_from.load(Ordering::Acquire) & (1 << d.0) != 0
-        && r.notifier
-            .now_ns()
-            .saturating_sub(blk.evicted_at.load(Ordering::Relaxed))
-            < p.thrash_window_ns
+        && at >> STREAK_SHIFT >= p.thrash_streak.load(Ordering::Relaxed) as u64
+        && r.notifier.now_ns().saturating_sub(at & AT_MASK) < p.thrash_window_ns
 }

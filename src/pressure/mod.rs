@@ -29,6 +29,9 @@ pub(crate) struct PressureState {
     pub eviction: evict::EvictionCell,
     /// Evictions younger than this make faults count as thrashing (ns; 0: never).
     pub thrash_window_ns: u64,
+    /// Evictions in a row, each within the window of the last, that make a
+    /// fault count as thrashing (see [`evict::thrashing`]).
+    pub thrash_streak: crate::sync::AtomicU8,
     /// System-memory limit, charges and pin totals.
     pub account: Arc<account::Accountant>,
     /// Range attributes (placement's, shared with the device side): held
@@ -47,6 +50,7 @@ impl PressureState {
             residency: (0..devices).map(|_| Default::default()).collect(),
             eviction: Default::default(),
             thrash_window_ns,
+            thrash_streak: crate::sync::AtomicU8::new(1),
             account: Arc::new(account),
             attrs,
         }
