@@ -45,6 +45,7 @@ pub struct SvmBuilder {
     timing: Option<crate::device::TimingProfile>,
     eviction: crate::pressure::Eviction,
     throttle: bool,
+    thrash_streak: u8,
 }
 
 impl std::fmt::Debug for SvmBuilder {
@@ -84,6 +85,7 @@ impl Default for SvmBuilder {
             timing: None,
             eviction: Default::default(),
             throttle: false,
+            thrash_streak: 1,
         }
     }
 }
@@ -126,6 +128,14 @@ impl SvmBuilder {
     /// zero turns the mitigation off.
     pub fn thrash_window(mut self, window: std::time::Duration) -> Self {
         self.thrash_window = window;
+        self
+    }
+
+    /// How many evictions of a block in a row, each within the thrash
+    /// window of the one before, make its next fault count as thrashing
+    /// (default 1; 1 to 3). See `pressure::evict::thrashing`.
+    pub fn thrash_streak(mut self, n: u8) -> Self {
+        self.thrash_streak = n;
         self
     }
 
@@ -184,6 +194,13 @@ impl SvmBuilder {
         if let Some(p) = self.timing {
             crate::device::timing::apply(&self.devices, p)?;
         }
+        if !(1..=crate::pressure::evict::MAX_THRASH_STREAK).contains(&self.thrash_streak) {
+            return Err(Error::Config(format!(
+                "thrash streak {}: use 1 to {}",
+                self.thrash_streak,
+                crate::pressure::evict::MAX_THRASH_STREAK
+            )));
+        }
         if self.throttle {
             crate::device::timing::throttle(&self.devices)?;
         }
@@ -229,6 +246,9 @@ impl SvmBuilder {
             attrs.clone(),
         ));
         pressure.eviction.set(self.eviction);
+        pressure
+            .thrash_streak
+            .store(self.thrash_streak, Ordering::Relaxed);
         let core = Arc::new(Shared {
             uffd,
             pending: Default::default(),
