@@ -16,7 +16,8 @@
 //! memory over the link, device faults, fault batches, evictions and wall
 //! time. Each combination of prefetcher ([`Prefetch`]), eviction policy
 //! ([`Eviction`]) and thrashing mitigation (on: the builder's default
-//! thrash window; off: window 0) asked for gets its own rows, its slowdowns
+//! thrash window; off: window 0) and thrash streak (evictions in a row
+//! before a refault counts as thrashing) asked for gets its own rows, its slowdowns
 //! against its own fitting run. Modelled time depends only on the sequence
 //! of work; wall time is this machine's. With several runs each figure is
 //! the median run's.
@@ -66,6 +67,9 @@ pub struct SuiteConfig {
     pub eviction: Vec<Eviction>,
     /// Thrashing mitigation settings to compare (on: the default window).
     pub mitigation: Vec<bool>,
+    /// Thrash streaks to compare (`SvmBuilder::thrash_streak`; matters only
+    /// with the mitigation on).
+    pub thrash_streak: Vec<u8>,
 }
 
 impl Default for SuiteConfig {
@@ -80,6 +84,7 @@ impl Default for SuiteConfig {
             granularity: 9,
             eviction: vec![Eviction::Clock],
             mitigation: vec![true],
+            thrash_streak: vec![1],
         }
     }
 }
@@ -92,6 +97,7 @@ pub struct SuiteRow {
     pub eviction: &'static str,
     /// Thrashing mitigation (serve refaulted blocks in place) on or off.
     pub mitigation: bool,
+    pub thrash_streak: u8,
     pub oversub: f64,
     pub working_set_bytes: u64,
     pub device_memory_bytes: u64,
@@ -146,6 +152,7 @@ fn check(cfg: &SuiteConfig) -> Result<(), BenchError> {
         || cfg.prefetch.is_empty()
         || cfg.eviction.is_empty()
         || cfg.mitigation.is_empty()
+        || cfg.thrash_streak.is_empty()
     {
         return Err(BenchError::Params(
             "the suite needs at least one level, kernel, prefetcher, eviction policy, \
@@ -179,6 +186,7 @@ struct Policies {
     prefetch: Prefetch,
     eviction: Eviction,
     mitigation: bool,
+    thrash_streak: u8,
 }
 
 /// One run of `w` at `level`.
@@ -198,7 +206,8 @@ fn one(
             ..EmulatedConfig::with_memory(device_memory)
         })?
         .timing(cfg.profile)
-        .eviction(pol.eviction);
+        .eviction(pol.eviction)
+        .thrash_streak(pol.thrash_streak);
     if !pol.mitigation {
         b = b.thrash_window(std::time::Duration::ZERO);
     }
@@ -236,6 +245,7 @@ fn one(
         prefetch: p.name(),
         eviction: pol.eviction.name(),
         mitigation: pol.mitigation,
+        thrash_streak: pol.thrash_streak,
         oversub: level,
         working_set_bytes: ws,
         device_memory_bytes: device_memory,
@@ -279,12 +289,21 @@ pub fn bench_suite(cfg: &SuiteConfig) -> Result<SuiteBench, BenchError> {
         for &prefetch in &cfg.prefetch {
             for &eviction in &cfg.eviction {
                 for &mitigation in &cfg.mitigation {
-                    let pol = Policies {
-                        prefetch,
-                        eviction,
-                        mitigation,
+                    // Without the mitigation the streak changes nothing.
+                    let streaks = if mitigation {
+                        &cfg.thrash_streak[..]
+                    } else {
+                        &cfg.thrash_streak[..1]
                     };
-                    groups.push((w, pol));
+                    for &thrash_streak in streaks {
+                        let pol = Policies {
+                            prefetch,
+                            eviction,
+                            mitigation,
+                            thrash_streak,
+                        };
+                        groups.push((w, pol));
+                    }
                 }
             }
         }
@@ -394,7 +413,11 @@ pub fn print_table(b: &SuiteBench) {
             r.kernel,
             r.prefetch,
             r.eviction,
-            if r.mitigation { "on" } else { "off" },
+            match (r.mitigation, r.thrash_streak) {
+                (false, _) => "off".to_string(),
+                (true, 1) => "on".to_string(),
+                (true, n) => format!("on/{n}"),
+            },
             r.oversub,
             mib(r.working_set_bytes),
             r.modelled_ms,

@@ -233,6 +233,11 @@ enum BenchCommand {
             default_value = "on"
         )]
         mitigation: Vec<OnOff>,
+        /// Thrash streaks to compare: evictions of a block in a row before
+        /// its refault counts as thrashing (1 to 3).
+        #[arg(long, value_name = "N,..", value_delimiter = ',', default_value = "1",
+              value_parser = clap::value_parser!(u8).range(1..=3))]
+        thrash_streak: Vec<u8>,
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -381,6 +386,7 @@ fn main() -> ExitCode {
                     granularity,
                     eviction,
                     mitigation,
+                    thrash_streak,
                     json,
                 },
         } => bench_suite::bench_suite(&SuiteConfig {
@@ -397,6 +403,7 @@ fn main() -> ExitCode {
             granularity,
             eviction,
             mitigation: mitigation.iter().map(|m| *m == OnOff::On).collect(),
+            thrash_streak,
         })
         .map_err(CliError::from)
         .and_then(|b| show(&b, json, bench_suite::print_table)),
