@@ -93,5 +93,5 @@ pub use mm::{MigrateReport, PageState};
 pub use observe::{Event, EventKind, EventStream, Stats};
 pub use placement::{AccessMode, Attr, AttrFlags, AttrQuery, Common};
 pub use placement::{Decision, KfdPolicy, PlacementPolicy};
-pub use pressure::{default_memory_limit, DeviceUsage, MemoryUsage, ResetReport};
+pub use pressure::{default_memory_limit, DeviceUsage, Eviction, MemoryUsage, ResetReport};
 pub use sys::Prot;

@@ -281,3 +281,76 @@ fn bad_profiles_are_refused_with_the_fix() {
     let e = TimingProfile::by_name("pcie3").unwrap_err().to_string();
     assert!(e.contains("pcie3") && e.contains("coherent"), "{e}");
 }
+
+#[test]
+fn device_reads_and_writes_are_charged_remote_or_resident() {
+    let svm = svm(simple(), 1, 1, true);
+    let mut r = svm.alloc(2 << 20).unwrap();
+    r.as_mut_slice::<u64>().fill(5);
+    let dev = svm.device(D0).unwrap();
+    // In system memory: the read is served over the link. Two pages in one
+    // copy: 8192 bytes at 1 B/ns + one 1 µs round trip (one in flight).
+    let before = dev.timing().unwrap();
+    let mut buf = vec![0u8; 2 * PAGE_SIZE];
+    dev.read(r.addr(), &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 5 || b == 0));
+    let d = dev.timing().unwrap().since(&before);
+    assert_eq!(d.remote_read_bytes, 2 * PAGE_SIZE as u64);
+    assert_eq!(d.device_bytes, 0);
+    assert_eq!(d.copied_to_device_bytes, 0, "served in place");
+    assert_eq!(d.modelled, Duration::from_nanos(8_192 + 1_000));
+    // A remote write of one page: the other direction.
+    let before = dev.timing().unwrap();
+    dev.write(r.addr(), &[9u8; PAGE_SIZE]).unwrap();
+    let d = dev.timing().unwrap().since(&before);
+    assert_eq!(d.remote_write_bytes, PAGE_SIZE as u64);
+    assert_eq!(d.remote_read_bytes, 0);
+    assert_eq!(d.modelled, Duration::from_nanos(4_096 + 1_000));
+    // A 1-byte remote read still moves a whole cache line (64 bytes).
+    let before = dev.timing().unwrap();
+    dev.read(r.addr(), &mut [0u8; 1]).unwrap();
+    let d = dev.timing().unwrap().since(&before);
+    assert_eq!(d.remote_read_bytes, 1);
+    assert_eq!(d.modelled, Duration::from_nanos(64 + 1_000));
+    // Resident in device memory: 8192 bytes at 4 B/ns, nothing remote.
+    svm.migrate(r.addr(), r.len(), Location::Device(D0))
+        .unwrap();
+    let before = dev.timing().unwrap();
+    dev.read(r.addr(), &mut buf).unwrap();
+    assert_eq!(&buf[..PAGE_SIZE], &[9u8; PAGE_SIZE][..]);
+    let d = dev.timing().unwrap().since(&before);
+    assert_eq!(d.device_bytes, 2 * PAGE_SIZE as u64);
+    assert_eq!(d.remote_read_bytes, 0);
+    assert_eq!(d.modelled, Duration::from_nanos(8_192 / 4));
+}
+
+#[test]
+fn throttle_mode_keeps_wall_time_at_least_modelled_time() {
+    // A slow link (100 MB/s): 4 MiB each way is about 84 ms modelled.
+    let slow = TimingProfile {
+        link_h2d_bytes_per_sec: 100_000_000,
+        link_d2h_bytes_per_sec: 100_000_000,
+        ..simple()
+    };
+    let start = std::time::Instant::now();
+    let svm = Svm::builder()
+        .emulated(EmulatedConfig::with_memory(8 << 20))
+        .unwrap()
+        .timing(slow)
+        .throttle(true)
+        .build()
+        .unwrap();
+    let dev = svm.device(D0).unwrap();
+    let mut r = svm.alloc(2 << 20).unwrap();
+    r.as_mut_slice::<u64>().fill(1);
+    svm.migrate(r.addr(), r.len(), Location::Device(D0))
+        .unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    dev.read(r.addr(), &mut buf).unwrap();
+    svm.migrate(r.addr(), r.len(), Location::System).unwrap();
+    dev.read(r.addr(), &mut buf).unwrap();
+    let wall = start.elapsed();
+    let modelled = dev.timing().unwrap().modelled;
+    assert!(modelled > Duration::from_millis(40), "{modelled:?}");
+    assert!(wall >= modelled, "wall {wall:?} < modelled {modelled:?}");
+}

@@ -62,6 +62,9 @@ pub struct SvmBuilder {
     huge_pages: bool,
     timing: Option<crate::device::TimingProfile>,
     peer_access: bool,
+    eviction: crate::pressure::Eviction,
+    throttle: bool,
+    thrash_streak: u8,
 }
 
 impl std::fmt::Debug for SvmBuilder {
@@ -78,6 +81,8 @@ impl std::fmt::Debug for SvmBuilder {
             .field("memory_limit", &self.memory_limit)
             .field("pin_limit", &self.pin_limit)
             .field("huge_pages", &self.huge_pages)
+            .field("eviction", &self.eviction)
+            .field("throttle", &self.throttle)
             .finish()
     }
 }
@@ -98,6 +103,9 @@ impl Default for SvmBuilder {
             huge_pages: true,
             timing: None,
             peer_access: true,
+            eviction: Default::default(),
+            throttle: false,
+            thrash_streak: 1,
         }
     }
 }
@@ -140,6 +148,14 @@ impl SvmBuilder {
     /// zero turns the mitigation off.
     pub fn thrash_window(mut self, window: std::time::Duration) -> Self {
         self.thrash_window = window;
+        self
+    }
+
+    /// How many evictions of a block in a row, each within the thrash
+    /// window of the one before, make its next fault count as thrashing
+    /// (default 1; 1 to 3). See `pressure::evict::thrashing`.
+    pub fn thrash_streak(mut self, n: u8) -> Self {
+        self.thrash_streak = n;
         self
     }
 
@@ -188,6 +204,21 @@ impl SvmBuilder {
         self
     }
 
+    /// Which block eviction takes first under device-memory pressure
+    /// (default [`crate::Eviction::Clock`]; see [`crate::Eviction`]).
+    pub fn eviction(mut self, policy: crate::pressure::Eviction) -> Self {
+        self.eviction = policy;
+        self
+    }
+
+    /// Throttle mode, for demos (default off): wall time follows the timing
+    /// model, each device sleeping so that its wall time since `build` is
+    /// at least its modelled time (see [`crate::device::timing`]).
+    pub fn throttle(mut self, on: bool) -> Self {
+        self.throttle = on;
+        self
+    }
+
     /// Checks the configuration and starts the address space: opens the
     /// userfaultfd, maps its scratch areas and starts the `svmem-uffd`
     /// reader thread and, per device, a fault-service and a restore thread
@@ -202,6 +233,16 @@ impl SvmBuilder {
     pub fn build(self) -> Result<Svm> {
         if let Some(p) = self.timing {
             crate::device::timing::apply(&self.devices, p)?;
+        }
+        if !(1..=crate::pressure::evict::MAX_THRASH_STREAK).contains(&self.thrash_streak) {
+            return Err(Error::Config(format!(
+                "thrash streak {}: use 1 to {}",
+                self.thrash_streak,
+                crate::pressure::evict::MAX_THRASH_STREAK
+            )));
+        }
+        if self.throttle {
+            crate::device::timing::throttle(&self.devices)?;
         }
         if self.devices.len() > MAX_DEVICES {
             return Err(Error::Config(format!(
@@ -255,6 +296,10 @@ impl SvmBuilder {
                     .fold(0u64, |m, a| m | 1 << a)
             })
             .collect();
+        pressure.eviction.set(self.eviction);
+        pressure
+            .thrash_streak
+            .store(self.thrash_streak, Ordering::Relaxed);
         let core = Arc::new(Shared {
             uffd,
             peers,

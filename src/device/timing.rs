@@ -38,11 +38,27 @@
 //! is charged serially. The device's modelled time is the sum of both;
 //! overlapping launches on one device are each counted in full.
 //!
+//! **Device reads and writes** through a `DeviceHandle` (outside any
+//! kernel) are charged as one lane of their own ([`Clock::host_access`]):
+//! each contiguous copy is one access, remote over the link when the page
+//! is in system memory (at least [`TimingProfile::remote_min_bytes`] each,
+//! plus the round-trip latency shared by the accesses in flight), device
+//! bytes at HBM speed when it is resident. Outside a launch that time is
+//! serial; during one, its bytes load the launch's link and HBM.
+//!
 //! Compute is free: the model is of memory, as the workloads it judges are
 //! bound by it.
+//!
+//! **Throttle mode** (`SvmBuilder::throttle`, off by default; for demos):
+//! the device sleeps so that its wall time since throttling began is at
+//! least its modelled time since then. It paces at the points where
+//! modelled time grows: the end of a launch, a copy job or fault batch
+//! charged outside launches (on the engine or fault thread that ran it),
+//! and a device read or write. Nothing else changes: the modelled figures
+//! are the same with the mode on or off.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::addr::AccessKind;
 use crate::error::{Error, Result};
@@ -271,6 +287,24 @@ pub fn apply(devices: &[std::sync::Arc<dyn super::Device>], p: TimingProfile) ->
                      use profile none, or emulated devices only",
                     d.name(),
                     p.name
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Turns throttle mode on for every device of `devices` (see the module
+/// docs); one that keeps no clock is refused.
+pub fn throttle(devices: &[std::sync::Arc<dyn super::Device>]) -> Result<()> {
+    for d in devices {
+        match d.clock() {
+            Some(c) => c.set_throttle(true),
+            None => {
+                return Err(Error::Config(format!(
+                    "device {} has no timing model, so throttle mode cannot pace it: \
+                     turn throttle off, or use emulated devices only",
+                    d.name()
                 )))
             }
         }
@@ -512,6 +546,8 @@ pub struct Clock {
     device_bytes: AtomicU64,
     fault_batches: AtomicU64,
     tlb_misses: AtomicU64,
+    /// Throttle mode: when it began, and the modelled time then (ps).
+    throttle: parking_lot::Mutex<Option<(Instant, u64)>>,
 }
 
 impl Clock {
@@ -539,7 +575,55 @@ impl Clock {
         self.engine_ps.fetch_add(t, Relaxed);
         if self.launches_running.load(Relaxed) == 0 {
             self.serial_ps.fetch_add(t, Relaxed);
+            self.pace();
         }
+    }
+
+    /// Modelled time so far, ps (launches plus work outside them).
+    pub fn modelled_ps(&self) -> u64 {
+        self.launch_ps.load(Relaxed) + self.serial_ps.load(Relaxed)
+    }
+
+    /// Turns throttle mode on or off (see the module docs); on, it counts
+    /// from now.
+    pub fn set_throttle(&self, on: bool) {
+        *self.throttle.lock() = on.then(|| (Instant::now(), self.modelled_ps()));
+    }
+
+    /// Whether throttle mode is on.
+    pub fn throttled(&self) -> bool {
+        self.throttle.lock().is_some()
+    }
+
+    /// Throttle mode: sleeps until wall time since it began is at least the
+    /// modelled time since then.
+    fn pace(&self) {
+        let Some((origin, base)) = *self.throttle.lock() else {
+            return;
+        };
+        let due = ps(self.modelled_ps().saturating_sub(base)) + Duration::from_nanos(1);
+        let wall = origin.elapsed();
+        if due > wall {
+            std::thread::sleep(due - wall);
+        }
+    }
+
+    /// Charges a device read or write made outside a kernel, counted as one
+    /// lane of its own (see the module docs).
+    pub fn host_access(&self, lane: &LaneClock) {
+        let p = self.profile();
+        let t = lane.path_ps(&p, 1);
+        self.h2d_bytes.fetch_add(lane.wire_read_bytes, Relaxed);
+        self.d2h_bytes.fetch_add(lane.wire_write_bytes, Relaxed);
+        self.hbm_bytes.fetch_add(lane.device_bytes, Relaxed);
+        self.remote_read.fetch_add(lane.remote_read_bytes, Relaxed);
+        self.remote_write
+            .fetch_add(lane.remote_write_bytes, Relaxed);
+        self.device_bytes.fetch_add(lane.device_bytes, Relaxed);
+        if self.launches_running.load(Relaxed) == 0 {
+            self.serial_ps.fetch_add(t, Relaxed);
+        }
+        self.pace();
     }
 
     /// Charges one copy job's bytes: to device memory over the link, to
@@ -675,6 +759,7 @@ impl LaunchSpan<'_> {
         }
         c.launch_ps.fetch_add(t, Relaxed);
         c.launches_running.fetch_sub(1, Relaxed);
+        c.pace();
         LaunchTiming {
             modelled: ps(t),
             bound,

@@ -214,6 +214,10 @@ pub(crate) fn access(
             .unwrap_or(Error::Unmapped { addr: VirtAddr(at) }),
         _ => Error::os("device access to system memory", e),
     };
+    // The timing model: this access, as one lane of its own.
+    let clock = dev.clock();
+    let remote_min = clock.map_or(0, |c| c.profile().remote_min_bytes);
+    let mut lane = crate::device::timing::LaneClock::default();
     let mut pos = 0u64;
     let mut passes = 0u64;
     'outer: while pos < len {
@@ -274,6 +278,7 @@ pub(crate) fn access(
             }
             let span = pos as usize..pos as usize + n;
             let target = Target::of(&r, pte, at);
+            let remote = matches!(target, Target::System { .. });
             match (target, &mut op) {
                 // System memory is copied with guarded copies, so a page the
                 // program unmapped under a translation not yet invalidated
@@ -290,8 +295,12 @@ pub(crate) fn access(
                 (t, Op::Read(buf)) => t.read(&**dev, &mut buf[span]).map_err(dev_err),
                 (t, Op::Write(buf)) => t.write(&**dev, &buf[span]).map_err(dev_err),
             }?;
+            lane.access(remote, kind, n, remote_min);
             pos += n as u64;
         }
+    }
+    if let Some(c) = clock {
+        c.host_access(&lane);
     }
     Ok(AccessReport {
         pages: (last - first + 1) as u64,

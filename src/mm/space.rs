@@ -53,6 +53,8 @@ pub(crate) struct Block {
     /// Bit `d`: device `d` evicted pages of this block, last at `evicted_at`
     /// (ns on the notifier's clock); faults soon after count as thrashing.
     pub evicted_from: AtomicU8,
+    /// The last eviction's time (ns, low 62 bits) and the streak of
+    /// evictions in a row (top 2 bits); see `pressure::evict`.
     pub evicted_at: AtomicU64,
 }
 

@@ -31,9 +31,26 @@
 //!   `d` is always on `d`'s ring.
 //!
 //! Pinned pages are in system memory by definition, so they are never on a
-//! ring. Victims are never chosen by allocation order: a block whose
-//! accessed bit is set survives one full turn of the hand.
+//! ring.
+//!
+//! ## Policies ([`Eviction`], chosen by `SvmBuilder::eviction`)
+//! The ring, its entries and the locking above are shared; the policies
+//! differ only in which listed block the hand takes.
+//! - [`Eviction::Clock`] (default): the use-aware CLOCK above. A block
+//!   whose accessed bit is set survives one full turn of the hand.
+//! - [`Eviction::Lru`]: least recently used first. Each eviction first
+//!   samples every listed block's accessed bit (clearing it): a block used
+//!   since the last eviction is stamped with a new tick; the ring is then
+//!   ordered by stamp (oldest use at the hand, ties keeping ring order)
+//!   and the hand takes the first block it can lock. Recency is known to
+//!   the resolution of one eviction, as an MMU's accessed bits allow; the
+//!   sample costs one pass over the ring per eviction.
+//! - [`Eviction::AllocOrder`]: NVIDIA UVM's order: the block that entered
+//!   device memory first (least recently migrated in) goes first, whatever
+//!   its use. Accessed bits are ignored; a busy block is skipped and moves
+//!   to the back.
 
+use crate::sync::{AtomicU64, AtomicU8};
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
@@ -48,15 +65,106 @@ use crate::mm::space::RegionInner;
 use crate::mm::state::PageState;
 use crate::sync::Ordering;
 
+/// Which block eviction takes first; see the module docs of
+/// `pressure::evict` (set with `SvmBuilder::eviction`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Eviction {
+    /// Use-aware CLOCK: a block used since the hand last passed gets a
+    /// second chance (the default).
+    #[default]
+    Clock,
+    /// Least recently used first (use sampled at each eviction).
+    Lru,
+    /// Allocation order, as NVIDIA UVM: the block least recently migrated
+    /// in goes first, used or not.
+    AllocOrder,
+}
+
+impl Eviction {
+    /// Every policy, in the order of [`Eviction::NAMES`].
+    pub const ALL: [Eviction; 3] = [Eviction::Clock, Eviction::Lru, Eviction::AllocOrder];
+    /// Names [`Eviction::by_name`] knows (`alloc-order` and `fifo` are also
+    /// accepted for `alloc`).
+    pub const NAMES: [&'static str; 3] = ["clock", "lru", "alloc"];
+
+    /// The policy's short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Eviction::Clock => "clock",
+            Eviction::Lru => "lru",
+            Eviction::AllocOrder => "alloc",
+        }
+    }
+
+    /// The policy called `name` (any case); an unknown name is an error that
+    /// lists the known ones.
+    pub fn by_name(name: &str) -> Result<Eviction> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "clock" => Ok(Eviction::Clock),
+            "lru" => Ok(Eviction::Lru),
+            "alloc" | "alloc-order" | "alloc_order" | "fifo" => Ok(Eviction::AllocOrder),
+            _ => Err(Error::Config(format!(
+                "unknown eviction policy `{name}`: use one of {}",
+                Eviction::NAMES.join(", ")
+            ))),
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    fn from_u8(v: u8) -> Eviction {
+        match v {
+            1 => Eviction::Lru,
+            2 => Eviction::AllocOrder,
+            _ => Eviction::Clock,
+        }
+    }
+}
+
+impl std::fmt::Display for Eviction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Eviction {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Eviction> {
+        Eviction::by_name(s)
+    }
+}
+
+/// The policy in force, one per `Svm` (held by [`PressureState`]).
+#[derive(Debug, Default)]
+pub(crate) struct EvictionCell(AtomicU8);
+
+impl EvictionCell {
+    pub fn get(&self) -> Eviction {
+        Eviction::from_u8(self.0.load(Ordering::Relaxed))
+    }
+
+    pub fn set(&self, e: Eviction) {
+        self.0.store(e.to_u8(), Ordering::Relaxed);
+    }
+}
+
 struct Entry {
     region: Weak<RegionInner>,
     block: usize,
+    /// LRU: the eviction tick at which the block was last seen used (0:
+    /// not since it was listed).
+    stamp: u64,
 }
 
 /// One device's CLOCK ring; see the module docs.
 #[derive(Default)]
 pub(crate) struct Residency {
     ring: Mutex<VecDeque<Entry>>,
+    /// LRU: evictions so far (the stamps' clock).
+    tick: AtomicU64,
 }
 
 impl Residency {
@@ -108,9 +216,13 @@ pub(crate) fn note_resident(
         return;
     };
     blk.listed.fetch_or(bit, Ordering::AcqRel);
-    p.residency[d.0 as usize].ring.lock().push_back(Entry {
+    let res = &p.residency[d.0 as usize];
+    // LRU: migrating in is a use (the tick is the current one).
+    let stamp = res.tick.load(Ordering::Relaxed);
+    res.ring.lock().push_back(Entry {
         region: Arc::downgrade(&arc),
         block: b,
+        stamp,
     });
 }
 
@@ -125,18 +237,22 @@ pub(crate) fn forget_region(_sh: &Shared, p: &PressureState, r: &RegionInner) {
     }
 }
 
-/// Evicts one block from device `d`, by CLOCK. Returns the pages freed, or
-/// `None` when a full turn (twice round the ring) found no block it could
-/// evict.
+/// Evicts one block from device `d`, by the policy in force. Returns the
+/// pages freed, or `None` when a full turn (twice round the ring) found no
+/// block it could evict.
 pub(crate) fn evict_one(sh: &Shared, p: &PressureState, d: DeviceId) -> Option<u64> {
     let res = &p.residency[d.0 as usize];
+    let policy = p.eviction.get();
+    if policy == Eviction::Lru {
+        sample_use(res, d);
+    }
     let turn = 2 * res.len() + 1;
     for _ in 0..turn {
         let e = res.ring.lock().pop_front()?;
         let Some(r) = e.region.upgrade() else {
             continue;
         };
-        let (evicted, keep) = step(sh, p, &r, e.block, d);
+        let (evicted, keep) = step(sh, p, &r, e.block, d, policy);
         if keep {
             res.ring.lock().push_back(e);
         }
@@ -147,15 +263,43 @@ pub(crate) fn evict_one(sh: &Shared, p: &PressureState, d: DeviceId) -> Option<u
     None
 }
 
+/// LRU: stamps every listed block that device `d` used since the last
+/// eviction with a new tick (consuming its accessed bit), then orders the
+/// ring by stamp, least recently used at the hand. The ring lock is held
+/// for the pass; the regions it upgrades are dropped after it, so a last
+/// reference never frees a region under the ring lock.
+fn sample_use(res: &Residency, d: DeviceId) {
+    let bit = 1u8 << d.0;
+    let tick = res.tick.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut alive = Vec::new();
+    {
+        let mut ring = res.ring.lock();
+        for e in ring.iter_mut() {
+            let Some(r) = e.region.upgrade() else {
+                continue;
+            };
+            if r.blocks[e.block].accessed.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
+                e.stamp = tick;
+            }
+            alive.push(r);
+        }
+        // Stable: blocks of equal stamp keep their order (migrated in first,
+        // evicted first).
+        ring.make_contiguous().sort_by_key(|e| e.stamp);
+    }
+    drop(alive);
+}
+
 /// Looks at block `b` for the hand: returns the pages evicted (`None`: not a
 /// victim: second chance, busy, or nothing left to evict) and whether the
 /// entry stays on the ring.
 fn step(
     sh: &Shared,
-    _p: &PressureState,
+    p: &PressureState,
     r: &RegionInner,
     b: usize,
     d: DeviceId,
+    policy: Eviction,
 ) -> (Option<u64>, bool) {
     let bit = 1u8 << d.0;
     let blk = &r.blocks[b];
@@ -169,7 +313,9 @@ fn step(
         blk.listed.fetch_and(!bit, Ordering::AcqRel);
         return (None, false);
     }
-    if blk.accessed.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
+    // CLOCK: a used block gets a second chance. LRU consumed the bits when
+    // it ordered the ring; allocation order ignores use.
+    if policy == Eviction::Clock && blk.accessed.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
         return (None, true); // second chance
     }
     if blk.access.try_write().is_none() {
@@ -186,8 +332,7 @@ fn step(
     if rep.migrated == 0 {
         return (None, true); // could not move (copy failed): stays listed
     }
-    blk.evicted_from.fetch_or(bit, Ordering::AcqRel);
-    blk.evicted_at.store(r.notifier.now_ns(), Ordering::Relaxed);
+    note_evicted(p, r, b, bit);
     let c = &sh.counters;
     c.add(&c.evictions, 1);
     c.add(&c.evicted_pages, rep.migrated);
@@ -243,13 +388,50 @@ pub(crate) fn admit(
     })
 }
 
-/// Whether device `d` evicted block `b` recently enough that faulting it in
-/// again counts as thrashing (policy rule 9).
+/// `Block::evicted_at` holds the time of the last eviction (ns, low 62
+/// bits) and, in its top two bits, how many evictions in a row came within
+/// the thrash window of the one before (1 to 3).
+const STREAK_SHIFT: u32 = 62;
+const AT_MASK: u64 = (1 << STREAK_SHIFT) - 1;
+
+/// The most evictions in a row a streak counts (`SvmBuilder::thrash_streak`
+/// accepts 1 to this).
+pub const MAX_THRASH_STREAK: u8 = 3;
+
+/// Records an eviction of block `b` (bit `bit` of its device) now. The
+/// caller holds the block lock.
+fn note_evicted(p: &PressureState, r: &RegionInner, b: usize, bit: u8) {
+    let blk = &r.blocks[b];
+    let now = r.notifier.now_ns() & AT_MASK;
+    let prev = blk.evicted_at.load(Ordering::Relaxed);
+    let again = blk.evicted_from.load(Ordering::Acquire) & bit != 0
+        && now.saturating_sub(prev & AT_MASK) < p.thrash_window_ns;
+    let streak = if again {
+        ((prev >> STREAK_SHIFT) + 1).min(MAX_THRASH_STREAK as u64)
+    } else {
+        1
+    };
+    blk.evicted_from.fetch_or(bit, Ordering::AcqRel);
+    blk.evicted_at
+        .store((streak << STREAK_SHIFT) | now, Ordering::Relaxed);
+}
+
+/// Whether device `d` evicted block `b` often and recently enough that
+/// faulting it in again counts as thrashing (policy rule 9): the last
+/// eviction within the thrash window, after a streak of at least
+/// `PressureState::thrash_streak` evictions each within the window of the
+/// one before (default 1: one recent eviction is enough).
+///
+/// A streak of 2 waits for a repeat, as NVIDIA UVM's detector does (its
+/// default threshold is 3 within its lapse): a block evicted once under a
+/// burst of pressure (a hot block the hand met just after clearing its
+/// accessed bit) comes back to device memory instead of being served over
+/// the link for the rest of the window. Which is better depends on the
+/// workload (docs/suite.md has the figures), so it is a setting.
 pub(crate) fn thrashing(p: &PressureState, r: &RegionInner, b: usize, d: DeviceId) -> bool {
     let blk = &r.blocks[b];
+    let at = blk.evicted_at.load(Ordering::Relaxed);
     blk.evicted_from.load(Ordering::Acquire) & (1 << d.0) != 0
-        && r.notifier
-            .now_ns()
-            .saturating_sub(blk.evicted_at.load(Ordering::Relaxed))
-            < p.thrash_window_ns
+        && at >> STREAK_SHIFT >= p.thrash_streak.load(Ordering::Relaxed) as u64
+        && r.notifier.now_ns().saturating_sub(at & AT_MASK) < p.thrash_window_ns
 }

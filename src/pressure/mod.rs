@@ -9,6 +9,7 @@ pub(crate) mod pin;
 
 pub use account::default_limit as default_memory_limit;
 pub use account::{DeviceUsage, MemoryUsage};
+pub use evict::Eviction;
 pub use failure::ResetReport;
 
 use std::sync::Arc;
@@ -24,8 +25,13 @@ use crate::placement::attr::AttrMap;
 pub(crate) struct PressureState {
     /// Per device: the eviction clock over blocks holding its pages.
     pub residency: Box<[evict::Residency]>,
+    /// Which block eviction takes first.
+    pub eviction: evict::EvictionCell,
     /// Evictions younger than this make faults count as thrashing (ns; 0: never).
     pub thrash_window_ns: u64,
+    /// Evictions in a row, each within the window of the last, that make a
+    /// fault count as thrashing (see [`evict::thrashing`]).
+    pub thrash_streak: crate::sync::AtomicU8,
     /// System-memory limit, charges and pin totals.
     pub account: Arc<account::Accountant>,
     /// Range attributes (placement's, shared with the device side): held
@@ -42,7 +48,9 @@ impl PressureState {
     ) -> Self {
         PressureState {
             residency: (0..devices).map(|_| Default::default()).collect(),
+            eviction: Default::default(),
             thrash_window_ns,
+            thrash_streak: crate::sync::AtomicU8::new(1),
             account: Arc::new(account),
             attrs,
         }

@@ -112,17 +112,60 @@ pub fn prefaulted(len: usize) -> Vec<u8> {
 /// [`svmem::device::stream_copy`], what the emulated copy engines use). The
 /// faster one is the limit the benchmarks divide by, so an engine's better
 /// copy loop never inflates a ratio.
+///
+/// Also measured with all cores ([`all_cores_copy_limit`]): the same two
+/// copies split over `available_parallelism` threads. One thread is what
+/// one copy engine can reach; all cores is what the machine can move, the
+/// honest ceiling for several engines (or a sweep) running at once.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct CopyLimit {
     pub libc_gbps: f64,
     pub stream_gbps: f64,
+    /// The faster of `memcpy` and streaming copies over `threads` threads.
+    pub all_cores_gbps: f64,
+    pub threads: usize,
 }
 
 impl CopyLimit {
-    /// The faster of the two, GB/s.
+    /// The faster of the two single-thread copies, GB/s.
     pub fn best(&self) -> f64 {
         self.libc_gbps.max(self.stream_gbps)
     }
+}
+
+/// Copies `src` into `dst` in `threads` equal chunks at once, with `copy`
+/// on each; the wall time of the whole.
+fn parallel_copy(
+    dst: &mut [u8],
+    src: &[u8],
+    threads: usize,
+    copy: fn(&mut [u8], &[u8]),
+) -> Duration {
+    let chunk = src.len().div_ceil(threads.max(1)).max(1);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for (d, c) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+            s.spawn(move || copy(d, black_box(c)));
+        }
+    });
+    t.elapsed()
+}
+
+/// The machine's all-cores copy limit: `src` into `dst` over
+/// `available_parallelism` threads, once with `memcpy` and once with
+/// streaming stores; the faster, GB/s, and the thread count.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn all_cores_copy_limit(dst: &mut [u8], src: &[u8]) -> (f64, usize) {
+    assert_eq!(dst.len(), src.len());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let libc = parallel_copy(dst, src, threads, |d, c| d.copy_from_slice(c));
+    black_box(&mut *dst);
+    let stream = parallel_copy(dst, src, threads, svmem::device::stream_copy);
+    black_box(&mut *dst);
+    let n = src.len() as u64;
+    (gbps(n, libc).max(gbps(n, stream)), threads)
 }
 
 /// Copies `src` into `dst` (same length; both should be pre-faulted) once
@@ -139,9 +182,12 @@ pub fn copy_limit(dst: &mut [u8], src: &[u8]) -> CopyLimit {
     svmem::device::stream_copy(dst, black_box(src));
     let stream = t.elapsed();
     black_box(&mut *dst);
+    let (all_cores_gbps, threads) = all_cores_copy_limit(dst, src);
     CopyLimit {
         libc_gbps: gbps(src.len() as u64, libc),
         stream_gbps: gbps(src.len() as u64, stream),
+        all_cores_gbps,
+        threads,
     }
 }
 
@@ -282,12 +328,17 @@ pub struct MigrateSpread {
     pub memcpy_gbps: Spread,
     pub memcpy_libc_gbps: Spread,
     pub memcpy_stream_gbps: Spread,
+    pub memcpy_all_cores_gbps: Spread,
     pub to_device_gbps: Spread,
     pub to_system_gbps: Spread,
     pub cpu_fault_sweep_gbps: Spread,
     pub to_device_ratio: Spread,
     pub to_system_ratio: Spread,
     pub cpu_fault_sweep_ratio: Spread,
+    /// The same ratios against the all-cores copy limit.
+    pub to_device_ratio_all_cores: Spread,
+    pub to_system_ratio_all_cores: Spread,
+    pub cpu_fault_sweep_ratio_all_cores: Spread,
 }
 
 /// The result of [`bench_migrate`]. Flat numbers are medians over the runs;
@@ -311,6 +362,13 @@ pub struct MigrateBench {
     pub to_device_ratio: f64,
     pub to_system_ratio: f64,
     pub cpu_fault_sweep_ratio: f64,
+    /// The same copy over all cores ([`CopyLimit::all_cores_gbps`]), on
+    /// `copy_threads` threads, and the ratios against it.
+    pub memcpy_all_cores_gbps: f64,
+    pub copy_threads: usize,
+    pub to_device_ratio_all_cores: f64,
+    pub to_system_ratio_all_cores: f64,
+    pub cpu_fault_sweep_ratio_all_cores: f64,
     /// First-touch fill of the region by the CPU (measured once, before the runs).
     pub first_touch_fill_gbps: f64,
     /// `stats().metadata_bytes / pages` with the region allocated (one device).
@@ -431,12 +489,18 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
         memcpy_gbps: col(|s| s.memcpy_gbps),
         memcpy_libc_gbps: col(|s| s.copy_limit.libc_gbps),
         memcpy_stream_gbps: col(|s| s.copy_limit.stream_gbps),
+        memcpy_all_cores_gbps: col(|s| s.copy_limit.all_cores_gbps),
         to_device_gbps: col(|s| s.to_device_gbps),
         to_system_gbps: col(|s| s.to_system_gbps),
         cpu_fault_sweep_gbps: col(|s| s.cpu_fault_sweep_gbps),
         to_device_ratio: col(|s| s.to_device_gbps / s.memcpy_gbps),
         to_system_ratio: col(|s| s.to_system_gbps / s.memcpy_gbps),
         cpu_fault_sweep_ratio: col(|s| s.cpu_fault_sweep_gbps / s.memcpy_gbps),
+        to_device_ratio_all_cores: col(|s| s.to_device_gbps / s.copy_limit.all_cores_gbps),
+        to_system_ratio_all_cores: col(|s| s.to_system_gbps / s.copy_limit.all_cores_gbps),
+        cpu_fault_sweep_ratio_all_cores: col(|s| {
+            s.cpu_fault_sweep_gbps / s.copy_limit.all_cores_gbps
+        }),
     };
     drop(region);
     Ok(MigrateBench {
@@ -450,6 +514,11 @@ pub fn bench_migrate(size: u64, runs: usize) -> Result<MigrateBench, BenchError>
         to_device_ratio: spread.to_device_ratio.median,
         to_system_ratio: spread.to_system_ratio.median,
         cpu_fault_sweep_ratio: spread.cpu_fault_sweep_ratio.median,
+        memcpy_all_cores_gbps: spread.memcpy_all_cores_gbps.median,
+        copy_threads: samples.first().map_or(1, |s| s.copy_limit.threads),
+        to_device_ratio_all_cores: spread.to_device_ratio_all_cores.median,
+        to_system_ratio_all_cores: spread.to_system_ratio_all_cores.median,
+        cpu_fault_sweep_ratio_all_cores: spread.cpu_fault_sweep_ratio_all_cores.median,
         first_touch_fill_gbps,
         metadata_bytes_per_page,
         spread,

@@ -14,15 +14,33 @@
 //! kernel's fitting run (the 1.0 level, else the lowest level asked for),
 //! bytes migrated each way, bytes the kernels read and wrote in system
 //! memory over the link, device faults, fault batches, evictions and wall
-//! time. Each prefetcher asked for ([`Prefetch`]) gets its own rows, its
-//! slowdowns against its own fitting run. Modelled time depends only on the sequence of work; wall time is
-//! this machine's. With several runs each figure is the median run's.
+//! time. Each combination of prefetcher ([`Prefetch`]), eviction policy
+//! ([`Eviction`]) and thrashing mitigation (on: the builder's default
+//! thrash window; off: window 0) and thrash streak (evictions in a row
+//! before a refault counts as thrashing) asked for gets its own rows, its slowdowns
+//! against its own fitting run. Modelled time depends only on the sequence
+//! of work; wall time is this machine's. With several runs each figure is
+//! the median run's.
+//!
+//! Two more figures per row:
+//! - `first_touch_link_fraction`: how well migrations use the link, in the
+//!   model: the time their bytes take at link rate (each way) over the
+//!   engine time spent on them (copy jobs, with their setup, plus the fault
+//!   batches that asked for them). Lanes wait for exactly that engine time
+//!   when they fault, so at the fitting level (every byte moved once, on
+//!   first touch) it is the fraction of link bandwidth the first touch
+//!   streams at.
+//! - The machine's copy limit, measured once per suite with one thread and
+//!   with all cores ([`crate::bench::CopyLimit`]); each row's bytes migrated
+//!   (both ways) per wall second is reported against both.
 
 use std::time::Instant;
 
-use crate::bench::BenchError;
+use crate::bench::{BenchError, CopyLimit};
 use crate::workloads::{self, RunConfig, Workload};
-use svmem::{DeviceId, EmulatedConfig, Prefetch, Svm, TimingProfile, TimingReport, PAGE_SIZE};
+use svmem::{
+    DeviceId, EmulatedConfig, Eviction, Prefetch, Svm, TimingProfile, TimingReport, PAGE_SIZE,
+};
 
 const DEV: DeviceId = DeviceId(0);
 
@@ -45,6 +63,13 @@ pub struct SuiteConfig {
     pub prefetch: Vec<Prefetch>,
     /// Fault granularity of every array, log2 pages.
     pub granularity: u8,
+    /// Eviction policies to compare.
+    pub eviction: Vec<Eviction>,
+    /// Thrashing mitigation settings to compare (on: the default window).
+    pub mitigation: Vec<bool>,
+    /// Thrash streaks to compare (`SvmBuilder::thrash_streak`; matters only
+    /// with the mitigation on).
+    pub thrash_streak: Vec<u8>,
 }
 
 impl Default for SuiteConfig {
@@ -57,6 +82,9 @@ impl Default for SuiteConfig {
             runs: 1,
             prefetch: vec![Prefetch::None],
             granularity: 9,
+            eviction: vec![Eviction::Clock],
+            mitigation: vec![true],
+            thrash_streak: vec![1],
         }
     }
 }
@@ -66,6 +94,10 @@ impl Default for SuiteConfig {
 pub struct SuiteRow {
     pub kernel: String,
     pub prefetch: &'static str,
+    pub eviction: &'static str,
+    /// Thrashing mitigation (serve refaulted blocks in place) on or off.
+    pub mitigation: bool,
+    pub thrash_streak: u8,
     pub oversub: f64,
     pub working_set_bytes: u64,
     pub device_memory_bytes: u64,
@@ -85,6 +117,13 @@ pub struct SuiteRow {
     pub fault_batches: u64,
     pub evictions: u64,
     pub wall_ms: f64,
+    /// See the module docs.
+    pub first_touch_link_fraction: f64,
+    /// Bytes migrated both ways per wall second, and over the suite's
+    /// one-thread and all-cores copy limits.
+    pub migrated_wall_gbps: f64,
+    pub migrated_ratio_one_thread: f64,
+    pub migrated_ratio_all_cores: f64,
 }
 
 /// The result of [`bench_suite`].
@@ -95,6 +134,8 @@ pub struct SuiteBench {
     pub bytes_per_array: u64,
     pub runs: usize,
     pub granularity: u8,
+    /// The machine's copy limit, one thread and all cores.
+    pub copy_limit: CopyLimit,
     pub rows: Vec<SuiteRow>,
 }
 
@@ -108,9 +149,18 @@ pub fn device_memory_for(ws: u64, level: f64) -> u64 {
 }
 
 fn check(cfg: &SuiteConfig) -> Result<(), BenchError> {
-    if cfg.levels.is_empty() || cfg.kernels.is_empty() || cfg.runs == 0 || cfg.prefetch.is_empty() {
+    if cfg.levels.is_empty()
+        || cfg.kernels.is_empty()
+        || cfg.runs == 0
+        || cfg.prefetch.is_empty()
+        || cfg.eviction.is_empty()
+        || cfg.mitigation.is_empty()
+        || cfg.thrash_streak.is_empty()
+    {
         return Err(BenchError::Params(
-            "the suite needs at least one level, kernel, prefetcher and run".into(),
+            "the suite needs at least one level, kernel, prefetcher, eviction policy, \
+             mitigation setting and run"
+                .into(),
         ));
     }
     if cfg.granularity > 9 {
@@ -133,17 +183,38 @@ fn check(cfg: &SuiteConfig) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// One combination of policies a row group runs under.
+#[derive(Clone, Copy, Debug)]
+struct Policies {
+    prefetch: Prefetch,
+    eviction: Eviction,
+    mitigation: bool,
+    thrash_streak: u8,
+}
+
 /// One run of `w` at `level`.
-fn one(cfg: &SuiteConfig, w: Workload, p: Prefetch, level: f64) -> Result<SuiteRow, BenchError> {
+fn one(
+    cfg: &SuiteConfig,
+    w: Workload,
+    pol: Policies,
+    level: f64,
+    limit: &CopyLimit,
+) -> Result<SuiteRow, BenchError> {
+    let p = pol.prefetch;
     let ws = w.working_set(cfg.bytes);
     let device_memory = device_memory_for(ws, level);
-    let svm = Svm::builder()
+    let mut b = Svm::builder()
         .emulated(EmulatedConfig {
             name: "suite0".into(),
             ..EmulatedConfig::with_memory(device_memory)
         })?
         .timing(cfg.profile)
-        .build()?;
+        .eviction(pol.eviction)
+        .thrash_streak(pol.thrash_streak);
+    if !pol.mitigation {
+        b = b.thrash_window(std::time::Duration::ZERO);
+    }
+    let svm = b.build()?;
     let dev = svm.device(DEV)?;
     dev.set_prefetch(p)?;
     let t0 = dev.timing().unwrap_or_default();
@@ -160,9 +231,26 @@ fn one(cfg: &SuiteConfig, w: Workload, p: Prefetch, level: f64) -> Result<SuiteR
     let wall = start.elapsed();
     let t = dev.timing().unwrap_or_default().since(&t0);
     let s1 = svm.stats();
+    let prof = &cfg.profile;
+    let link_ps = TimingProfile::transfer_ps(t.copied_to_device_bytes, prof.link_h2d_bytes_per_sec)
+        + TimingProfile::transfer_ps(t.copied_to_host_bytes, prof.link_d2h_bytes_per_sec);
+    let engine = (t.copies + t.fault_service).as_secs_f64();
+    let moved = rep.bytes_to_device + rep.bytes_to_system;
+    let wall_s = wall.as_secs_f64().max(1e-9);
+    let migrated_wall_gbps = moved as f64 / wall_s / 1e9;
+    let ratio = |limit: f64| {
+        if limit > 0.0 {
+            migrated_wall_gbps / limit
+        } else {
+            0.0
+        }
+    };
     Ok(SuiteRow {
         kernel: w.name().to_string(),
         prefetch: p.name(),
+        eviction: pol.eviction.name(),
+        mitigation: pol.mitigation,
+        thrash_streak: pol.thrash_streak,
         oversub: level,
         working_set_bytes: ws,
         device_memory_bytes: device_memory,
@@ -178,6 +266,14 @@ fn one(cfg: &SuiteConfig, w: Workload, p: Prefetch, level: f64) -> Result<SuiteR
         fault_batches: rep.device_fault_batches,
         evictions: s1.evictions - s0.evictions,
         wall_ms: wall.as_secs_f64() * 1e3,
+        first_touch_link_fraction: if engine > 0.0 {
+            link_ps as f64 * 1e-12 / engine
+        } else {
+            0.0
+        },
+        migrated_wall_gbps,
+        migrated_ratio_one_thread: ratio(limit.best()),
+        migrated_ratio_all_cores: ratio(limit.all_cores_gbps),
     })
 }
 
@@ -192,20 +288,38 @@ pub fn bench_suite(cfg: &SuiteConfig) -> Result<SuiteBench, BenchError> {
     } else {
         levels[0]
     };
+    let limit = measure_copy_limit(cfg.bytes);
+    let mut groups = Vec::new();
+    for &w in &cfg.kernels {
+        for &prefetch in &cfg.prefetch {
+            for &eviction in &cfg.eviction {
+                for &mitigation in &cfg.mitigation {
+                    // Without the mitigation the streak changes nothing.
+                    let streaks = if mitigation {
+                        &cfg.thrash_streak[..]
+                    } else {
+                        &cfg.thrash_streak[..1]
+                    };
+                    for &thrash_streak in streaks {
+                        let pol = Policies {
+                            prefetch,
+                            eviction,
+                            mitigation,
+                            thrash_streak,
+                        };
+                        groups.push((w, pol));
+                    }
+                }
+            }
+        }
+    }
     let mut rows = Vec::new();
-    let bar = crate::progress::bar(
-        (cfg.kernels.len() * cfg.prefetch.len()) as u64,
-        "bench suite: kernels",
-    );
-    for (&w, &p) in cfg
-        .kernels
-        .iter()
-        .flat_map(|w| cfg.prefetch.iter().map(move |p| (w, p)))
-    {
+    let bar = crate::progress::bar(groups.len() as u64, "bench suite: kernels");
+    for (w, pol) in groups {
         let first = rows.len();
         for &level in &levels {
             let mut runs = (0..cfg.runs)
-                .map(|_| one(cfg, w, p, level))
+                .map(|_| one(cfg, w, pol, level, &limit))
                 .collect::<Result<Vec<_>, _>>()?;
             runs.sort_by(|a, b| a.modelled_ms.total_cmp(&b.modelled_ms));
             rows.push(runs.swap_remove(runs.len() / 2));
@@ -229,8 +343,18 @@ pub fn bench_suite(cfg: &SuiteConfig) -> Result<SuiteBench, BenchError> {
         bytes_per_array: cfg.bytes,
         runs: cfg.runs,
         granularity: cfg.granularity,
+        copy_limit: limit,
         rows,
     })
+}
+
+/// The copy limit on a buffer of the array size, clamped to 16–256 MiB so
+/// that it is long enough to time and short enough not to dominate.
+fn measure_copy_limit(bytes: u64) -> CopyLimit {
+    let n = bytes.clamp(16 << 20, 256 << 20) as usize;
+    let src = crate::bench::prefaulted(n);
+    let mut dst = crate::bench::prefaulted(n);
+    crate::bench::copy_limit(&mut dst, &src)
 }
 
 fn mib(b: u64) -> String {
@@ -266,9 +390,17 @@ pub fn print_table(b: &SuiteBench) {
         b.runs
     );
     println!(
-        "  {:<12} {:<8} {:>6} {:>8} {:>11} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9}",
+        "  copy limit: {:.2} GB/s one thread, {:.2} GB/s all {} cores",
+        b.copy_limit.best(),
+        b.copy_limit.all_cores_gbps,
+        b.copy_limit.threads
+    );
+    println!(
+        "  {:<12} {:<8} {:<5} {:<5} {:>6} {:>8} {:>11} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9} {:>5}",
         "kernel",
         "prefetch",
+        "evict",
+        "mitig",
         "oversub",
         "WS MiB",
         "modelled ms",
@@ -279,14 +411,21 @@ pub fn print_table(b: &SuiteBench) {
         "rem wr",
         "faults",
         "batches",
-        "evict",
-        "wall ms"
+        "evicts",
+        "wall ms",
+        "link"
     );
     for r in &b.rows {
         println!(
-            "  {:<12} {:<8} {:>6.2}x {:>8} {:>11.3} {:>7.2}x {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9.1}",
+            "  {:<12} {:<8} {:<5} {:<5} {:>6.2}x {:>8} {:>11.3} {:>7.2}x {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>9.1} {:>5.2}",
             r.kernel,
             r.prefetch,
+            r.eviction,
+            match (r.mitigation, r.thrash_streak) {
+                (false, _) => "off".to_string(),
+                (true, 1) => "on".to_string(),
+                (true, n) => format!("on/{n}"),
+            },
             r.oversub,
             mib(r.working_set_bytes),
             r.modelled_ms,
@@ -298,8 +437,12 @@ pub fn print_table(b: &SuiteBench) {
             r.device_faults,
             r.fault_batches,
             r.evictions,
-            r.wall_ms
+            r.wall_ms,
+            r.first_touch_link_fraction
         );
     }
-    println!("  (bytes in MiB; slowdown: modelled time over the kernel's fitting run)");
+    println!(
+        "  (bytes in MiB; slowdown: modelled time over the fitting run of the same kernel and \
+         policies; link: migrations' link time over their engine time, modelled)"
+    );
 }

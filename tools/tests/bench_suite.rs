@@ -129,3 +129,77 @@ fn run_reports_modelled_time_under_a_profile() {
     assert!(num(&v["timing"], "modelled_us") > 0.0, "{v}");
     assert!(num(&v["timing"], "copied_to_device_bytes") > 0.0, "{v}");
 }
+
+#[test]
+fn suite_compares_eviction_policies_and_mitigation() {
+    // Stream at twice device memory: with the mitigation
+    // off every policy must evict; every combination has its own rows and
+    // its own fitting run.
+    let b = json(&[
+        "bench",
+        "suite",
+        "--size",
+        "1M",
+        "--kernels",
+        "stream",
+        "--oversub",
+        "1.0,2.0",
+        "--eviction",
+        "clock,lru,alloc",
+        "--mitigation",
+        "on,off",
+        "--json",
+    ]);
+    let rows = b["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3 * 2 * 2);
+    for ev in ["clock", "lru", "alloc"] {
+        for mit in [true, false] {
+            let mine: Vec<&Value> = rows
+                .iter()
+                .filter(|r| r["eviction"] == ev && r["mitigation"] == mit)
+                .collect();
+            assert_eq!(mine.len(), 2, "{ev} {mit}: {rows:?}");
+            assert_eq!(num(mine[0], "slowdown"), 1.0);
+            assert!(num(mine[1], "evictions") > 0.0, "{ev} {mit}: {}", mine[1]);
+            let f = num(mine[0], "first_touch_link_fraction");
+            assert!(f > 0.0 && f <= 1.0, "{ev} {mit}: {f}");
+        }
+    }
+    // Thrashing with the mitigation off moves more bytes than with it on.
+    let moved = |mit: bool| -> f64 {
+        rows.iter()
+            .filter(|r| r["mitigation"] == mit && num(r, "oversub") == 2.0)
+            .map(|r| num(r, "bytes_to_device"))
+            .sum()
+    };
+    assert!(moved(false) > moved(true), "{rows:?}");
+    let limit = &b["copy_limit"];
+    assert!(num(limit, "all_cores_gbps") > 0.0 && num(limit, "threads") >= 1.0);
+    assert!(num(&rows[0], "migrated_ratio_all_cores") > 0.0);
+}
+
+#[test]
+fn bad_eviction_policy_is_refused_with_the_fix() {
+    let out = svmem(&["bench", "suite", "--eviction", "mru"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mru") && err.contains("clock, lru, alloc"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bench_migrate_reports_both_copy_limits() {
+    let b = json(&["bench", "migrate", "--size", "16M", "--runs", "1", "--json"]);
+    assert!(num(&b, "memcpy_gbps") > 0.0);
+    assert!(num(&b, "memcpy_all_cores_gbps") > 0.0, "{b}");
+    assert!(num(&b, "copy_threads") >= 1.0);
+    for k in [
+        "to_device_ratio_all_cores",
+        "to_system_ratio_all_cores",
+        "cpu_fault_sweep_ratio_all_cores",
+    ] {
+        assert!(num(&b, k) > 0.0, "{k}: {b}");
+    }
+}

@@ -261,6 +261,23 @@ enum BenchCommand {
         #[arg(long, value_name = "N", default_value_t = 9,
               value_parser = clap::value_parser!(u8).range(0..=9))]
         granularity: u8,
+        /// Eviction policies to compare: clock, lru, alloc (allocation order).
+        #[arg(long, value_name = "NAME,..", value_delimiter = ',', default_value = "clock",
+              value_parser = |s: &str| svmem::Eviction::by_name(s).map_err(|e| e.to_string()))]
+        eviction: Vec<svmem::Eviction>,
+        /// Thrashing mitigation settings to compare: on, off.
+        #[arg(
+            long,
+            value_name = "on|off,..",
+            value_delimiter = ',',
+            default_value = "on"
+        )]
+        mitigation: Vec<OnOff>,
+        /// Thrash streaks to compare: evictions of a block in a row before
+        /// its refault counts as thrashing (1 to 3).
+        #[arg(long, value_name = "N,..", value_delimiter = ',', default_value = "1",
+              value_parser = clap::value_parser!(u8).range(1..=3))]
+        thrash_streak: Vec<u8>,
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -371,6 +388,9 @@ fn main() -> ExitCode {
                     runs,
                     prefetch,
                     granularity,
+                    eviction,
+                    mitigation,
+                    thrash_streak,
                     json,
                     ..
                 },
@@ -386,6 +406,9 @@ fn main() -> ExitCode {
             runs: runs as usize,
             prefetch,
             granularity,
+            eviction,
+            mitigation: mitigation.iter().map(|m| *m == OnOff::On).collect(),
+            thrash_streak,
         })
         .map_err(CliError::from)
         .and_then(|b| show(&b, json, bench_suite::print_table)),
@@ -643,14 +666,29 @@ fn print_bench(b: &MigrateBench) {
             ("  memcpy (libc)", Some(s.memcpy_libc_gbps), None),
             ("  streaming copy", Some(s.memcpy_stream_gbps), None),
             (
+                "copy limit (all cores)",
+                Some(s.memcpy_all_cores_gbps),
+                None,
+            ),
+            (
                 "migrate to device",
                 Some(s.to_device_gbps),
                 Some(s.to_device_ratio),
             ),
             (
+                "  ÷ all-cores limit",
+                Some(s.to_device_gbps),
+                Some(s.to_device_ratio_all_cores),
+            ),
+            (
                 "migrate to system",
                 Some(s.to_system_gbps),
                 Some(s.to_system_ratio),
+            ),
+            (
+                "  ÷ all-cores limit",
+                Some(s.to_system_gbps),
+                Some(s.to_system_ratio_all_cores),
             ),
             (
                 "CPU fault sweep (read)",

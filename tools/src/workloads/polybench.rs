@@ -14,7 +14,7 @@
 //! | `gemm`    | C (n×n), A (n×32), B (32×n)   | 1: 8 rows of `C = α·A·B + β·C` |
 //! | `atax`    | A, x, tmp, y                  | 2: 8 rows of `tmp = A·x`; 64 columns of `y = Aᵀ·tmp` |
 //! | `bicg`    | A, r, p, s, q                 | 2: 64 columns of `s = Aᵀ·r`; 8 rows of `q = A·p` |
-//! | `mvt`     | A, y1, y2, x1, x2             | 2: 8 rows of `x1 += A·y1`; one column of `x2 += Aᵀ·y2` (a strided load) |
+//! | `mvt`     | A, y1, y2, x1, x2             | 2: 8 rows of `x1 += A·y1`; 64 columns of `x2 += Aᵀ·y2` |
 //! | `gesummv` | A, B (n×n), x, y              | 1: 8 rows of `y = α·A·x + β·B·x` |
 //! | `syr2k`   | C (n×n), A, B (n×32)          | 1: 8 rows of the lower triangle of `C = α·A·Bᵀ + α·B·Aᵀ + β·C` |
 //!
@@ -27,7 +27,7 @@ use super::*;
 pub const INNER: u64 = 32;
 /// Rows one row-wise work item computes.
 const ROWS: u64 = 8;
-/// Columns one column-wise work item (ATAX, BICG) computes.
+/// Columns one column-wise work item (ATAX, BICG, MVT) computes.
 const COLS: u64 = 64;
 const ALPHA: f64 = 1.5;
 const BETA: f64 = 1.25;
@@ -257,7 +257,9 @@ impl Runner<'_> {
     }
 
     /// Launches `y[j] = Σ_i v[i]·M[i][j]` (columns of the `n × n` matrix at
-    /// `m`), 64 columns per item reading 64-element row segments.
+    /// `m`), 64 columns per item reading 64-element row segments (the
+    /// coalesced access of a GPU thread block walking columns); `y[j]`
+    /// starts from `init(j)`.
     fn column_dots(
         &mut self,
         step: &str,
@@ -265,6 +267,7 @@ impl Runner<'_> {
         m: VirtAddr,
         v: VirtAddr,
         y: VirtAddr,
+        init: Option<VirtAddr>,
     ) -> Result<(), RunError> {
         let nu = n as usize;
         self.launch(step, n.div_ceil(COLS), |lane, item| {
@@ -274,6 +277,9 @@ impl Runner<'_> {
             lane.read_slice(v, &mut vv)?;
             let mut seg = vec![0f64; w];
             let mut acc = vec![0f64; w];
+            if let Some(init) = init {
+                lane.read_slice(init.offset(lo * 8), &mut acc)?;
+            }
             for (i, vi) in vv.iter().enumerate() {
                 lane.read_slice(m.offset((i as u64 * n + lo) * 8), &mut seg)?;
                 for (a, s) in acc.iter_mut().zip(&seg) {
@@ -294,7 +300,7 @@ impl Runner<'_> {
         let tmp = self.array(sz[2])?;
         let y = self.array(sz[3])?;
         self.row_dots("the A·x kernel", n, a.addr(), x.addr(), tmp.addr(), None)?;
-        self.column_dots("the Aᵀ·tmp kernel", n, a.addr(), tmp.addr(), y.addr())?;
+        self.column_dots("the Aᵀ·tmp kernel", n, a.addr(), tmp.addr(), y.addr(), None)?;
         let want_tmp: Vec<f64> = (0..nu)
             .map(|i| (0..nu).fold(0.0, |s, j| s + av[i * nu + j] * xv[j]))
             .collect();
@@ -315,7 +321,7 @@ impl Runner<'_> {
         let p = self.input(&pv, sz[2])?;
         let s = self.array(sz[3])?;
         let q = self.array(sz[4])?;
-        self.column_dots("the s = Aᵀ·r kernel", n, a.addr(), r.addr(), s.addr())?;
+        self.column_dots("the s = Aᵀ·r kernel", n, a.addr(), r.addr(), s.addr(), None)?;
         self.row_dots("the q = A·p kernel", n, a.addr(), p.addr(), q.addr(), None)?;
         let want_s: Vec<f64> = (0..nu)
             .map(|j| (0..nu).fold(0.0, |s, i| s + rv[i] * av[i * nu + j]))
@@ -338,7 +344,7 @@ impl Runner<'_> {
         let y2 = self.input(&y2v, sz[2])?;
         let x1 = self.input(&x1v, sz[3])?;
         let x2 = self.input(&x2v, sz[4])?;
-        let (pa, py2, px2) = (a.addr(), y2.addr(), x2.addr());
+        let pa = a.addr();
         self.row_dots(
             "the x1 += A·y1 kernel",
             n,
@@ -347,18 +353,18 @@ impl Runner<'_> {
             x1.addr(),
             Some(x1.addr()),
         )?;
-        // x2[i] += Σ_j A[j][i]·y2[j]: column i, one strided load.
-        self.launch("the x2 += Aᵀ·y2 kernel", n, |lane, i| {
-            let mut col = vec![0f64; nu];
-            let mut yv = vec![0f64; nu];
-            lane.load_strided(pa.offset(i * 8), n * 8, &mut col)?;
-            lane.read_slice(py2, &mut yv)?;
-            let mut s: f64 = lane.load(px2.offset(i * 8))?;
-            for (c, y) in col.iter().zip(&yv) {
-                s += c * y;
-            }
-            lane.store(px2.offset(i * 8), s)
-        })?;
+        // x2[i] += Σ_j A[j][i]·y2[j]: columns, walked as a thread block
+        // would, 64 adjacent columns reading one row segment at a time
+        // (one strided load per column made every element its own remote
+        // access, 8 bytes of a 64-byte line, where a GPU coalesces them).
+        self.column_dots(
+            "the x2 += Aᵀ·y2 kernel",
+            n,
+            pa,
+            y2.addr(),
+            x2.addr(),
+            Some(x2.addr()),
+        )?;
         let want_x1: Vec<f64> = (0..nu)
             .map(|i| (0..nu).fold(x1v[i], |s, j| s + av[i * nu + j] * y1v[j]))
             .collect();
