@@ -5,111 +5,94 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-const UFFD_API: u64 = 0xAA;
+// The kernel's uapi structs and constants (`include/uapi/linux/userfaultfd.h`),
+// as `linux-raw-sys` carries them for this architecture.
+use linux_raw_sys::general as uapi;
+use linux_raw_sys::ioctl as uapi_ioctl;
+
+const UFFD_API: u64 = uapi::UFFD_API as u64;
 const IOC_WRITE: u64 = 1;
 const IOC_READ: u64 = 2;
 
+/// `_IOC(dir, 0xAA, nr, size)` (the generic encoding), for the requests
+/// `linux-raw-sys` 0.12 does not carry yet (MOVE, POISON); the ABI test
+/// below pins them.
 const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
-    (dir << 30) | ((size as u64) << 16) | (0xAA << 8) | nr
+    (dir << 30) | ((size as u64) << 16) | ((uapi::UFFDIO as u64) << 8) | nr
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct ApiArg {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct RangeArg {
-    start: u64,
-    len: u64,
-}
-#[repr(C)]
-#[derive(Default)]
-struct RegisterArg {
-    range: RangeArg,
-    mode: u64,
-    ioctls: u64,
-}
-#[repr(C)]
-#[derive(Default)]
-struct CopyArg {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    result: i64,
-}
-#[repr(C)]
-#[derive(Default)]
-struct RangeModeResult {
-    range: RangeArg,
-    mode: u64,
-    result: i64,
-}
-#[allow(dead_code)] // write-protect: the uffd layer is complete; tested below, used by no path yet
-#[repr(C)]
-#[derive(Default)]
-struct WriteProtectArg {
-    range: RangeArg,
-    mode: u64,
-}
-
-const UFFDIO_API: u64 = ioc(IOC_READ | IOC_WRITE, 0x3F, std::mem::size_of::<ApiArg>());
-const UFFDIO_REGISTER: u64 = ioc(
+const UFFDIO_API: u64 = uapi_ioctl::UFFDIO_API as u64;
+const UFFDIO_REGISTER: u64 = uapi_ioctl::UFFDIO_REGISTER as u64;
+const UFFDIO_UNREGISTER: u64 = uapi_ioctl::UFFDIO_UNREGISTER as u64;
+const UFFDIO_WAKE: u64 = uapi_ioctl::UFFDIO_WAKE as u64;
+const UFFDIO_COPY: u64 = uapi_ioctl::UFFDIO_COPY as u64;
+const UFFDIO_ZEROPAGE: u64 = uapi_ioctl::UFFDIO_ZEROPAGE as u64;
+const UFFDIO_WRITEPROTECT: u64 = uapi_ioctl::UFFDIO_WRITEPROTECT as u64;
+const UFFDIO_MOVE: u64 = ioc(
     IOC_READ | IOC_WRITE,
-    0x00,
-    std::mem::size_of::<RegisterArg>(),
-);
-const UFFDIO_UNREGISTER: u64 = ioc(IOC_READ, 0x01, std::mem::size_of::<RangeArg>());
-const UFFDIO_WAKE: u64 = ioc(IOC_READ, 0x02, std::mem::size_of::<RangeArg>());
-const UFFDIO_COPY: u64 = ioc(IOC_READ | IOC_WRITE, 0x03, std::mem::size_of::<CopyArg>());
-const UFFDIO_ZEROPAGE: u64 = ioc(
-    IOC_READ | IOC_WRITE,
-    0x04,
-    std::mem::size_of::<RangeModeResult>(),
-);
-const UFFDIO_MOVE: u64 = ioc(IOC_READ | IOC_WRITE, 0x05, std::mem::size_of::<CopyArg>());
-#[allow(dead_code)] // write-protect: the uffd layer is complete; tested below, used by no path yet
-const UFFDIO_WRITEPROTECT: u64 = ioc(
-    IOC_READ | IOC_WRITE,
-    0x06,
-    std::mem::size_of::<WriteProtectArg>(),
+    uapi::_UFFDIO_MOVE as u64,
+    std::mem::size_of::<uapi::uffdio_move>(),
 );
 const UFFDIO_POISON: u64 = ioc(
     IOC_READ | IOC_WRITE,
-    0x08,
-    std::mem::size_of::<RangeModeResult>(),
+    uapi::_UFFDIO_POISON as u64,
+    std::mem::size_of::<uapi::uffdio_poison>(),
 );
-/// `_IO(0xAA, 0x00)` on `/dev/userfaultfd`.
-const USERFAULTFD_IOC_NEW: u64 = 0xAA << 8;
+/// `_IO(0xAA, 0x00)` on `/dev/userfaultfd` (not in `linux-raw-sys` 0.12).
+const USERFAULTFD_IOC_NEW: u64 = (uapi::USERFAULTFD_IOC as u64) << 8;
 
-const REGISTER_MODE_MISSING: u64 = 1;
-const REGISTER_MODE_WP: u64 = 2;
-const MODE_DONTWAKE: u64 = 1;
-const MOVE_MODE_ALLOW_SRC_HOLES: u64 = 2;
-const WP_MODE_WP: u64 = 1;
+const REGISTER_MODE_MISSING: u64 = uapi::UFFDIO_REGISTER_MODE_MISSING as u64;
+const REGISTER_MODE_WP: u64 = uapi::UFFDIO_REGISTER_MODE_WP as u64;
+const MODE_DONTWAKE: u64 = uapi::UFFDIO_COPY_MODE_DONTWAKE as u64;
+/// `UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES` (not in `linux-raw-sys` 0.12).
+const MOVE_MODE_ALLOW_SRC_HOLES: u64 = 1 << 1;
+/// `UFFDIO_WRITEPROTECT_MODE_WP` (not in `linux-raw-sys` 0.12).
+const WP_MODE_WP: u64 = 1 << 0;
 
 /// Features svmem needs, with the names the kernel headers give them.
 pub const REQUIRED_FEATURES: &[(u64, &str)] = &[
-    (1 << 0, "UFFD_FEATURE_PAGEFAULT_FLAG_WP"),
-    (1 << 2, "UFFD_FEATURE_EVENT_REMAP"),
-    (1 << 3, "UFFD_FEATURE_EVENT_REMOVE"),
-    (1 << 6, "UFFD_FEATURE_EVENT_UNMAP"),
-    (1 << 8, "UFFD_FEATURE_THREAD_ID"),
-    (1 << 14, "UFFD_FEATURE_POISON (Linux 6.6+)"),
-    (1 << 16, "UFFD_FEATURE_MOVE (Linux 6.8+)"),
+    (
+        uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP as u64,
+        "UFFD_FEATURE_PAGEFAULT_FLAG_WP",
+    ),
+    (
+        uapi::UFFD_FEATURE_EVENT_REMAP as u64,
+        "UFFD_FEATURE_EVENT_REMAP",
+    ),
+    (
+        uapi::UFFD_FEATURE_EVENT_REMOVE as u64,
+        "UFFD_FEATURE_EVENT_REMOVE",
+    ),
+    (
+        uapi::UFFD_FEATURE_EVENT_UNMAP as u64,
+        "UFFD_FEATURE_EVENT_UNMAP",
+    ),
+    (
+        uapi::UFFD_FEATURE_THREAD_ID as u64,
+        "UFFD_FEATURE_THREAD_ID",
+    ),
+    (
+        uapi::UFFD_FEATURE_POISON as u64,
+        "UFFD_FEATURE_POISON (Linux 6.6+)",
+    ),
+    (
+        uapi::UFFD_FEATURE_MOVE as u64,
+        "UFFD_FEATURE_MOVE (Linux 6.8+)",
+    ),
 ];
 
-pub const EVENT_PAGEFAULT: u8 = 0x12;
-pub const EVENT_REMAP: u8 = 0x14;
-pub const EVENT_REMOVE: u8 = 0x15;
-pub const EVENT_UNMAP: u8 = 0x16;
-pub const PAGEFAULT_FLAG_WRITE: u64 = 1;
+pub const EVENT_PAGEFAULT: u8 = uapi::UFFD_EVENT_PAGEFAULT as u8;
+pub const EVENT_REMAP: u8 = uapi::UFFD_EVENT_REMAP as u8;
+pub const EVENT_REMOVE: u8 = uapi::UFFD_EVENT_REMOVE as u8;
+pub const EVENT_UNMAP: u8 = uapi::UFFD_EVENT_UNMAP as u8;
+pub const PAGEFAULT_FLAG_WRITE: u64 = uapi::UFFD_PAGEFAULT_FLAG_WRITE as u64;
 #[allow(dead_code)] // write-protect: the uffd layer is complete; tested below, used by no path yet
-pub const PAGEFAULT_FLAG_WP: u64 = 2;
+pub const PAGEFAULT_FLAG_WP: u64 = uapi::UFFD_PAGEFAULT_FLAG_WP as u64;
+
+/// `struct uffdio_range` for `[start, start + len)`.
+fn range(start: u64, len: u64) -> uapi::uffdio_range {
+    uapi::uffdio_range { start, len }
+}
 
 /// One message read from the userfaultfd (`struct uffd_msg`, 32 bytes).
 #[repr(C)]
@@ -228,13 +211,19 @@ fn open_raw() -> Result<OwnedFd, OpenError> {
 }
 
 fn api(fd: &OwnedFd, features: u64) -> Result<u64, OpenError> {
-    let mut arg = ApiArg {
+    let mut arg = uapi::uffdio_api {
         api: UFFD_API,
         features,
         ioctls: 0,
     };
     // SAFETY: `arg` is a live, correctly laid-out uffdio_api for the kernel to fill.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, &mut arg as *mut ApiArg) };
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            UFFDIO_API as _,
+            &mut arg as *mut uapi::uffdio_api,
+        )
+    };
     if r != 0 {
         return Err(OpenError::Other("UFFDIO_API", io::Error::last_os_error()));
     }
@@ -280,8 +269,8 @@ impl Uffd {
     /// Registers `[start, start+len)` for missing faults, and write-protect faults if `wp`.
     pub fn register(&self, start: u64, len: u64, wp: bool) -> io::Result<()> {
         let mode = REGISTER_MODE_MISSING | if wp { REGISTER_MODE_WP } else { 0 };
-        let mut arg = RegisterArg {
-            range: RangeArg { start, len },
+        let mut arg = uapi::uffdio_register {
+            range: range(start, len),
             mode,
             ioctls: 0,
         };
@@ -289,14 +278,12 @@ impl Uffd {
     }
 
     pub fn unregister(&self, start: u64, len: u64) -> io::Result<()> {
-        let mut arg = RangeArg { start, len };
-        self.ioctl(UFFDIO_UNREGISTER, &mut arg)
+        self.ioctl(UFFDIO_UNREGISTER, &mut range(start, len))
     }
 
     /// Wakes threads waiting on faults in the range.
     pub fn wake(&self, start: u64, len: u64) -> io::Result<()> {
-        let mut arg = RangeArg { start, len };
-        self.ioctl(UFFDIO_WAKE, &mut arg)
+        self.ioctl(UFFDIO_WAKE, &mut range(start, len))
     }
 
     fn partial(result: i64, len: u64) -> Result<u64, Partial> {
@@ -319,30 +306,30 @@ impl Uffd {
     /// missing pages at `dst`, waking waiters unless `dontwake`.
     pub fn copy(&self, dst: u64, src: u64, len: u64, dontwake: bool) -> Result<u64, Partial> {
         let mode = if dontwake { MODE_DONTWAKE } else { 0 };
-        let mut arg = CopyArg {
+        let mut arg = uapi::uffdio_copy {
             dst,
             src,
             len,
             mode,
-            result: 0,
+            copy: 0,
         };
         match self.ioctl(UFFDIO_COPY, &mut arg) {
             Ok(()) => Ok(len),
-            Err(_) => Self::partial(arg.result, len),
+            Err(_) => Self::partial(arg.copy, len),
         }
     }
 
     /// Maps the zero page over the missing pages in the range.
     pub fn zeropage(&self, start: u64, len: u64, dontwake: bool) -> Result<u64, Partial> {
         let mode = if dontwake { MODE_DONTWAKE } else { 0 };
-        let mut arg = RangeModeResult {
-            range: RangeArg { start, len },
+        let mut arg = uapi::uffdio_zeropage {
+            range: range(start, len),
             mode,
-            result: 0,
+            zeropage: 0,
         };
         match self.ioctl(UFFDIO_ZEROPAGE, &mut arg) {
             Ok(()) => Ok(len),
-            Err(_) => Self::partial(arg.result, len),
+            Err(_) => Self::partial(arg.zeropage, len),
         }
     }
 
@@ -362,23 +349,23 @@ impl Uffd {
             } else {
                 0
             };
-        let mut arg = CopyArg {
+        let mut arg = uapi::uffdio_move {
             dst,
             src,
             len,
             mode,
-            result: 0,
+            move_: 0,
         };
         match self.ioctl(UFFDIO_MOVE, &mut arg) {
             Ok(()) => Ok(len),
-            Err(_) => Self::partial(arg.result, len),
+            Err(_) => Self::partial(arg.move_, len),
         }
     }
 
     /// Sets or clears write protection on the range.
     pub fn writeprotect(&self, start: u64, len: u64, protect: bool) -> io::Result<()> {
-        let mut arg = WriteProtectArg {
-            range: RangeArg { start, len },
+        let mut arg = uapi::uffdio_writeprotect {
+            range: range(start, len),
             mode: if protect { WP_MODE_WP } else { 0 },
         };
         self.ioctl(UFFDIO_WRITEPROTECT, &mut arg)
@@ -386,14 +373,14 @@ impl Uffd {
 
     /// Installs poison markers: any access to these pages raises SIGBUS.
     pub fn poison(&self, start: u64, len: u64) -> Result<u64, Partial> {
-        let mut arg = RangeModeResult {
-            range: RangeArg { start, len },
+        let mut arg = uapi::uffdio_poison {
+            range: range(start, len),
             mode: 0,
-            result: 0,
+            updated: 0,
         };
         match self.ioctl(UFFDIO_POISON, &mut arg) {
             Ok(()) => Ok(len),
-            Err(_) => Self::partial(arg.result, len),
+            Err(_) => Self::partial(arg.updated, len),
         }
     }
 
@@ -464,7 +451,20 @@ mod tests {
         assert_eq!(UFFDIO_MOVE, 0xc028aa05);
         assert_eq!(UFFDIO_WRITEPROTECT, 0xc018aa06);
         assert_eq!(UFFDIO_POISON, 0xc020aa08);
+        assert_eq!(USERFAULTFD_IOC_NEW, 0xaa00);
+        assert_eq!(MOVE_MODE_ALLOW_SRC_HOLES, 2);
+        assert_eq!(WP_MODE_WP, 1);
         assert_eq!(std::mem::size_of::<UffdMsg>(), 32);
+        assert_eq!(
+            std::mem::size_of::<UffdMsg>(),
+            std::mem::size_of::<uapi::uffd_msg>()
+        );
+        assert_eq!(REQUIRED_FEATURES[5].0, 1 << 14);
+        assert_eq!(REQUIRED_FEATURES[6].0, 1 << 16);
+        assert_eq!(
+            (EVENT_PAGEFAULT, EVENT_REMAP, EVENT_REMOVE, EVENT_UNMAP),
+            (0x12, 0x14, 0x15, 0x16)
+        );
     }
 
     /// ZEROPAGE, COPY, WRITEPROTECT and POISON against a real mapping. The

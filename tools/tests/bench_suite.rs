@@ -169,7 +169,7 @@ fn suite_compares_eviction_policies_and_mitigation() {
     let moved = |mit: bool| -> f64 {
         rows.iter()
             .filter(|r| r["mitigation"] == mit && num(r, "oversub") == 2.0)
-            .map(|r| num(r, "bytes_to_device"))
+            .map(|r| num(r, "to_device_bytes"))
             .sum()
     };
     assert!(moved(false) > moved(true), "{rows:?}");
