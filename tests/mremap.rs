@@ -279,3 +279,133 @@ fn a_region_shrunk_by_mremap_has_holes_past_its_new_end() {
         },
     );
 }
+
+/// Device reads racing the program's mremap of the whole region, while a
+/// squatter thread maps its own memory (filled with 0xEE) at the vacated
+/// address the moment the kernel frees it, before svmem has read the
+/// event (as a new thread's stack can land there). Every read either
+/// returns the region's data or a typed error; never the squatter's bytes.
+/// Before reads checked the address space after their copies (the probe of
+/// `gpu::access`), the address-space torture saw such a read return zeros
+/// from a freshly mapped stack (`device reader: word 104 read 0x0`).
+#[test]
+fn device_reads_racing_mremap_never_return_what_is_mapped_there_next() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let svm = svm();
+    let len = 2 * MIB;
+    let mut r = svm.alloc(len).unwrap();
+    fill(&mut r, 3);
+    let dev = svm.device(D0).unwrap();
+    // Two halves of a reservation to move between.
+    // SAFETY: a fresh reservation at a kernel-chosen address.
+    let area = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            2 * len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    } as u64;
+    let at = AtomicU64::new(r.addr().0);
+    let stop = AtomicBool::new(false);
+    let squat_at = AtomicU64::new(0);
+    let (good, typed) = std::thread::scope(|s| {
+        // The squatter: maps its own memory at `squat_at` as soon as it is free.
+        s.spawn(|| {
+            while !stop.load(Ordering::Acquire) {
+                let a = squat_at.load(Ordering::Acquire);
+                if a == 0 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                // SAFETY: maps only where nothing is mapped (NOREPLACE).
+                let p = unsafe {
+                    libc::mmap(
+                        a as *mut _,
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                        -1,
+                        0,
+                    )
+                };
+                if p as u64 == a {
+                    // SAFETY: the squatter's own fresh mapping.
+                    unsafe { std::ptr::write_bytes(p.cast::<u8>(), 0xEE, len) };
+                    squat_at.store(0, Ordering::Release);
+                }
+            }
+        });
+        let reader = s.spawn(|| {
+            let (mut good, mut typed) = (0u64, 0u64);
+            let mut rng = common::Rng::new(7);
+            let mut buf = vec![0u8; PAGE_SIZE];
+            while !stop.load(Ordering::Acquire) {
+                let base = at.load(Ordering::Acquire);
+                let off = rng.below(len / PAGE_SIZE) * PAGE_SIZE;
+                match dev.read(VirtAddr(base + off as u64), &mut buf) {
+                    Ok(_) => {
+                        for (i, b) in buf.iter().enumerate() {
+                            assert_eq!(
+                                *b,
+                                pattern(off + i, 3),
+                                "byte {} of the region read {b:#x}",
+                                off + i
+                            );
+                        }
+                        good += 1;
+                    }
+                    Err(
+                        Error::OutsideManaged { .. }
+                        | Error::Unmapped { .. }
+                        | Error::Protected { .. },
+                    ) => typed += 1,
+                    Err(e) => panic!("unexpected error: {e}"),
+                }
+            }
+            (good, typed)
+        });
+        for k in 0..300 {
+            let from = at.load(Ordering::Acquire);
+            let to = area + (k % 2) as u64 * len as u64;
+            // The destination may hold the squatter's last mapping: clear it.
+            // SAFETY: the test's own reservation half, not the region.
+            unsafe { libc::munmap(to as *mut _, len) };
+            squat_at.store(from, Ordering::Release);
+            // SAFETY: moves the test's own region (no reference into it lives).
+            let p = unsafe {
+                libc::mremap(
+                    from as *mut _,
+                    len,
+                    len,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    to as *mut libc::c_void,
+                )
+            };
+            assert_eq!(p as u64, to, "mremap: {}", std::io::Error::last_os_error());
+            at.store(to, Ordering::Release);
+            while squat_at.load(Ordering::Acquire) != 0 {
+                std::hint::spin_loop();
+            }
+        }
+        stop.store(true, Ordering::Release);
+        reader.join().unwrap()
+    });
+    eprintln!("{good} reads of the region's data, {typed} typed errors");
+    assert!(good > 0);
+    assert_eq!(
+        r.addr().0,
+        at.load(Ordering::Acquire),
+        "the Region followed"
+    );
+    assert!(r
+        .as_slice::<u8>()
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == pattern(i, 3)));
+    drop(r);
+    // SAFETY: the reservation and the squatter's last mapping are the test's.
+    unsafe { libc::munmap(area as *mut _, 2 * len) };
+}

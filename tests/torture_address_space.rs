@@ -439,12 +439,14 @@ fn torture_fork_behind_svmems_back() {
 }
 
 /// Everything races `mprotect` flips and whole-region `mremap` moves.
-/// **Fails today** (known, open): after a few hundred moves a CPU read finds
-/// an older value than a device write that returned (a lost write), and a
-/// lane's write to a page moving under it can report a device error instead
-/// of a typed fault. Sequential moves are right (`tests/mremap.rs`); it is
-/// the race of in-flight device operations holding the old record with the
-/// relocation that is not. Run it with `--ignored`.
+/// **Fails today** (known, open): a kernel lane reading a system page
+/// through a translation of the old address, after the kernel moved the
+/// region but before svmem read the REMAP event, can read whatever was
+/// mapped there meanwhile (a new lane thread's stack: zeros). `DeviceHandle`
+/// reads and writes no longer do (they probe the userfaultfd after each
+/// copy; before that, this test also failed with `device reader: word 104
+/// read 0x0`). Sequential moves are right (`tests/mremap.rs`). Run it with
+/// `--ignored`.
 #[test]
 #[ignore = "known failure: device operations racing whole-region mremap (see doc)"]
 fn torture_mremap_racing_device_operations() {

@@ -273,6 +273,15 @@ impl SvmBuilder {
         let uffd = open(REQUIRED_FEATURES)?;
         let zeros = Mapping::anonymous(BLOCK_PAGES * PAGE_SIZE, Prot::ReadOnly, false)
             .map_err(|e| Error::os("mmap zero source", e))?;
+        // The probe page (`Shared::probe`): populated, then registered.
+        let probe = Mapping::anonymous(PAGE_SIZE, Prot::ReadWrite, true)
+            .map_err(|e| Error::os("mmap probe page", e))?;
+        let _ = probe.madvise(0, PAGE_SIZE, crate::sys::Advice::DontFork);
+        probe
+            .write_at(0, &[1])
+            .map_err(|e| Error::os("populate probe page", e))?;
+        uffd.register(probe.addr(), PAGE_SIZE as u64, false)
+            .map_err(|e| Error::os("UFFDIO_REGISTER probe page", e))?;
         let ndev = self.devices.len();
         let attrs = Arc::new(RwLock::new(AttrMap::new(self.granularity)));
         let pressure = Arc::new(PressureState::new(
@@ -312,6 +321,7 @@ impl SvmBuilder {
             kick: EventFd::new().map_err(|e| Error::os("eventfd", e))?,
             counters: Counters::default(),
             zeros,
+            probe,
             pipeline_depth: self.pipeline_depth,
             granularity: self.granularity,
             notifier: Arc::new(Notifier::new(ndev)),

@@ -133,20 +133,90 @@ pub(crate) fn access(
     addr: VirtAddr,
     mut op: Op<'_>,
 ) -> Result<AccessReport> {
+    // A copy of system memory that raced the program's mremap or munmap
+    // (whose event svmem had not read yet) may have touched whatever the
+    // program mapped at the old address since: it is done again from the
+    // start, under the address space svmem knows after the event.
+    for tries in 0..MAX_ADDRESS_SPACE_RETRIES {
+        if let Some(rep) = access_once(sh, d, addr, &mut op)? {
+            return Ok(rep);
+        }
+        sh.counters
+            .add(&sh.counters.device_accesses_repeated_after_events, 1);
+        // The event is read as soon as the reader runs (the program's call
+        // waits for that). The reader may be waiting for a block lock whose
+        // holder retries an ioctl the unread event refuses: read it for the
+        // reader, and give it the CPU.
+        if sh.event_pending() {
+            sh.read_for_reader();
+            let _ = sh.kick.signal();
+        }
+        if tries < 8 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+    }
+    Err(Error::Device {
+        dev: d,
+        reason: format!(
+            "access at {addr}: the program's mremap/munmap kept changing the range under it \
+             ({MAX_ADDRESS_SPACE_RETRIES} tries)"
+        ),
+    })
+}
+
+/// Tries of [`access`] when the address space changes under its copies
+/// (about 100 ms in all).
+const MAX_ADDRESS_SPACE_RETRIES: usize = 1000;
+
+/// Waits until the events the reader has read are handled; returns the
+/// event gate's generation then (even).
+fn settled(sh: &Ctx) -> u32 {
+    loop {
+        sh.events.wait();
+        let g = sh.events.generation();
+        if g % 2 == 0 {
+            return g;
+        }
+    }
+}
+
+/// After events were read and handled during a copy of system pages of
+/// `r`: whether the copy may have touched memory that was no longer the
+/// region's (the program moved the region, or unmapped pages of it: the
+/// kernel changes the mapping first and tells svmem after).
+fn moved_away(r: &RegionInner, pages: std::ops::Range<usize>) -> bool {
+    r.moved_to.get().is_some()
+        || r.freed.load(Ordering::Acquire)
+        || pages
+            .into_iter()
+            .any(|k| r.states[k].load() == PageState::Hole)
+}
+
+/// One try of [`access`]; `None` when a copy of system memory may have
+/// raced a change of the address space (then nothing it read counts, and
+/// what it wrote is written again by the next try, or refused there).
+fn access_once(
+    sh: &Ctx,
+    d: DeviceId,
+    addr: VirtAddr,
+    op: &mut Op<'_>,
+) -> Result<Option<AccessReport>> {
     let dev = sh.device(d)?;
-    let (len, write) = match &op {
+    let (len, write) = match &*op {
         Op::Read(b) => (b.len() as u64, false),
         Op::Write(b) => (b.len() as u64, true),
     };
     if len == 0 {
-        return Ok(AccessReport {
+        return Ok(Some(AccessReport {
             pages: 0,
             fault_passes: 0,
-        });
+        }));
     }
     // Events the program's munmap/madvise already returned from are handled
     // before this access looks at a translation.
-    sh.events.wait();
+    let mut gen = settled(sh);
     let r = sh.region_for(addr, len)?;
     if write && !r.is_writable() {
         return Err(Error::ReadOnly { dev: d, addr });
@@ -279,7 +349,7 @@ pub(crate) fn access(
             let span = pos as usize..pos as usize + n;
             let target = Target::of(&r, pte, at);
             let remote = matches!(target, Target::System { .. });
-            match (target, &mut op) {
+            match (target, &mut *op) {
                 // System memory is copied with guarded copies, so a page the
                 // program unmapped under a translation not yet invalidated
                 // (its UNMAP event still unread: the kernel unmaps first and
@@ -296,16 +366,34 @@ pub(crate) fn access(
                 (t, Op::Write(buf)) => t.write(&**dev, &buf[span]).map_err(dev_err),
             }?;
             lane.access(remote, kind, n, remote_min);
+            if remote {
+                // Was that still the region's memory? An event still unread
+                // says maybe not; events read since `gen` say look (without
+                // the access guard: the reader may need to drain it to handle
+                // them).
+                if sh.event_pending() {
+                    return Ok(None);
+                }
+                if sh.events.generation() != gen {
+                    drop(guard);
+                    gen = settled(sh);
+                    if moved_away(&r, first..last + 1) {
+                        return Ok(None);
+                    }
+                    pos += n as u64;
+                    continue 'outer;
+                }
+            }
             pos += n as u64;
         }
     }
     if let Some(c) = clock {
         c.host_access(&lane);
     }
-    Ok(AccessReport {
+    Ok(Some(AccessReport {
         pages: (last - first + 1) as u64,
         fault_passes: passes,
-    })
+    }))
 }
 
 /// Per-page view for device `d` of `npages` pages from `addr`, faulting nothing.

@@ -45,6 +45,13 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// 2 MiB of zeros, the source of zero-filling `UFFDIO_COPY`s.
     pub zeros: Mapping,
+    /// One populated page registered with `uffd`, never touched: a
+    /// `UFFDIO_ZEROPAGE` on it answers EEXIST, or EAGAIN while the program
+    /// is in the middle of an mremap/munmap/madvise whose event is unread
+    /// (see [`Shared::moved_since`]). Declared after `uffd`, so the
+    /// userfaultfd is closed before this page is unmapped (no UNMAP event
+    /// for a reader that is gone).
+    pub probe: Mapping,
     pub pipeline_depth: usize,
     pub granularity: u8,
     /// Event stream and queue control, shared with every region.
@@ -60,6 +67,34 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether the program is in the middle of an mremap, munmap or
+    /// madvise of registered memory whose event is not read yet: the kernel
+    /// refuses uffd ioctls with EAGAIN from before it changes the mapping
+    /// until the event is read, so a `UFFDIO_ZEROPAGE` on the probe page
+    /// (EEXIST otherwise, changing nothing) tells. Together with the event
+    /// gate's generation this tells a device copy of system memory whether
+    /// the memory it touched was still the region's (see `gpu::access`).
+    pub fn event_pending(&self) -> bool {
+        matches!(
+            self.uffd.zeropage(self.probe.addr(), PAGE_SIZE as u64, true),
+            Err(p) if p.stop() == crate::sys::uffd::Stop::WouldBlock
+        )
+    }
+
+    /// Reads whatever messages the userfaultfd holds into `pending`, for
+    /// the reader to handle in order (under the `pending` lock, as every
+    /// read; the event gate stays closed until they are handled). A thread
+    /// that needs an event read now (one the reader cannot get to while it
+    /// waits for a lock) calls this, then kicks the reader.
+    pub fn read_for_reader(&self) {
+        let mut buf = [crate::sys::UffdMsg::default(); 16];
+        let mut pending = self.pending.lock();
+        self.events.reading();
+        if let Ok(n) = self.uffd.read_msgs(&mut buf) {
+            pending.extend(buf[..n].iter().copied());
+        }
+    }
+
     /// Whether pages on device `from` move to `to` over the peer path.
     pub fn peer_path(&self, from: DeviceId, to: DeviceId) -> bool {
         self.peers
@@ -119,6 +154,12 @@ impl EventGate {
                 crate::sys::futex::wake_all(&self.word);
             }
         }
+    }
+
+    /// The gate's generation: even while no event is read but unhandled;
+    /// it changes whenever the reader reads messages.
+    pub fn generation(&self) -> u32 {
+        self.word.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Waits until the events the reader has read are handled.

@@ -5,7 +5,7 @@
 use super::ctx::Shared;
 use super::space::RegionInner;
 use crate::addr::PAGE_SIZE;
-use crate::sys::uffd::{Stop, UffdMsg};
+use crate::sys::uffd::Stop;
 
 thread_local! {
     static IS_READER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -96,14 +96,8 @@ impl<'a> Backoff<'a> {
             return false;
         }
         if IS_READER.with(|r| r.get()) {
-            let mut buf = [UffdMsg::default(); 16];
             // What it reads is handled later: device accesses wait till then.
-            // (Under the `pending` lock, as every read: see `reader_loop`.)
-            let mut pending = self.sh.pending.lock();
-            self.sh.events.reading();
-            if let Ok(n) = self.sh.uffd.read_msgs(&mut buf) {
-                pending.extend(buf[..n].iter().copied());
-            }
+            self.sh.read_for_reader();
         }
         if self.tries < 100 {
             std::thread::yield_now();
@@ -338,15 +332,8 @@ fn drop_own_page(sh: &Shared, r: &RegionInner, i: usize) -> std::io::Result<()> 
             done.store(true, std::sync::atomic::Ordering::Release);
             res
         });
-        let mut buf = [UffdMsg::default(); 16];
         while !done.load(std::sync::atomic::Ordering::Acquire) {
-            {
-                let mut pending = sh.pending.lock();
-                sh.events.reading();
-                if let Ok(n) = sh.uffd.read_msgs(&mut buf) {
-                    pending.extend(buf[..n].iter().copied());
-                }
-            }
+            sh.read_for_reader();
             std::thread::yield_now();
         }
         h.join()

@@ -67,6 +67,9 @@ counters! {
     cpu_zero_fill_pages,
     /// Device accesses (read or write calls).
     device_accesses,
+    /// Device reads and writes done again because the program's mremap or
+    /// munmap changed the range while they copied system memory.
+    device_accesses_repeated_after_events,
     /// Device fault passes (a cold access of any length needs one).
     device_fault_passes,
     /// Pages migrated to device memory.
