@@ -1,16 +1,10 @@
 //! `svmem bench suite` and `svmem run --profile` end to end, at tiny sizes.
 
-use std::process::{Command, Output};
+mod common;
+use common::svmem;
 
 use serde_json::Value;
 use svmem_cli::workloads::Workload;
-
-fn svmem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_svmem"))
-        .args(args)
-        .output()
-        .expect("start the svmem binary")
-}
 
 fn json(args: &[&str]) -> Value {
     let out = svmem(args);

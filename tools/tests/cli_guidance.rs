@@ -3,14 +3,8 @@
 //! in human units and a value that passes (exit status 2, like a usage
 //! error). Sizes are chosen to be wrong on any machine.
 
-use std::process::{Command, Output};
-
-fn svmem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_svmem"))
-        .args(args)
-        .output()
-        .expect("start the svmem binary")
-}
+mod common;
+use common::svmem;
 
 /// Runs `svmem args`, expects a refusal, returns its message.
 fn refused(args: &[&str]) -> String {

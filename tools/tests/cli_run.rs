@@ -2,32 +2,14 @@
 //! no-retry mode, its JSON and event output, `svmem bench faults --json`, and
 //! refusal of bad input. Sizes are small: the whole file runs in seconds.
 
-use std::process::{Command, Output};
+mod common;
+use common::{run_ok, svmem, text};
 
 use serde_json::Value;
 
-fn svmem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_svmem"))
-        .args(args)
-        .output()
-        .expect("start the svmem binary")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// Runs `svmem args`, expects success, returns stdout.
 fn ok(args: &[&str]) -> String {
-    let out = svmem(args);
-    assert!(
-        out.status.success(),
-        "svmem {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    text(&run_ok(args).stdout)
 }
 
 /// The report of `svmem run ... --json` (the last line of stdout).

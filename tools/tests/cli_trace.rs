@@ -9,33 +9,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::{run_ok, svmem, text};
 
 use serde_json::Value;
 
 const PAGE: u64 = 4096;
 
-fn svmem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_svmem"))
-        .args(args)
-        .output()
-        .expect("start the svmem binary")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 fn ok(args: &[&str]) -> Output {
-    let out = svmem(args);
-    assert!(
-        out.status.success(),
-        "svmem {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    out
+    run_ok(args)
 }
 
 /// A fresh path for this test's output files.
