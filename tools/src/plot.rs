@@ -141,28 +141,8 @@ fn draw(s: &Series, title: &str, out: &mut String) -> Result<(), Box<dyn std::er
     let root = root.titled(title, ("sans-serif", 20))?;
     let (top, bottom) = root.split_vertically(340);
     let x_end = s.end_ms.max(1e-3);
-    let top_max = s
-        .resident_mib
-        .values()
-        .flatten()
-        .map(|p| p.1)
-        .fold(0.0, f64::max)
-        .max(1.0)
-        * 1.1;
-    let mut chart = ChartBuilder::on(&top)
-        .caption("resident bytes", ("sans-serif", 16))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..x_end, 0f64..top_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("time (ms)")
-        .y_desc("MiB")
-        .draw()?;
-    for (i, (loc, pts)) in s.resident_mib.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        // Counters are steps: hold each value until the next.
+    // Counters are steps: each value holds until the next.
+    let steps = s.resident_mib.iter().map(|(loc, pts)| {
         let mut step = Vec::with_capacity(pts.len() * 2 + 1);
         for w in pts.windows(2) {
             step.push(w[0]);
@@ -172,41 +152,65 @@ fn draw(s: &Series, title: &str, out: &mut String) -> Result<(), Box<dyn std::er
             step.push(last);
             step.push((x_end, last.1));
         }
-        chart
-            .draw_series(LineSeries::new(step, color.stroke_width(2)))?
-            .label(loc.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-
-    let bottom_max = s
+        (loc.as_str(), step)
+    });
+    let rates = s
         .throughput_gbps
-        .values()
-        .flatten()
-        .map(|p| p.1)
+        .iter()
+        .map(|(dir, pts)| (dir.as_str(), pts.clone()));
+    panel(&top, "resident bytes", "MiB", x_end, 1.0, 0, steps)?;
+    let first_color = s.resident_mib.len();
+    panel(
+        &bottom,
+        "migration throughput",
+        "GB/s",
+        x_end,
+        0.1,
+        first_color,
+        rates,
+    )?;
+    root.present()?;
+    Ok(())
+}
+
+/// One chart of named series over time (ms), y from 0 to 10 % above the
+/// highest point (at least `y_floor`), with a legend; colours from the
+/// palette starting at `first_color`.
+fn panel<'a, DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    y_desc: &str,
+    x_end: f64,
+    y_floor: f64,
+    first_color: usize,
+    series: impl Iterator<Item = (&'a str, Vec<(f64, f64)>)>,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    let series: Vec<_> = series.collect();
+    let y_max = series
+        .iter()
+        .flat_map(|(_, pts)| pts.iter().map(|p| p.1))
         .fold(0.0, f64::max)
-        .max(0.1)
+        .max(y_floor)
         * 1.1;
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption("migration throughput", ("sans-serif", 16))
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..x_end, 0f64..bottom_max)?;
+        .build_cartesian_2d(0f64..x_end, 0f64..y_max)?;
     chart
         .configure_mesh()
         .x_desc("time (ms)")
-        .y_desc("GB/s")
+        .y_desc(y_desc)
         .draw()?;
-    for (i, (dir, pts)) in s.throughput_gbps.iter().enumerate() {
-        let color = Palette99::pick(i + s.resident_mib.len()).to_rgba();
+    for (i, (name, pts)) in series.into_iter().enumerate() {
+        let color = Palette99::pick(first_color + i).to_rgba();
         chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
-            .label(dir.as_str())
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+            .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
     chart
@@ -214,7 +218,6 @@ fn draw(s: &Series, title: &str, out: &mut String) -> Result<(), Box<dyn std::er
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
