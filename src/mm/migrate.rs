@@ -334,14 +334,10 @@ pub(crate) fn isolate_to_device<'a>(
     for p in &pages {
         if let Kind::Peer { from, .. } = p.kind {
             if !peer_told.iter().any(|(f, _)| *f == from) {
-                let n = pages
-                    .iter()
-                    .filter(|q| matches!(q.kind, Kind::Peer { from: f, .. } if f == from))
-                    .count();
                 let told = Announce::start(
                     r,
                     p.idx,
-                    n,
+                    peer_pages_from(&pages, from) as usize,
                     Location::Device(from),
                     Location::Device(d),
                     trigger,
@@ -361,6 +357,14 @@ pub(crate) fn isolate_to_device<'a>(
         fence,
         peer_told,
     })
+}
+
+/// Pages of a plan that come from device `from` over the peer path.
+fn peer_pages_from(pages: &[ToDevicePage], from: DeviceId) -> u64 {
+    pages
+        .iter()
+        .filter(|p| matches!(p.kind, Kind::Peer { from: f, .. } if f == from))
+        .count() as u64
 }
 
 /// Wait + commit (or roll back); returns the block's lock, which the caller
@@ -421,11 +425,7 @@ pub(crate) fn finish_to_device<'a>(
             c.add(&c.peer_bytes, peer * PAGE_SIZE as u64);
             c.add(&c.device_zero_fill_pages, n - copied - peer);
             for (from, told) in plan.peer_told {
-                let moved = plan
-                    .pages
-                    .iter()
-                    .filter(|p| matches!(p.kind, Kind::Peer { from: f, .. } if f == from))
-                    .count() as u64;
+                let moved = peer_pages_from(&plan.pages, from);
                 told.end(&MigrateReport {
                     requested: moved,
                     migrated: moved,
@@ -456,11 +456,7 @@ pub(crate) fn finish_to_device<'a>(
             }
             freed.flush();
             for (from, told) in plan.peer_told {
-                let n = plan
-                    .pages
-                    .iter()
-                    .filter(|p| matches!(p.kind, Kind::Peer { from: f, .. } if f == from))
-                    .count() as u64;
+                let n = peer_pages_from(&plan.pages, from);
                 told.end(&MigrateReport {
                     requested: n,
                     rolled_back: n,
